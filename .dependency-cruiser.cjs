@@ -1,0 +1,43 @@
+/**
+ * Layering rules: dependencies point inward (cli → api/jobs → engine → db/redis → domain).
+ * `npm run deps` fails on a circular import or on a forbidden edge below.
+ */
+const infra = "^(fastify|@fastify|fastify-type-provider-zod|bullmq|ioredis|drizzle-orm|postgres|pino|prom-client)($|/)";
+module.exports = {
+  forbidden: [
+    { name: "no-circular", severity: "error", from: {}, to: { circular: true } },
+    {
+      name: "domain-is-pure",
+      comment: "src/domain holds pure logic: no servers, queues, databases or processes.",
+      severity: "error",
+      from: { path: "^src/domain" },
+      to: { path: [infra, "^node:(child_process|net|http|https|fs|dns)$", "^src/(?!domain)"] },
+    },
+    {
+      name: "config-imports-nothing-in-src",
+      severity: "error",
+      from: { path: "^src/config" },
+      to: { path: "^src/(?!config)" },
+    },
+    {
+      name: "db-redis-below-engine",
+      severity: "error",
+      from: { path: "^src/(db|redis)" },
+      to: { path: "^src/(engine|jobs|api|cli)" },
+    },
+    {
+      name: "engine-below-api-and-jobs",
+      severity: "error",
+      from: { path: "^src/engine" },
+      to: { path: "^src/(jobs|api|cli)" },
+    },
+    { name: "api-never-jobs", severity: "error", from: { path: "^src/api" }, to: { path: "^src/(jobs|cli)" } },
+    { name: "jobs-never-api", severity: "error", from: { path: "^src/jobs" }, to: { path: "^src/(api|cli)" } },
+  ],
+  options: {
+    doNotFollow: { path: "node_modules" },
+    tsPreCompilationDeps: true,
+    tsConfig: { fileName: "tsconfig.json" },
+    enhancedResolveOptions: { exportsFields: ["exports"], conditionNames: ["import", "require", "node", "default"] },
+  },
+};
