@@ -1,0 +1,285 @@
+/**
+ * The configuration schema, one strict object per subsystem. Every object is strict so a typo
+ * (`queus`, `prot`) stops start-up instead of silently falling back to a default, and every
+ * constraint carries a message written for the person editing the file or the environment.
+ *
+ * Defaults run everything on one machine; `load.ts` layers the YAML file, the environment and
+ * explicit overrides on top and hands the merged document to `parseConfig`.
+ */
+import { z } from "zod";
+
+// ---------------------------------------------------------------------------------------------
+// Building blocks: each one states its constraint in words, so the error reads the same whether
+// the value came from YAML or from an environment variable.
+
+function intBetween(min: number, max: number) {
+  const error = `expected an integer between ${min} and ${max}`;
+  return z.int({ error }).min(min, { error }).max(max, { error });
+}
+
+function intAtLeast(min: number) {
+  const error = min === 1 ? "expected a positive integer" : `expected an integer ≥ ${min}`;
+  return z.int({ error }).min(min, { error });
+}
+
+/** Strict: a key the shape does not name is an error, never silently ignored. */
+function section<T extends z.core.$ZodLooseShape>(shape: T) {
+  return z.strictObject(shape, { error: "expected a mapping" });
+}
+
+const bool = () => z.boolean({ error: "expected true or false" });
+
+function nonEmptyString(what = "a non-empty string") {
+  return z.string({ error: `expected ${what}` }).min(1, { error: `expected ${what}` });
+}
+
+function urlWithProtocols(protocols: readonly string[]) {
+  const names = protocols.map((p) => `${p}//`).join(" or ");
+  const error = `expected a ${names} URL`;
+  return z.string({ error }).refine(
+    (value) => {
+      // The host may be empty: `postgres:///flowline?host=/run/postgresql` is a Unix socket.
+      return URL.canParse(value) && protocols.includes(new URL(value).protocol);
+    },
+    { error },
+  );
+}
+
+/** A mapping whose keys must match `pattern`; `what` names the key and `rule` explains the pattern. */
+function recordOf<T extends z.ZodType>(pattern: RegExp, what: string, rule: string, value: T) {
+  return z.record(z.string().regex(pattern, { error: `invalid ${what}: expected ${rule}` }), value, {
+    error: "expected a mapping",
+  });
+}
+
+export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+
+export const COMMAND_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+export const QUEUE_NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+export const TAG_NAME = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/;
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const REDIS_PREFIX = /^[A-Za-z0-9:_-]{1,64}$/;
+
+// ---------------------------------------------------------------------------------------------
+// Subsystems
+
+const serverSchema = section({
+  /** Interface the API listens on; `0.0.0.0` to accept connections from other hosts. */
+  host: nonEmptyString("a host name or IP address").default("127.0.0.1"),
+  port: intBetween(1, 65535).default(3000),
+  bodyLimitBytes: intAtLeast(1).default(1_048_576),
+  /** Nesting depth refused before a JSON/YAML body is parsed. */
+  maxJsonDepth: intBetween(1, 1000).default(64),
+  trustProxy: bool().default(false),
+  shutdownGraceSeconds: intAtLeast(0).default(10),
+  /** The address clients use to reach the API, when it differs from host:port (links, webhooks). */
+  publicUrl: urlWithProtocols(["http:", "https:"]).optional(),
+});
+
+const databaseSchema = section({
+  url: urlWithProtocols(["postgres:", "postgresql:"]).default("postgres://postgres@127.0.0.1:5432/flowline"),
+  poolMax: intBetween(1, 1000).default(10),
+  connectTimeoutSeconds: intAtLeast(1).default(5),
+  statementTimeoutMs: intAtLeast(0).default(30_000),
+});
+
+const redisSchema = section({
+  url: urlWithProtocols(["redis:", "rediss:"]).default("redis://127.0.0.1:6379"),
+  /** Every key Flowline writes starts with `<prefix>:`, so deployments can share a server. */
+  prefix: z
+    .string({ error: "expected a string" })
+    .regex(REDIS_PREFIX, { error: "expected 1-64 characters among A-Z a-z 0-9 : _ -" })
+    .default("flowline"),
+});
+
+const authSchema = section({
+  /** The root API key ensured at start-up (tenant `default`). Without it one is generated once. */
+  bootstrapKey: z
+    .string({ error: "expected a string of at least 24 characters" })
+    .min(24, { error: "expected a string of at least 24 characters" })
+    .optional(),
+});
+
+const rateLimitSchema = section({
+  enabled: bool().default(true),
+  /** Requests per API key per window. */
+  max: intAtLeast(1).default(1200),
+  windowSeconds: intAtLeast(1).default(60),
+});
+
+const logSchema = section({
+  level: z.enum(LOG_LEVELS, { error: `expected one of ${LOG_LEVELS.join(", ")}` }).default("info"),
+});
+
+const limitsSchema = section({
+  maxSteps: intAtLeast(1).default(5000),
+  maxRunParamsBytes: intAtLeast(1).default(65_536),
+});
+
+const commandSchema = section({
+  /** Program and leading arguments; a step's `args` are appended as separate items, never via a shell. */
+  argv: z
+    .array(nonEmptyString(), { error: "expected a non-empty list of strings" })
+    .min(1, { error: "expected a non-empty list of strings" }),
+  cwd: nonEmptyString("a directory path").optional(),
+  env: z
+    .record(
+      z.string().regex(ENV_NAME, { error: "invalid environment variable name" }),
+      z.string({ error: "expected a string (quote numbers and booleans in YAML)" }),
+      { error: "expected a mapping of variable names to strings" },
+    )
+    .optional(),
+  timeoutSeconds: intAtLeast(1).optional(),
+});
+
+const httpSchema = section({
+  /** Hosts `http` steps may call: exact names or addresses, or `*.example.com` for subdomains. */
+  allowedHosts: z
+    .array(nonEmptyString("a host name"), { error: "expected a list of host names" })
+    .default(() => []),
+  /** Private, loopback and link-local addresses are refused unless this is true. */
+  allowPrivateNetworks: bool().default(false),
+  maxResponseBytes: intAtLeast(1).default(10_485_760),
+});
+
+const queueSchema = section({
+  /** Jobs one worker process runs at the same time. */
+  concurrency: intAtLeast(1).default(8),
+  /** Bounds on the number of worker processes the autoscaler keeps for this queue. */
+  min: intAtLeast(0).default(1),
+  max: intAtLeast(1).default(4),
+});
+
+const QUEUE_RULE = `lowercase letters, digits, "_" and "-", starting with a letter or digit, at most 63 characters`;
+
+const queuesSchema = recordOf(QUEUE_NAME, "queue name", QUEUE_RULE, queueSchema)
+  .superRefine((queues, ctx) => {
+    for (const [name, queue] of Object.entries(queues)) {
+      if (queue.min > queue.max) {
+        ctx.addIssue({
+          code: "custom",
+          path: [name],
+          message: `queue "${name}": min (${queue.min}) must not exceed max (${queue.max})`,
+        });
+      }
+    }
+    if (!Object.hasOwn(queues, "default")) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["default"],
+        message: 'queue "default" is required: steps that name no queue and match no tag run on it',
+      });
+    }
+  })
+  .prefault(() => ({ default: {} }));
+
+const retentionSchema = section({
+  eventsDays: intAtLeast(1).default(30),
+  runsDays: intAtLeast(1).default(90),
+});
+
+const workerSchema = section({
+  /** Path of a module whose default export comes from `defineHandlers({...})`. */
+  handlersModule: nonEmptyString("a module path").optional(),
+  /** A running attempt whose lock is not renewed for this long is treated as lost. */
+  stallSeconds: intAtLeast(1).default(30),
+  /** On SIGTERM, how long running attempts may take to finish before they are handed back. */
+  graceSeconds: intAtLeast(0).default(30),
+});
+
+const supervisorSchema = section({
+  leaseSeconds: intAtLeast(2).default(15),
+  reconcileIntervalSeconds: intAtLeast(1).default(5),
+});
+
+// ---------------------------------------------------------------------------------------------
+
+export const configSchema = section({
+  server: serverSchema.prefault({}),
+  database: databaseSchema.prefault({}),
+  redis: redisSchema.prefault({}),
+  auth: authSchema.prefault({}),
+  rateLimit: rateLimitSchema.prefault({}),
+  log: logSchema.prefault({}),
+  limits: limitsSchema.prefault({}),
+  /** The only programs a `command` step may run, by name. */
+  commands: recordOf(
+    COMMAND_NAME,
+    "command name",
+    `letters, digits, "_", "." and "-", starting with a letter or digit, at most 128 characters`,
+    commandSchema,
+  ).prefault(() => ({})),
+  http: httpSchema.prefault({}),
+  /** Worker pools. */
+  queues: queuesSchema,
+  /** Tag → queue: a step with this tag runs on that queue unless it names a queue itself. */
+  tags: recordOf(
+    TAG_NAME,
+    "tag",
+    `letters, digits, "_", ".", ":" and "-", starting with a letter or digit, at most 64 characters`,
+    z.string({ error: "expected a queue name" }),
+  ).prefault(() => ({})),
+  retention: retentionSchema.prefault({}),
+  worker: workerSchema.prefault({}),
+  supervisor: supervisorSchema.prefault({}),
+}).superRefine((config, ctx) => {
+  for (const [tag, queue] of Object.entries(config.tags)) {
+    if (!Object.hasOwn(config.queues, queue)) {
+      const known = Object.keys(config.queues).join(", ") || "none";
+      ctx.addIssue({
+        code: "custom",
+        path: ["tags", tag],
+        message: `tag "${tag}" routes to queue "${queue}", which is not defined in queues (defined: ${known})`,
+      });
+    }
+  }
+});
+
+export type ConfigInput = z.input<typeof configSchema>;
+export type Config = Readonly<z.output<typeof configSchema>>;
+export type CommandConfig = Config["commands"][string];
+export type QueueConfig = Config["queues"][string];
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+type DeepPartial<T> = T extends readonly unknown[]
+  ? T
+  : T extends object
+    ? { [K in keyof T]?: DeepPartial<T[K]> }
+    : T;
+
+/** What a test or the CLI may override: any subset of keys; objects merge, arrays replace. */
+export type DeepPartialConfig = DeepPartial<ConfigInput>;
+
+/**
+ * The keys a strict object at `path` accepts, or undefined when `path` is not an object (used to
+ * suggest a spelling for an unknown key).
+ */
+export function knownKeysAt(path: readonly PropertyKey[]): string[] | undefined {
+  let schema: z.ZodType | undefined = configSchema;
+  for (const segment of [...path, null]) {
+    schema = unwrap(schema);
+    if (segment === null) break;
+    if (schema instanceof z.ZodObject) {
+      schema = (schema.shape as Record<string, z.ZodType>)[String(segment)];
+    } else if (schema instanceof z.ZodRecord) {
+      schema = schema.valueType as z.ZodType;
+    } else if (schema instanceof z.ZodArray) {
+      schema = schema.element as z.ZodType;
+    } else {
+      return undefined;
+    }
+  }
+  return schema instanceof z.ZodObject ? Object.keys(schema.shape) : undefined;
+}
+
+function unwrap(schema: z.ZodType | undefined): z.ZodType | undefined {
+  let current = schema;
+  while (
+    current instanceof z.ZodDefault ||
+    current instanceof z.ZodPrefault ||
+    current instanceof z.ZodOptional
+  ) {
+    current = current.unwrap() as z.ZodType;
+  }
+  return current;
+}
