@@ -2,7 +2,8 @@
  * Layering rules: dependencies point inward (cli → api/jobs → engine → db/redis → domain).
  * `npm run deps` fails on a circular import or on a forbidden edge below.
  */
-const infra = "^(fastify|@fastify|fastify-type-provider-zod|bullmq|ioredis|drizzle-orm|postgres|pino|prom-client)($|/)";
+const infra =
+  "^node_modules/(fastify|@fastify|fastify-type-provider-zod|bullmq|ioredis|drizzle-orm|postgres|pino|prom-client)/";
 module.exports = {
   forbidden: [
     { name: "no-circular", severity: "error", from: {}, to: { circular: true } },
@@ -11,7 +12,7 @@ module.exports = {
       comment: "src/domain holds pure logic: no servers, queues, databases or processes.",
       severity: "error",
       from: { path: "^src/domain" },
-      to: { path: [infra, "^node:(child_process|net|http|https|fs|dns)$", "^src/(?!domain)"] },
+      to: { path: [infra, "^(node:)?(child_process|net|http|https|fs|fs/promises|dns)$", "^src/(?!domain)"] },
     },
     {
       name: "config-imports-nothing-in-src",
@@ -31,13 +32,26 @@ module.exports = {
       from: { path: "^src/engine" },
       to: { path: "^src/(jobs|api|cli)" },
     },
-    { name: "api-never-jobs", severity: "error", from: { path: "^src/api" }, to: { path: "^src/(jobs|cli)" } },
-    { name: "jobs-never-api", severity: "error", from: { path: "^src/jobs" }, to: { path: "^src/(api|cli)" } },
+    {
+      name: "api-never-jobs",
+      severity: "error",
+      from: { path: "^src/api" },
+      to: { path: "^src/(jobs|cli)" },
+    },
+    {
+      name: "jobs-never-api",
+      severity: "error",
+      from: { path: "^src/jobs" },
+      to: { path: "^src/(api|cli)" },
+    },
   ],
   options: {
     doNotFollow: { path: "node_modules" },
     tsPreCompilationDeps: true,
     tsConfig: { fileName: "tsconfig.json" },
-    enhancedResolveOptions: { exportsFields: ["exports"], conditionNames: ["import", "require", "node", "default"] },
+    enhancedResolveOptions: {
+      exportsFields: ["exports"],
+      conditionNames: ["import", "require", "node", "default"],
+    },
   },
 };

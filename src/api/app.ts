@@ -1,0 +1,149 @@
+/**
+ * Builds the Fastify application without listening, so tests drive it with `inject` and
+ * `server.ts` adds the socket and the shutdown handling.
+ */
+import { randomUUID } from "node:crypto";
+import rateLimit from "@fastify/rate-limit";
+import swagger from "@fastify/swagger";
+import swaggerUi from "@fastify/swagger-ui";
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
+import {
+  jsonSchemaTransform,
+  jsonSchemaTransformObject,
+  serializerCompiler,
+  validatorCompiler,
+  type ZodTypeProvider,
+} from "fastify-type-provider-zod";
+import type { Redis } from "ioredis";
+import type { Config } from "../config/index.ts";
+import type { DbHandle } from "../db/client.ts";
+import { keysRepository } from "../db/repositories/keys.ts";
+import { workflowsRepository } from "../db/repositories/workflows.ts";
+import { FlowlineError } from "../domain/errors.ts";
+import { redisKeys } from "../redis/keys.ts";
+import { registerAuth } from "./plugins/auth.ts";
+import { registerBodyParsers } from "./plugins/body-parsers.ts";
+import { registerMetrics } from "./plugins/metrics.ts";
+import { problemFromFlowlineError, toFlowlineError } from "./problem.ts";
+import { healthRoutes } from "./routes/health/index.ts";
+import { keyRoutes } from "./routes/keys/index.ts";
+import { workflowRoutes } from "./routes/workflows/index.ts";
+
+export interface AppDeps {
+  config: Config;
+  db: DbHandle;
+  /** A fail-fast ("request" flavour) connection. */
+  redis: Redis;
+  /** A pino logger to use; by default the app logs JSON at the configured level. */
+  logger?: FastifyBaseLogger;
+}
+
+const requestIdPattern = /^[A-Za-z0-9._:-]{1,128}$/;
+
+export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
+  const { config } = deps;
+  const app = Fastify({
+    ...(deps.logger
+      ? { loggerInstance: deps.logger }
+      : {
+          logger: {
+            level: config.log.level,
+            redact: ["req.headers.authorization", "req.headers.cookie"],
+          },
+        }),
+    bodyLimit: config.server.bodyLimitBytes,
+    trustProxy: config.server.trustProxy,
+    requestIdHeader: false,
+    genReqId: (req) => {
+      const given = req.headers["x-request-id"];
+      return typeof given === "string" && requestIdPattern.test(given) ? given : randomUUID();
+    },
+    routerOptions: { maxParamLength: 256, ignoreTrailingSlash: true },
+    // Validation errors are collected whole (every bad field), not just the first.
+    ajv: { customOptions: { allErrors: true } },
+  }).withTypeProvider<ZodTypeProvider>();
+
+  app.setValidatorCompiler(validatorCompiler);
+  app.setSerializerCompiler(serializerCompiler);
+
+  app.addHook("onRequest", async (request, reply) => {
+    reply.header("x-request-id", request.id);
+  });
+
+  app.setErrorHandler((error, request, reply) => {
+    const flowlineError = toFlowlineError(error);
+    const problem = problemFromFlowlineError(flowlineError, request.id);
+    if (problem.status >= 500) {
+      request.log.error({ err: error, code: flowlineError.code }, "request failed");
+    } else {
+      request.log.info({ code: flowlineError.code, detail: flowlineError.message }, "request refused");
+    }
+    reply.headers(problem.headers).code(problem.status).type("application/problem+json");
+    // Bypass the route's response serializer: problems share one fixed shape.
+    return reply.serializer(JSON.stringify).send(problem.body);
+  });
+  app.setNotFoundHandler((request, reply) => {
+    const problem = problemFromFlowlineError(
+      new FlowlineError("not_found", `No route ${request.method} ${request.url.split("?")[0]}`),
+      request.id,
+    );
+    return reply.code(404).type("application/problem+json").serializer(JSON.stringify).send(problem.body);
+  });
+
+  registerBodyParsers(app, { maxDepth: config.server.maxJsonDepth });
+  // Before any route is added, so that every route is checked for a scope.
+  const keys = keysRepository(deps.db.db);
+  registerAuth(app, keys);
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: "3.1.0",
+      info: {
+        title: "Flowline API",
+        version: "1",
+        description:
+          "Workflow orchestration over HTTP. Authenticate with `Authorization: Bearer <api key>`. " +
+          "Errors are RFC 9457 problem+json.",
+      },
+      components: { securitySchemes: { bearer: { type: "http", scheme: "bearer" } } },
+      security: [{ bearer: [] }],
+    },
+    transform: jsonSchemaTransform,
+    transformObject: jsonSchemaTransformObject,
+  });
+  await app.register(swaggerUi, { routePrefix: "/docs", uiConfig: { deepLinking: true } });
+
+  registerMetrics(app);
+
+  await app.register(rateLimit, {
+    global: true,
+    max: config.rateLimit.max,
+    timeWindow: config.rateLimit.windowSeconds * 1000,
+    redis: deps.redis,
+    nameSpace: redisKeys(config.redis.prefix).rateLimitNamespace(),
+    // Rate limiting must not take the API down with Redis: fail open, readiness reports Redis.
+    skipOnError: true,
+    keyGenerator: (request) => (request.auth ? `key:${request.auth.keyId}` : `ip:${request.ip}`),
+    allowList: (request) => !config.rateLimit.enabled || request.routeOptions.config.public === true,
+    errorResponseBuilder: (_request, context) =>
+      new FlowlineError(
+        "rate_limited",
+        `Rate limit of ${context.max} requests exceeded; retry in ${context.after}`,
+        {
+          retryAfterSeconds: Math.max(1, Math.ceil(context.ttl / 1000)),
+        },
+      ),
+  });
+
+  app.get("/openapi.json", { config: { public: true }, schema: { hide: true } }, async () => app.swagger());
+
+  await app.register(healthRoutes, { db: deps.db, redis: deps.redis });
+  await app.register(keyRoutes, { prefix: "/v1", keys });
+  await app.register(workflowRoutes, {
+    prefix: "/v1",
+    workflows: workflowsRepository(deps.db.db),
+    config,
+  });
+
+  return app;
+}

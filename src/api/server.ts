@@ -1,0 +1,69 @@
+/**
+ * Starts the API: migrations, connections, root key, listening socket, and a close() that stops
+ * accepting connections, finishes in-flight requests within the grace period and then releases
+ * Postgres and Redis.
+ */
+import type { FastifyBaseLogger, FastifyInstance } from "fastify";
+import type { Config } from "../config/index.ts";
+import { createDb, type DbHandle } from "../db/client.ts";
+import { runMigrations } from "../db/migrate.ts";
+import { keysRepository } from "../db/repositories/keys.ts";
+import { createRedis } from "../redis/connection.ts";
+import { buildApp } from "./app.ts";
+
+export interface ApiServer {
+  app: FastifyInstance;
+  db: DbHandle;
+  url: string;
+  close(): Promise<void>;
+}
+
+export interface StartApiOptions {
+  logger: FastifyBaseLogger;
+  /** Called with a freshly generated root key, the one time one is generated. */
+  onGeneratedRootKey?: (key: string) => void;
+}
+
+export async function startApiServer(config: Config, options: StartApiOptions): Promise<ApiServer> {
+  const log = options.logger;
+  const { createdDatabase } = await runMigrations(config.database.url);
+  log.info({ createdDatabase }, "database migrated");
+
+  const db = createDb({ ...config.database, applicationName: "flowline-api" });
+  const redis = createRedis(config.redis.url, "request", {
+    name: "flowline-api",
+    onError: (error) => log.warn({ err: error.message }, "redis connection error"),
+  });
+  // Start without Redis if need be: /readyz reports it and requests that need it answer 503.
+  redis.connect().catch((error: Error) => log.warn({ err: error.message }, "redis not reachable yet"));
+
+  const { generatedKey } = await keysRepository(db.db).ensureRootKey(config.auth.bootstrapKey);
+  if (generatedKey) {
+    log.warn("no root API key existed: generated one (printed once on stdout)");
+    options.onGeneratedRootKey?.(generatedKey);
+  }
+
+  const app = await buildApp({ config, db, redis, logger: log });
+  const address = await app.listen({ host: config.server.host, port: config.server.port });
+  log.info({ address }, "api listening");
+
+  let closing: Promise<void> | undefined;
+  const close = () => {
+    closing ??= (async () => {
+      const grace = config.server.shutdownGraceSeconds * 1000;
+      const timer = setTimeout(() => {
+        log.warn({ graceMs: grace }, "grace period over: closing remaining connections");
+        app.server.closeAllConnections();
+      }, grace);
+      timer.unref();
+      try {
+        await app.close();
+      } finally {
+        clearTimeout(timer);
+        await Promise.allSettled([db.close(), redis.quit()]);
+      }
+    })();
+    return closing;
+  };
+  return { app, db, url: address, close };
+}

@@ -1,0 +1,49 @@
+import { drizzle, type PostgresJsDatabase } from "drizzle-orm/postgres-js";
+import postgres from "postgres";
+import * as schema from "./schema.ts";
+
+export type Database = PostgresJsDatabase<typeof schema>;
+/** A drizzle handle usable both at top level and inside `db.transaction`. */
+export type Tx = Parameters<Parameters<Database["transaction"]>[0]>[0] | Database;
+
+export interface DbOptions {
+  url: string;
+  poolMax: number;
+  connectTimeoutSeconds: number;
+  statementTimeoutMs: number;
+  applicationName?: string;
+}
+
+export interface DbHandle {
+  readonly db: Database;
+  readonly sql: postgres.Sql;
+  close(timeoutSeconds?: number): Promise<void>;
+  ping(): Promise<void>;
+}
+
+/**
+ * postgres.js reports connection failures on the query that needed the connection (no pool-level
+ * 'error' event can kill the process); connect and statement timeouts keep an exhausted or
+ * unreachable database from hanging a request forever.
+ */
+export function createDb(options: DbOptions): DbHandle {
+  const sql = postgres(options.url, {
+    max: options.poolMax,
+    connect_timeout: options.connectTimeoutSeconds,
+    idle_timeout: 30,
+    onnotice: () => {},
+    connection: {
+      statement_timeout: options.statementTimeoutMs,
+      application_name: options.applicationName ?? "flowline",
+    },
+  });
+  const db = drizzle(sql, { schema });
+  return {
+    db,
+    sql,
+    close: (timeoutSeconds = 5) => sql.end({ timeout: timeoutSeconds }),
+    ping: async () => {
+      await sql`select 1`;
+    },
+  };
+}

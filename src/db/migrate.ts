@@ -1,0 +1,52 @@
+import { fileURLToPath } from "node:url";
+import { drizzle } from "drizzle-orm/postgres-js";
+import { migrate } from "drizzle-orm/postgres-js/migrator";
+import postgres from "postgres";
+
+export const migrationsFolder = fileURLToPath(new URL("../../drizzle", import.meta.url));
+
+/** An arbitrary constant: the advisory lock that serialises concurrent migrators. */
+const MIGRATION_LOCK_ID = 7_316_004_221;
+
+/** Creates the database named in `url` if it does not exist yet. */
+export async function ensureDatabase(url: string): Promise<{ created: boolean }> {
+  const target = new URL(url);
+  const name = decodeURIComponent(target.pathname.replace(/^\//, "")) || "postgres";
+  const admin = new URL(url);
+  admin.pathname = "/postgres";
+  const sql = postgres(admin.toString(), { max: 1, onnotice: () => {}, connect_timeout: 10 });
+  try {
+    const rows = await sql`select 1 from pg_database where datname = ${name}`;
+    if (rows.length > 0) return { created: false };
+    try {
+      await sql.unsafe(`create database "${name.replaceAll('"', '""')}"`);
+      return { created: true };
+    } catch (error) {
+      // Another process created it between our check and our CREATE.
+      if ((error as { code?: string }).code === "42P04") return { created: false };
+      throw error;
+    }
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+}
+
+/**
+ * Creates the database if needed and applies every pending migration in `drizzle/`. Safe to run
+ * from several processes at once: an advisory lock lets one migrate while the others wait.
+ */
+export async function runMigrations(url: string): Promise<{ createdDatabase: boolean }> {
+  const { created } = await ensureDatabase(url);
+  const sql = postgres(url, { max: 1, onnotice: () => {}, connect_timeout: 10 });
+  try {
+    await sql`select pg_advisory_lock(${MIGRATION_LOCK_ID})`;
+    try {
+      await migrate(drizzle(sql), { migrationsFolder });
+    } finally {
+      await sql`select pg_advisory_unlock(${MIGRATION_LOCK_ID})`;
+    }
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+  return { createdDatabase: created };
+}

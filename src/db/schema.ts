@@ -1,0 +1,275 @@
+/**
+ * The whole Postgres schema. Migrations in drizzle/ are generated from this file
+ * (`npm run db:generate`), reviewed and committed.
+ *
+ * Ordering contract for events: every transaction that appends events for a run first locks the
+ * run row (`SELECT … FOR UPDATE`) and only then draws event ids. Ids of one run are therefore
+ * committed in increasing order, so a reader that has seen id N of a run can never later find a
+ * committed event of that run with an id below N — the basis of gap-free SSE resumption.
+ */
+import { sql } from "drizzle-orm";
+import {
+  bigint,
+  boolean,
+  index,
+  integer,
+  jsonb,
+  pgEnum,
+  pgTable,
+  primaryKey,
+  real,
+  smallint,
+  text,
+  timestamp,
+  uniqueIndex,
+  uuid,
+} from "drizzle-orm/pg-core";
+import { runKinds, runStatuses, stepStatuses } from "../domain/status.ts";
+
+const createdAt = () => timestamp("created_at", { withTimezone: true }).notNull().defaultNow();
+const ts = (name: string) => timestamp(name, { withTimezone: true });
+
+export const runKind = pgEnum("run_kind", runKinds);
+export const runStatus = pgEnum("run_status", runStatuses);
+export const stepStatus = pgEnum("step_status", stepStatuses);
+
+export const tenants = pgTable("tenants", {
+  id: text("id").primaryKey(),
+  createdAt: createdAt(),
+});
+
+export const apiKeys = pgTable(
+  "api_keys",
+  {
+    id: uuid("id").primaryKey().defaultRandom(),
+    tenantId: text("tenant_id")
+      .notNull()
+      .references(() => tenants.id),
+    name: text("name").notNull(),
+    /** First characters of the key, shown in listings so a user can tell keys apart. */
+    prefix: text("prefix").notNull(),
+    /** SHA-256 (hex) of the whole key; the key itself is never stored. */
+    secretHash: text("secret_hash").notNull(),
+    scopes: text("scopes").array().notNull(),
+    /** A root key administers every tenant (the bootstrap key). */
+    root: boolean("root").notNull().default(false),
+    createdAt: createdAt(),
+    lastUsedAt: ts("last_used_at"),
+    revokedAt: ts("revoked_at"),
+  },
+  (t) => [
+    uniqueIndex("api_keys_secret_hash_key").on(t.secretHash),
+    index("api_keys_tenant_idx").on(t.tenantId),
+  ],
+);
+
+export const workflows = pgTable(
+  "workflows",
+  {
+    id: uuid("id").primaryKey().defaultRandom(),
+    tenantId: text("tenant_id")
+      .notNull()
+      .references(() => tenants.id),
+    name: text("name").notNull(),
+    latestVersion: integer("latest_version").notNull(),
+    createdAt: createdAt(),
+    updatedAt: ts("updated_at").notNull().defaultNow(),
+    archivedAt: ts("archived_at"),
+  },
+  (t) => [uniqueIndex("workflows_tenant_name_key").on(t.tenantId, t.name)],
+);
+
+export const workflowVersions = pgTable(
+  "workflow_versions",
+  {
+    workflowId: uuid("workflow_id")
+      .notNull()
+      .references(() => workflows.id, { onDelete: "cascade" }),
+    version: integer("version").notNull(),
+    /** The validated definition, normalised (defaults applied). */
+    spec: jsonb("spec").notNull(),
+    /** SHA-256 of the canonical JSON of `spec`: same content, same hash, same version. */
+    hash: text("hash").notNull(),
+    createdAt: createdAt(),
+  },
+  (t) => [primaryKey({ columns: [t.workflowId, t.version] })],
+);
+
+export const runs = pgTable(
+  "runs",
+  {
+    id: uuid("id").primaryKey().defaultRandom(),
+    tenantId: text("tenant_id")
+      .notNull()
+      .references(() => tenants.id),
+    workflowId: uuid("workflow_id")
+      .notNull()
+      .references(() => workflows.id),
+    workflowVersion: integer("workflow_version").notNull(),
+    kind: runKind("kind").notNull(),
+    status: runStatus("status").notNull().default("queued"),
+    /** What started it: api, schedule, retry, backfill, auto-materialize. */
+    trigger: text("trigger").notNull().default("api"),
+    params: jsonb("params").notNull().default({}),
+    priority: smallint("priority").notNull().default(5),
+    parentRunId: uuid("parent_run_id"),
+    /** Runs created together by one backfill request share this id. */
+    backfillId: uuid("backfill_id"),
+    partitionKey: text("partition_key"),
+    /** Rendered `concurrency.key`; null means the workflow-wide slot pool. */
+    concurrencyKey: text("concurrency_key"),
+    /** The request as submitted (selection, assets, force…), for audit and retry. */
+    request: jsonb("request").notNull().default({}),
+    /** The plan with a reason per step. */
+    plan: jsonb("plan"),
+    error: jsonb("error"),
+    /** Incremented by every state change; lets writers detect lost updates cheaply. */
+    revision: integer("revision").notNull().default(0),
+    createdAt: createdAt(),
+    updatedAt: ts("updated_at").notNull().defaultNow(),
+    startedAt: ts("started_at"),
+    finishedAt: ts("finished_at"),
+  },
+  (t) => [
+    index("runs_tenant_created_idx").on(t.tenantId, t.createdAt.desc(), t.id.desc()),
+    index("runs_workflow_status_idx").on(t.workflowId, t.status),
+    index("runs_active_idx")
+      .on(t.status)
+      .where(sql`${t.status} in ('queued', 'running', 'paused', 'rolling_back')`),
+    index("runs_parent_idx").on(t.parentRunId),
+  ],
+);
+
+export const stepRuns = pgTable(
+  "step_runs",
+  {
+    runId: uuid("run_id")
+      .notNull()
+      .references(() => runs.id, { onDelete: "cascade" }),
+    stepId: text("step_id").notNull(),
+    status: stepStatus("status").notNull().default("pending"),
+    /** The current attempt (0 before the first). A completion counts only for this attempt. */
+    attempt: integer("attempt").notNull().default(0),
+    maxAttempts: integer("max_attempts").notNull().default(1),
+    queue: text("queue").notNull().default("default"),
+    priority: smallint("priority").notNull().default(5),
+    /** Why the planner included it: missing, stale, forced, selected, reused-from-parent … */
+    planReason: text("plan_reason"),
+    output: jsonb("output"),
+    error: jsonb("error"),
+    progress: real("progress"),
+    progressMessage: text("progress_message"),
+    workerId: text("worker_id"),
+    /** Worker lease: a running attempt whose lease expired is recovered by the reconciler. */
+    leaseExpiresAt: ts("lease_expires_at"),
+    nextAttemptAt: ts("next_attempt_at"),
+    reusedFromRunId: uuid("reused_from_run_id"),
+    compensationStatus: text("compensation_status"),
+    queuedAt: ts("queued_at"),
+    startedAt: ts("started_at"),
+    finishedAt: ts("finished_at"),
+    updatedAt: ts("updated_at").notNull().defaultNow(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.runId, t.stepId] }),
+    index("step_runs_recovery_idx")
+      .on(t.status, t.leaseExpiresAt)
+      .where(sql`${t.status} in ('queued', 'running', 'retrying')`),
+  ],
+);
+
+export const stepAttempts = pgTable(
+  "step_attempts",
+  {
+    runId: uuid("run_id")
+      .notNull()
+      .references(() => runs.id, { onDelete: "cascade" }),
+    stepId: text("step_id").notNull(),
+    attempt: integer("attempt").notNull(),
+    status: stepStatus("status").notNull(),
+    workerId: text("worker_id"),
+    error: jsonb("error"),
+    startedAt: ts("started_at"),
+    finishedAt: ts("finished_at"),
+  },
+  (t) => [primaryKey({ columns: [t.runId, t.stepId, t.attempt] })],
+);
+
+export const events = pgTable(
+  "events",
+  {
+    id: bigint("id", { mode: "number" }).primaryKey().generatedAlwaysAsIdentity(),
+    tenantId: text("tenant_id").notNull(),
+    runId: uuid("run_id")
+      .notNull()
+      .references(() => runs.id, { onDelete: "cascade" }),
+    stepId: text("step_id"),
+    type: text("type").notNull(),
+    attempt: integer("attempt"),
+    data: jsonb("data").notNull().default({}),
+    createdAt: createdAt(),
+  },
+  (t) => [index("events_run_idx").on(t.runId, t.id), index("events_created_idx").on(t.createdAt)],
+);
+
+export const assets = pgTable(
+  "assets",
+  {
+    tenantId: text("tenant_id")
+      .notNull()
+      .references(() => tenants.id),
+    key: text("key").notNull(),
+    /** Highest fencing token ever granted for this asset's lock and recorded here. */
+    fencingToken: bigint("fencing_token", { mode: "number" }).notNull().default(0),
+    lastMaterializedAt: ts("last_materialized_at"),
+    createdAt: createdAt(),
+  },
+  (t) => [primaryKey({ columns: [t.tenantId, t.key] })],
+);
+
+export const materializations = pgTable(
+  "materializations",
+  {
+    id: bigint("id", { mode: "number" }).primaryKey().generatedAlwaysAsIdentity(),
+    tenantId: text("tenant_id").notNull(),
+    assetKey: text("asset_key").notNull(),
+    runId: uuid("run_id")
+      .notNull()
+      .references(() => runs.id, { onDelete: "cascade" }),
+    stepId: text("step_id").notNull(),
+    partitionKey: text("partition_key"),
+    fencingToken: bigint("fencing_token", { mode: "number" }).notNull(),
+    metadata: jsonb("metadata"),
+    createdAt: createdAt(),
+  },
+  (t) => [index("materializations_asset_idx").on(t.tenantId, t.assetKey, t.createdAt.desc())],
+);
+
+export const idempotencyKeys = pgTable(
+  "idempotency_keys",
+  {
+    tenantId: text("tenant_id").notNull(),
+    key: text("key").notNull(),
+    /** The route and a hash of the request body: the same key with another body is a 409. */
+    requestHash: text("request_hash").notNull(),
+    runId: uuid("run_id"),
+    createdAt: createdAt(),
+    expiresAt: ts("expires_at").notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.tenantId, t.key] })],
+);
+
+export const scheduleFires = pgTable(
+  "schedule_fires",
+  {
+    workflowId: uuid("workflow_id")
+      .notNull()
+      .references(() => workflows.id, { onDelete: "cascade" }),
+    /** Stable identity of a schedule inside its workflow (hash of cron, timezone and params). */
+    scheduleKey: text("schedule_key").notNull(),
+    fireAt: ts("fire_at").notNull(),
+    runId: uuid("run_id"),
+    createdAt: createdAt(),
+  },
+  (t) => [primaryKey({ columns: [t.workflowId, t.scheduleKey, t.fireAt] })],
+);

@@ -1,0 +1,107 @@
+/**
+ * Run and step state machines as data (SPEC §3). Every writer checks a transition through
+ * `canTransitionRun` / `canTransitionStep`; these tables are also the documentation.
+ */
+export const runStatuses = [
+  "queued",
+  "running",
+  "paused",
+  "succeeded",
+  "failed",
+  "cancelled",
+  "rolling_back",
+  "rolled_back",
+] as const;
+export type RunStatus = (typeof runStatuses)[number];
+
+export const stepStatuses = [
+  "pending",
+  "queued",
+  "running",
+  "retrying",
+  "succeeded",
+  "failed",
+  "skipped",
+  "cancelled",
+  "reused",
+] as const;
+export type StepStatus = (typeof stepStatuses)[number];
+
+export const runKinds = ["workflow", "materialization", "subgraph"] as const;
+export type RunKind = (typeof runKinds)[number];
+
+const runTransitions: Record<RunStatus, readonly RunStatus[]> = {
+  queued: ["running", "cancelled", "failed"],
+  running: ["paused", "succeeded", "failed", "cancelled", "rolling_back"],
+  paused: ["running", "cancelled", "failed"],
+  succeeded: ["rolling_back"],
+  failed: ["rolling_back"],
+  cancelled: [],
+  rolling_back: ["rolled_back", "failed", "cancelled"],
+  rolled_back: [],
+};
+
+const stepTransitions: Record<StepStatus, readonly StepStatus[]> = {
+  pending: ["queued", "skipped", "cancelled", "reused"],
+  queued: ["running", "cancelled", "failed", "queued"],
+  running: ["succeeded", "failed", "retrying", "cancelled", "queued"],
+  retrying: ["queued", "cancelled", "failed"],
+  succeeded: [],
+  failed: [],
+  skipped: [],
+  cancelled: [],
+  reused: [],
+};
+
+export function canTransitionRun(from: RunStatus, to: RunStatus): boolean {
+  return runTransitions[from].includes(to);
+}
+
+export function canTransitionStep(from: StepStatus, to: StepStatus): boolean {
+  return stepTransitions[from].includes(to);
+}
+
+export const terminalRunStatuses: ReadonlySet<RunStatus> = new Set([
+  "succeeded",
+  "failed",
+  "cancelled",
+  "rolled_back",
+]);
+export const terminalStepStatuses: ReadonlySet<StepStatus> = new Set([
+  "succeeded",
+  "failed",
+  "skipped",
+  "cancelled",
+  "reused",
+]);
+
+export const isTerminalRun = (s: RunStatus): boolean => terminalRunStatuses.has(s);
+export const isTerminalStep = (s: StepStatus): boolean => terminalStepStatuses.has(s);
+
+/** Event types of SPEC §5, the only values allowed in an SSE `event:` line. */
+export const eventTypes = [
+  "run.queued",
+  "run.started",
+  "run.paused",
+  "run.resumed",
+  "run.succeeded",
+  "run.failed",
+  "run.cancelled",
+  "run.rolling_back",
+  "run.rolled_back",
+  "step.queued",
+  "step.started",
+  "step.progress",
+  "step.log",
+  "step.retrying",
+  "step.succeeded",
+  "step.failed",
+  "step.skipped",
+  "step.cancelled",
+  "step.reused",
+  "asset.materialized",
+] as const;
+export type EventType = (typeof eventTypes)[number];
+
+export const scopes = ["read", "write", "admin"] as const;
+export type Scope = (typeof scopes)[number];

@@ -1,0 +1,22 @@
+/**
+ * Every Redis key Flowline writes is named here, under one configurable prefix, so that a
+ * deployment (or a test) can share a Redis server with others and clean up after itself.
+ */
+export interface RedisKeys {
+  readonly prefix: string;
+  /** Namespace handed to the rate limiter; it appends the caller's key id. */
+  rateLimitNamespace(): string;
+  /** BullMQ's own prefix for its queues. */
+  queuePrefix(): string;
+  /** Pattern matching every key of this prefix (for cleanup in tests and tools). */
+  all(): string;
+}
+
+export function redisKeys(prefix: string): RedisKeys {
+  return {
+    prefix,
+    rateLimitNamespace: () => `${prefix}:rl:`,
+    queuePrefix: () => `${prefix}:q`,
+    all: () => `${prefix}:*`,
+  };
+}

@@ -1,0 +1,126 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createTestContext, type TestContext } from "../helpers/context.ts";
+import { call, expectProblem } from "../helpers/http.ts";
+
+let ctx: TestContext;
+beforeAll(async () => {
+  ctx = await createTestContext();
+});
+afterAll(() => ctx?.close());
+
+async function createKey(key: string, body: unknown) {
+  return call(ctx.app, "POST", "/v1/keys", { key, body });
+}
+
+describe("authentication", () => {
+  it("refuses missing, malformed and unknown keys with 401 and a Bearer challenge", async () => {
+    for (const headers of [
+      {},
+      { authorization: "Basic abc" },
+      { authorization: "Bearer flk_nope" },
+    ] as Record<string, string>[]) {
+      const res = await call(ctx.app, "GET", "/v1/workflows", { key: null, headers });
+      expectProblem(res, 401);
+      expect(res.headers["www-authenticate"]).toMatch(/^Bearer/);
+    }
+  });
+
+  it("keeps health, readiness, metrics and the API description public", async () => {
+    expect((await call(ctx.app, "GET", "/healthz")).json()).toEqual({ status: "ok" });
+    const ready = await call(ctx.app, "GET", "/readyz");
+    expect(ready.statusCode).toBe(200);
+    expect(ready.json()).toMatchObject({ status: "ready", checks: { postgres: "ok", redis: "ok" } });
+    const spec = await call(ctx.app, "GET", "/openapi.json");
+    expect(spec.statusCode).toBe(200);
+    expect(spec.json().openapi).toBe("3.1.0");
+    expect(Object.keys(spec.json().paths)).toEqual(
+      expect.arrayContaining(["/v1/workflows/{name}", "/v1/keys"]),
+    );
+    const docs = await call(ctx.app, "GET", "/docs/");
+    expect(docs.statusCode).toBe(200);
+    expect(docs.headers["content-type"]).toMatch(/text\/html/);
+    const metrics = await call(ctx.app, "GET", "/metrics");
+    expect(metrics.body).toMatch(/flowline_http_requests_total/);
+    expect(ctx.app.printRoutes()).toContain("docs");
+  });
+});
+
+describe("API keys and scopes", () => {
+  it("creates keys shown once, enforces scopes, lists without secrets and revokes", async () => {
+    const created = await createKey(ctx.rootKey, { name: "reader", scopes: ["read"] });
+    expect(created.statusCode).toBe(201);
+    const reader = created.json();
+    expect(reader.key).toMatch(/^flk_/);
+    expect(reader).toMatchObject({ tenant: "default", scopes: ["read"], root: false });
+
+    expect((await call(ctx.app, "GET", "/v1/workflows", { key: reader.key })).statusCode).toBe(200);
+    const put = await call(ctx.app, "PUT", "/v1/workflows/x", {
+      key: reader.key,
+      body: { steps: [{ id: "a", run: { type: "noop" } }] },
+    });
+    expect(expectProblem(put, 403).detail).toMatch(/write/);
+    expectProblem(await createKey(reader.key, { scopes: ["read"] }), 403);
+
+    const listed = await call(ctx.app, "GET", "/v1/keys", { key: ctx.rootKey });
+    expect(listed.statusCode).toBe(200);
+    const items = listed.json().items;
+    expect(items.some((k: { id: string }) => k.id === reader.id)).toBe(true);
+    expect(JSON.stringify(items)).not.toContain(reader.key);
+    const stored = await ctx.db.sql`select secret_hash from api_keys where id = ${reader.id}`;
+    expect(stored[0]!.secret_hash).not.toContain(reader.key);
+
+    expect((await call(ctx.app, "DELETE", `/v1/keys/${reader.id}`, { key: ctx.rootKey })).statusCode).toBe(
+      204,
+    );
+    expectProblem(await call(ctx.app, "GET", "/v1/workflows", { key: reader.key }), 401);
+    expectProblem(await call(ctx.app, "DELETE", `/v1/keys/${reader.id}`, { key: ctx.rootKey }), 404);
+  });
+
+  it("lets only root keys manage other tenants; foreign key ids are 404", async () => {
+    const adminB = (await createKey(ctx.rootKey, { tenant: "tenant-b", scopes: ["admin"] })).json();
+    expect(adminB.tenant).toBe("tenant-b");
+    const adminC = (await createKey(ctx.rootKey, { tenant: "tenant-c", scopes: ["admin"] })).json();
+
+    expectProblem(await createKey(adminB.key, { tenant: "tenant-c", scopes: ["read"] }), 403);
+    expectProblem(await call(ctx.app, "GET", "/v1/keys?tenant=tenant-c", { key: adminB.key }), 403);
+    const own = await createKey(adminB.key, { scopes: ["read", "write"] });
+    expect(own.json().tenant).toBe("tenant-b");
+
+    const bKeys = (await call(ctx.app, "GET", "/v1/keys", { key: adminB.key })).json().items;
+    expect(bKeys.every((k: { tenant: string }) => k.tenant === "tenant-b")).toBe(true);
+    expectProblem(await call(ctx.app, "DELETE", `/v1/keys/${adminC.id}`, { key: adminB.key }), 404);
+    expect((await call(ctx.app, "GET", "/v1/keys", { key: adminC.key })).statusCode).toBe(200);
+  });
+});
+
+describe("rate limiting", () => {
+  let limited: TestContext;
+  beforeAll(async () => {
+    limited = await createTestContext((c) => ({
+      ...c,
+      rateLimit: { enabled: true, max: 5, windowSeconds: 60 },
+    }));
+  });
+  afterAll(() => limited?.close());
+
+  it("limits each key separately with 429, Retry-After and problem+json", async () => {
+    const make = async () =>
+      (
+        await call(limited.app, "POST", "/v1/keys", { key: limited.rootKey, body: { scopes: ["read"] } })
+      ).json().key;
+    const a = await make();
+    const b = await make();
+    const statuses: number[] = [];
+    for (let i = 0; i < 5; i++)
+      statuses.push((await call(limited.app, "GET", "/v1/workflows", { key: a })).statusCode);
+    expect(statuses).toEqual([200, 200, 200, 200, 200]);
+    const over = await call(limited.app, "GET", "/v1/workflows", { key: a });
+    const problem = expectProblem(over, 429);
+    expect(problem.code).toBe("rate_limited");
+    expect(Number(over.headers["retry-after"])).toBeGreaterThan(0);
+    expect((await call(limited.app, "GET", "/v1/workflows", { key: b })).statusCode).toBe(200);
+    expect((await call(limited.app, "GET", "/healthz")).statusCode).toBe(200);
+    const stored = await limited.redis.keys(`${limited.config.redis.prefix}:rl:*`);
+    expect(stored.length).toBeGreaterThan(0);
+  });
+});

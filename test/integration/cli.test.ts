@@ -1,0 +1,87 @@
+import { randomBytes } from "node:crypto";
+import { Redis } from "ioredis";
+import postgres from "postgres";
+import { afterAll, describe, expect, inject, it } from "vitest";
+import { deleteByPattern } from "../../src/redis/connection.ts";
+import { cleanEnv, freePort, spawnFlowline } from "../helpers/processes.ts";
+import { databaseUrl, TEST_PG_URL, TEST_REDIS_URL } from "../helpers/services.ts";
+
+// A database that does not exist yet: `api` and `migrate` must create it. The global teardown
+// drops it with the rest of this run's databases.
+const dbName = `flowline_t_${inject("runId")}_cli${randomBytes(3).toString("hex")}`;
+const prefix = `fltest:cli${randomBytes(3).toString("hex")}`;
+const baseEnv = {
+  DATABASE_URL: databaseUrl(dbName),
+  REDIS_URL: TEST_REDIS_URL,
+  FLOWLINE_REDIS_PREFIX: prefix,
+};
+
+afterAll(async () => {
+  const redis = new Redis(TEST_REDIS_URL);
+  await deleteByPattern(redis, `${prefix}:*`);
+  await redis.quit();
+});
+
+describe("flowline CLI", () => {
+  it("api: creates the database, prints a root key once, serves the API and docs, and stops on SIGTERM", async () => {
+    const port = await freePort();
+    const env = cleanEnv({ ...baseEnv, PORT: String(port), HOST: "127.0.0.1", LOG_LEVEL: "info" });
+    const api = spawnFlowline(["api"], env);
+    const [, key] = await api.waitFor(/\n\s+(flk_[A-Za-z0-9_-]+)\n/);
+    await api.waitFor(/api listening/);
+    const base = `http://127.0.0.1:${port}`;
+    expect((await fetch(`${base}/healthz`)).status).toBe(200);
+    expect((await fetch(`${base}/readyz`)).status).toBe(200);
+    const docs = await fetch(`${base}/docs/`);
+    expect(docs.status).toBe(200);
+    expect(await docs.text()).toMatch(/swagger/i);
+    const list = await fetch(`${base}/v1/workflows`, { headers: { authorization: `Bearer ${key}` } });
+    expect(list.status).toBe(200);
+    // Logs are JSON lines with a request id.
+    const logLine = api
+      .stdout()
+      .split("\n")
+      .find((l) => l.includes('"reqId"'));
+    expect(logLine && JSON.parse(logLine).reqId).toBeTruthy();
+    expect(api.stdout()).not.toContain("authorization");
+
+    api.child.kill("SIGTERM");
+    expect(await api.exited).toEqual({ code: 0, signal: null });
+
+    const again = spawnFlowline(["up"], env);
+    await again.waitFor(/api listening/);
+    expect(again.stdout()).not.toMatch(/flk_/);
+    const stillValid = await fetch(`${base}/v1/workflows`, { headers: { authorization: `Bearer ${key}` } });
+    expect(stillValid.status).toBe(200);
+    again.child.kill("SIGTERM");
+    expect((await again.exited).code).toBe(0);
+
+    const sql = postgres(TEST_PG_URL, { max: 1 });
+    const rows = await sql`select 1 from pg_database where datname = ${dbName}`;
+    await sql.end();
+    expect(rows).toHaveLength(1);
+  });
+
+  it("stops with exit code 78 and a message naming the key for bad configuration", async () => {
+    const bad = spawnFlowline(["api"], cleanEnv({ ...baseEnv, PORT: "not-a-port" }));
+    const { code } = await bad.exited;
+    expect(code).toBe(78);
+    expect(bad.stderr()).toMatch(/server\.port/);
+    expect(bad.stderr()).toMatch(/PORT/);
+
+    const typo = spawnFlowline(["api"], cleanEnv({ ...baseEnv, FLOWLINE_PROT: "1" }));
+    expect((await typo.exited).code).toBe(78);
+    expect(typo.stderr()).toMatch(/FLOWLINE_PROT/);
+  });
+
+  it("migrate is idempotent; roles that are not built yet exit 2", async () => {
+    const first = spawnFlowline(["migrate"], cleanEnv(baseEnv));
+    expect((await first.exited).code).toBe(0);
+    expect(first.stdout()).toMatch(/migrations applied/);
+    for (const role of ["worker", "workers", "supervisor"]) {
+      const p = spawnFlowline([role], cleanEnv(baseEnv));
+      expect((await p.exited).code).toBe(2);
+      expect(p.stderr()).toMatch(/not yet available/);
+    }
+  });
+});
