@@ -18,15 +18,22 @@ import type { Redis } from "ioredis";
 import type { Config } from "../config/index.ts";
 import type { DbHandle } from "../db/client.ts";
 import { keysRepository } from "../db/repositories/keys.ts";
+import { readEvents } from "../db/repositories/runs.ts";
 import { workflowsRepository } from "../db/repositories/workflows.ts";
 import { FlowlineError } from "../domain/errors.ts";
+import { createEngineDeps, type EngineDeps } from "../engine/deps.ts";
+import { createRedis } from "../redis/connection.ts";
+import { RedisEventBus } from "../redis/event-bus.ts";
 import { redisKeys } from "../redis/keys.ts";
+import { BullStepDispatcher } from "../redis/step-queue.ts";
 import { registerAuth } from "./plugins/auth.ts";
 import { registerBodyParsers } from "./plugins/body-parsers.ts";
 import { registerMetrics } from "./plugins/metrics.ts";
 import { problemFromFlowlineError, toFlowlineError } from "./problem.ts";
 import { healthRoutes } from "./routes/health/index.ts";
 import { keyRoutes } from "./routes/keys/index.ts";
+import { runRoutes } from "./routes/runs/index.ts";
+import type { SseHub } from "./routes/runs/sse.ts";
 import { workflowRoutes } from "./routes/workflows/index.ts";
 
 export interface AppDeps {
@@ -36,6 +43,19 @@ export interface AppDeps {
   redis: Redis;
   /** A pino logger to use; by default the app logs JSON at the configured level. */
   logger?: FastifyBaseLogger;
+  /** SSE heartbeat interval (tests shorten it). */
+  sseHeartbeatMs?: number;
+}
+
+export interface AppExtras {
+  engine: EngineDeps;
+  hub: SseHub;
+}
+
+declare module "fastify" {
+  interface FastifyInstance {
+    flowline: AppExtras;
+  }
 }
 
 const requestIdPattern = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -137,7 +157,41 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 
   app.get("/openapi.json", { config: { public: true }, schema: { hide: true } }, async () => app.swagger());
 
+  // One subscriber connection per API process, fanned out to every SSE stream it serves. It keeps
+  // an offline queue so its subscription is made as soon as Redis is reachable.
+  const subscriber = createRedis(config.redis.url, "consumer", { name: "flowline-api-sub" });
+  subscriber
+    .connect()
+    .catch((error: Error) => app.log.warn({ err: error.message }, "redis subscriber not connected yet"));
+  const bus = new RedisEventBus(deps.redis, subscriber, config.redis.prefix);
+  void bus.start().catch((error: Error) => app.log.warn({ err: error.message }, "event subscription failed"));
+  const dispatcher = new BullStepDispatcher(deps.redis, config.redis.prefix);
+  const engine = createEngineDeps({
+    db: deps.db,
+    config,
+    dispatcher,
+    notifier: bus,
+    control: bus,
+    log: app.log as unknown as EngineDeps["log"],
+  });
+  const hub: SseHub = {
+    bus,
+    streams: new Set(),
+    readPage: (runId, afterId, limit) => readEvents(deps.db.sql, runId, afterId, limit),
+    ...(deps.sseHeartbeatMs ? { heartbeatMs: deps.sseHeartbeatMs } : {}),
+  };
+  app.decorate("flowline", { engine, hub });
+  // Open event streams would keep close() waiting forever: end them first.
+  app.addHook("preClose", async () => {
+    for (const close of [...hub.streams]) close();
+  });
+  app.addHook("onClose", async () => {
+    await dispatcher.close();
+    await subscriber.quit().catch(() => subscriber.disconnect());
+  });
+
   await app.register(healthRoutes, { db: deps.db, redis: deps.redis });
+  await app.register(runRoutes, { prefix: "/v1", engine, hub });
   await app.register(keyRoutes, { prefix: "/v1", keys });
   await app.register(workflowRoutes, {
     prefix: "/v1",

@@ -3,11 +3,14 @@
  * together. Each subcommand loads the config (stopping with a message that names the bad key)
  * and runs one role.
  */
+
+import { type ChildProcess, spawn } from "node:child_process";
 import { Command, CommanderError } from "commander";
 import { pino } from "pino";
 import { startApiServer } from "../api/server.ts";
 import { type Config, ConfigError, loadConfig } from "../config/index.ts";
 import { runMigrations } from "../db/migrate.ts";
+import { startWorker } from "../jobs/worker.ts";
 
 const EXIT_CONFIG = 78;
 const EXIT_NOT_YET = 2;
@@ -62,16 +65,52 @@ async function runApi(role: string): Promise<void> {
   const config = loadConfigOrExit();
   const log = createLogger(config, role);
   process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
-  const server = await startApiServer(config, {
-    logger: log,
-    onGeneratedRootKey: (key) => {
-      process.stdout.write(
-        `\nFlowline generated a root API key. It is shown only this once; store it now:\n\n    ${key}\n\n` +
-          "Set FLOWLINE_BOOTSTRAP_KEY to choose the root key yourself.\n\n",
-      );
-    },
-  });
+  const server = await startApiServer(config, { logger: log, onGeneratedRootKey: printRootKey });
   untilSignal(log, config.server.shutdownGraceSeconds, () => server.close());
+}
+
+/**
+ * `up`: the API in this process and one worker child per configured queue (at least its `min`,
+ * and at least one for `default`), restarted with backoff when they crash. The autoscaler replaces
+ * this fixed pool when it lands.
+ */
+async function runUp(): Promise<void> {
+  const config = loadConfigOrExit();
+  const log = createLogger(config, "up");
+  const children = new Set<ChildProcess>();
+  let stopping = false;
+  const launch = (queue: string, restarts: number) => {
+    const child = spawn(process.execPath, [process.argv[1]!, "worker", "--queues", queue], {
+      stdio: ["ignore", "inherit", "inherit"],
+      env: process.env,
+    });
+    children.add(child);
+    child.on("exit", (code, signal) => {
+      children.delete(child);
+      if (stopping) return;
+      const delay = Math.min(30_000, 500 * 2 ** Math.min(restarts, 6));
+      log.warn({ queue, code, signal, restartInMs: delay }, "worker process exited; restarting");
+      setTimeout(() => launch(queue, restarts + 1), delay).unref();
+    });
+  };
+  for (const [queue, pool] of Object.entries(config.queues)) {
+    const count = Math.max(pool.min, queue === "default" ? 1 : 0);
+    for (let i = 0; i < count; i++) launch(queue, 0);
+  }
+  const server = await startApiServer(config, { logger: log, onGeneratedRootKey: printRootKey });
+  untilSignal(log, Math.max(config.server.shutdownGraceSeconds, config.worker.graceSeconds), async () => {
+    stopping = true;
+    const exits = [...children].map((c) => new Promise((r) => c.once("exit", r)));
+    for (const c of children) c.kill("SIGTERM");
+    await Promise.all([server.close(), ...exits]);
+  });
+}
+
+function printRootKey(key: string): void {
+  process.stdout.write(
+    `\nFlowline generated a root API key. It is shown only this once; store it now:\n\n    ${key}\n\n` +
+      "Set FLOWLINE_BOOTSTRAP_KEY to choose the root key yourself.\n\n",
+  );
 }
 
 function notYet(name: string): () => never {
@@ -89,8 +128,8 @@ export function buildProgram(): Command {
 
   program
     .command("up")
-    .description("Run the whole system on this machine (API; workers and supervisor as they land)")
-    .action(() => runApi("up"));
+    .description("Run the whole system on this machine: the API and a worker process per configured queue")
+    .action(() => runUp());
   program
     .command("api")
     .description("Run the HTTP API")
@@ -103,7 +142,31 @@ export function buildProgram(): Command {
       const { createdDatabase } = await runMigrations(config.database.url);
       process.stdout.write(`migrations applied${createdDatabase ? " (database created)" : ""}\n`);
     });
-  program.command("worker").description("Run a worker process").allowUnknownOption().action(notYet("worker"));
+  program
+    .command("worker")
+    .description("Run a worker process for one or more queues")
+    .option("--queues <names>", "comma-separated queue names", "default")
+    .option("--concurrency <n>", "attempts run at once (default: the first queue's configured concurrency)")
+    .action(async (opts: { queues: string; concurrency?: string }) => {
+      const config = loadConfigOrExit();
+      const queues = opts.queues
+        .split(",")
+        .map((q) => q.trim())
+        .filter(Boolean);
+      const concurrency =
+        opts.concurrency === undefined
+          ? (config.queues[queues[0]!]?.concurrency ?? 8)
+          : Number(opts.concurrency);
+      if (queues.length === 0 || !Number.isInteger(concurrency) || concurrency < 1) {
+        process.stderr.write(
+          "flowline worker: --queues needs at least one name and --concurrency a positive integer\n",
+        );
+        process.exit(2);
+      }
+      const log = createLogger(config, "worker");
+      const worker = await startWorker({ config, queues, concurrency, log });
+      untilSignal(log, config.worker.graceSeconds, () => worker.close());
+    });
   program
     .command("workers")
     .description("Run autoscaled worker pools")

@@ -27,8 +27,8 @@ export interface DbHandle {
  * unreachable database from hanging a request forever.
  */
 export function createDb(options: DbOptions): DbHandle {
-  const sql = postgres(options.url, {
-    max: options.poolMax,
+  const clientOptions = (max: number) => ({
+    max,
     connect_timeout: options.connectTimeoutSeconds,
     idle_timeout: 30,
     onnotice: () => {},
@@ -37,11 +37,20 @@ export function createDb(options: DbOptions): DbHandle {
       application_name: options.applicationName ?? "flowline",
     },
   });
-  const db = drizzle(sql, { schema });
+  // drizzle rewires its client's type parsers and serializers (timestamps as strings, JSON left
+  // to itself), so the engine's hand-written SQL gets a client of its own with the defaults.
+  const sql = postgres(options.url, clientOptions(options.poolMax));
+  const drizzleClient = postgres(options.url, clientOptions(Math.max(2, Math.ceil(options.poolMax / 2))));
+  const db = drizzle(drizzleClient, { schema });
   return {
     db,
     sql,
-    close: (timeoutSeconds = 5) => sql.end({ timeout: timeoutSeconds }),
+    close: async (timeoutSeconds = 5) => {
+      await Promise.all([
+        sql.end({ timeout: timeoutSeconds }),
+        drizzleClient.end({ timeout: timeoutSeconds }),
+      ]);
+    },
     ping: async () => {
       await sql`select 1`;
     },

@@ -125,6 +125,8 @@ export const runs = pgTable(
     error: jsonb("error"),
     /** Incremented by every state change; lets writers detect lost updates cheaply. */
     revision: integer("revision").notNull().default(0),
+    /** Steps not yet in a terminal state; the run ends when it reaches 0. */
+    pendingSteps: integer("pending_steps").notNull().default(0),
     createdAt: createdAt(),
     updatedAt: ts("updated_at").notNull().defaultNow(),
     startedAt: ts("started_at"),
@@ -160,6 +162,9 @@ export const stepRuns = pgTable(
     progress: real("progress"),
     progressMessage: text("progress_message"),
     workerId: text("worker_id"),
+    /** Fencing token of the current holder: a completion must present it. New on every pickup. */
+    leaseToken: text("lease_token"),
+    timeoutSeconds: integer("timeout_seconds"),
     /** Worker lease: a running attempt whose lease expired is recovered by the reconciler. */
     leaseExpiresAt: ts("lease_expires_at"),
     nextAttemptAt: ts("next_attempt_at"),

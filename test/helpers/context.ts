@@ -69,6 +69,7 @@ type ConfigInput = Record<string, unknown>;
 /** Builds the whole API on an isolated database and key prefix. */
 export async function createTestContext(
   overrides: (base: ConfigInput) => ConfigInput = (c) => c,
+  options: { sseHeartbeatMs?: number } = {},
 ): Promise<TestContext> {
   const database = await createTestDatabase();
   const prefix = `fltest:${randomBytes(4).toString("hex")}`;
@@ -84,7 +85,7 @@ export async function createTestContext(
   const redis = createRedis(config.redis.url, "request", { name: "flowline-test" });
   await redis.connect();
   await keysRepository(db.db).ensureRootKey(ROOT_KEY);
-  const app = await buildApp({ config, db, redis });
+  const app = await buildApp({ config, db, redis, ...options });
   await app.ready();
   return {
     config,

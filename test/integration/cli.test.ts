@@ -78,7 +78,7 @@ describe("flowline CLI", () => {
     const first = spawnFlowline(["migrate"], cleanEnv(baseEnv));
     expect((await first.exited).code).toBe(0);
     expect(first.stdout()).toMatch(/migrations applied/);
-    for (const role of ["worker", "workers", "supervisor"]) {
+    for (const role of ["workers", "supervisor"]) {
       const p = spawnFlowline([role], cleanEnv(baseEnv));
       expect((await p.exited).code).toBe(2);
       expect(p.stderr()).toMatch(/not yet available/);

@@ -1,0 +1,135 @@
+/**
+ * Server-Sent Events for a run (SPEC §5). The stream replays from Postgres after Last-Event-ID and
+ * then follows notifications by reading Postgres again from the last id it sent — notifications
+ * carry no events, so a lost or late one can neither drop nor duplicate anything. At most one page
+ * of events is in memory per stream, and the next page is read only once the socket has drained,
+ * so a slow client costs a bounded amount of memory. Encoding is done here (a few lines) because
+ * the frames are fully under our control: `event:` is one of our own types and `id:` a number.
+ */
+import type { FastifyReply, FastifyRequest } from "fastify";
+import type { EventRow } from "../../../db/repositories/runs.ts";
+import type { RedisEventBus } from "../../../redis/event-bus.ts";
+
+export const HEARTBEAT_MS = 15_000;
+export const RETRY_MS = 3000;
+const PAGE = 500;
+const terminalRunEvents = new Set(["run.succeeded", "run.failed", "run.cancelled", "run.rolled_back"]);
+
+export interface SseHub {
+  bus: RedisEventBus;
+  readPage(runId: string, afterId: number, limit: number): Promise<EventRow[]>;
+  /** Open streams, for shutdown and for leak checks. */
+  streams: Set<() => void>;
+  heartbeatMs?: number;
+}
+
+export function frame(event: EventRow): string {
+  const data = {
+    id: event.id,
+    type: event.type,
+    runId: event.run_id,
+    stepId: event.step_id,
+    attempt: event.attempt,
+    at: event.created_at.toISOString(),
+    ...event.data,
+  };
+  return `id: ${event.id}\nevent: ${event.type}\ndata: ${JSON.stringify(data)}\n\n`;
+}
+
+export function streamRunEvents(
+  hub: SseHub,
+  request: FastifyRequest,
+  reply: FastifyReply,
+  runId: string,
+  afterId: number,
+  options: { terminalAtStart: boolean },
+): void {
+  reply.hijack();
+  const res = reply.raw;
+  res.writeHead(200, {
+    "content-type": "text/event-stream; charset=utf-8",
+    "cache-control": "no-cache, no-transform",
+    connection: "keep-alive",
+    "x-accel-buffering": "no",
+    "x-request-id": request.id,
+  });
+  res.write(`retry: ${RETRY_MS}\n\n`);
+
+  let lastId = afterId;
+  let closed = false;
+  let pumping = false;
+  let again = false;
+
+  const close = () => {
+    if (closed) return;
+    closed = true;
+    unsubscribe();
+    clearInterval(heartbeat);
+    hub.streams.delete(close);
+    res.off("close", close);
+    res.end();
+  };
+  // Subscribe before the first read, so nothing committed after that read is missed.
+  const unsubscribe = hub.bus.onRun(runId, () => void pump());
+  const heartbeat = setInterval(() => {
+    if (!closed) res.write(": heartbeat\n\n");
+  }, hub.heartbeatMs ?? HEARTBEAT_MS);
+  hub.streams.add(close);
+  res.on("close", close);
+
+  /** Resolves when the socket can take more, or false when it closed first. */
+  const drained = () =>
+    new Promise<boolean>((resolve) => {
+      const onDrain = () => done(true);
+      const onClose = () => done(false);
+      const done = (ok: boolean) => {
+        res.off("drain", onDrain);
+        res.off("close", onClose);
+        resolve(ok);
+      };
+      res.on("drain", onDrain);
+      res.on("close", onClose);
+    });
+
+  async function pump(): Promise<void> {
+    if (pumping) {
+      again = true;
+      return;
+    }
+    pumping = true;
+    try {
+      do {
+        again = false;
+        for (;;) {
+          if (closed) return;
+          const page = await hub.readPage(runId, lastId, PAGE);
+          for (const event of page) {
+            if (closed) return;
+            lastId = event.id;
+            const writable = res.write(frame(event));
+            if (terminalRunEvents.has(event.type)) {
+              res.write("event: end\ndata: {}\n\n");
+              close();
+              return;
+            }
+            if (!writable && !(await drained())) return;
+          }
+          if (page.length < PAGE) break;
+        }
+      } while (again);
+    } catch (error) {
+      request.log.warn({ err: error, runId }, "event stream failed");
+      close();
+    } finally {
+      pumping = false;
+    }
+  }
+
+  void pump().then(() => {
+    // Resuming after the end of a finished run: nothing more will come.
+    if (options.terminalAtStart && !closed) {
+      res.write("event: end\ndata: {}\n\n");
+      close();
+    }
+  });
+}

@@ -1,0 +1,160 @@
+/**
+ * SQL for runs, steps and events. Every function that changes a run takes a transaction in which
+ * the caller has already locked the run row (`lockRun`), which is what orders a run's events.
+ */
+import type postgres from "postgres";
+import type { EventType, RunKind, RunStatus, StepStatus } from "../../domain/status.ts";
+
+export type Sql = postgres.Sql | postgres.TransactionSql;
+type Json = postgres.JSONValue;
+
+export interface RunRow {
+  id: string;
+  tenant_id: string;
+  workflow_id: string;
+  workflow_version: number;
+  kind: RunKind;
+  status: RunStatus;
+  trigger: string;
+  params: Record<string, unknown>;
+  priority: number;
+  parent_run_id: string | null;
+  pending_steps: number;
+  error: unknown;
+  created_at: Date;
+  updated_at: Date;
+  started_at: Date | null;
+  finished_at: Date | null;
+}
+
+export interface StepRow {
+  run_id: string;
+  step_id: string;
+  status: StepStatus;
+  attempt: number;
+  max_attempts: number;
+  queue: string;
+  priority: number;
+  output: unknown;
+  error: unknown;
+  progress: number | null;
+  progress_message: string | null;
+  worker_id: string | null;
+  lease_token: string | null;
+  timeout_seconds: number | null;
+  lease_expires_at: Date | null;
+  queued_at: Date | null;
+  started_at: Date | null;
+  finished_at: Date | null;
+  updated_at: Date;
+}
+
+export interface NewEvent {
+  type: EventType;
+  stepId?: string | null;
+  attempt?: number | null;
+  data?: Record<string, unknown>;
+}
+
+export interface EventRow {
+  id: number;
+  run_id: string;
+  step_id: string | null;
+  type: string;
+  attempt: number | null;
+  data: Record<string, unknown>;
+  created_at: Date;
+}
+
+export async function lockRun(sql: Sql, runId: string, tenantId?: string): Promise<RunRow | undefined> {
+  const rows = await sql<RunRow[]>`
+    select * from runs where id = ${runId} ${tenantId === undefined ? sql`` : sql`and tenant_id = ${tenantId}`}
+    for update`;
+  return rows[0];
+}
+
+/** Appends events (the run row must be locked by this transaction); returns the last id. */
+export async function appendEvents(sql: Sql, tenantId: string, runId: string, events: readonly NewEvent[]) {
+  if (events.length === 0) return 0;
+  const rows = events.map((e) => ({
+    step_id: e.stepId ?? null,
+    type: e.type,
+    attempt: e.attempt ?? null,
+    data: e.data ?? {},
+  }));
+  // One parameter for the whole batch; ordinality keeps ids in the order the events were given.
+  const inserted = await sql<{ id: number }[]>`
+    insert into events (tenant_id, run_id, step_id, type, attempt, data)
+    select ${tenantId}, ${runId}, e.value->>'step_id', e.value->>'type', (e.value->>'attempt')::int,
+      coalesce(e.value->'data', '{}'::jsonb)
+    from jsonb_array_elements(${sql.json(rows as Json)}) with ordinality as e(value, n)
+    order by e.n
+    returning id`;
+  return Math.max(...inserted.map((r) => Number(r.id)));
+}
+
+export async function readEvents(
+  sql: Sql,
+  runId: string,
+  afterId: number,
+  limit: number,
+): Promise<EventRow[]> {
+  const rows = await sql<EventRow[]>`
+    select id, run_id, step_id, type, attempt, data, created_at from events
+    where run_id = ${runId} and id > ${afterId} order by id limit ${limit}`;
+  return rows.map((r) => ({ ...r, id: Number(r.id) }));
+}
+
+export async function stepStatuses(sql: Sql, runId: string, stepIds?: readonly string[]) {
+  const rows = await sql<{ step_id: string; status: StepStatus }[]>`
+    select step_id, status from step_runs where run_id = ${runId}
+    ${stepIds ? sql`and step_id in ${sql(stepIds as string[])}` : sql``}`;
+  return new Map(rows.map((r) => [r.step_id, r.status]));
+}
+
+export async function stepOutputs(sql: Sql, runId: string, stepIds: readonly string[]) {
+  if (stepIds.length === 0) return new Map<string, unknown>();
+  const rows = await sql<{ step_id: string; output: unknown }[]>`
+    select step_id, output from step_runs where run_id = ${runId} and step_id in ${sql(stepIds as string[])}`;
+  return new Map(rows.map((r) => [r.step_id, r.output]));
+}
+
+/** Moves steps to a status, counting how many left the non-terminal set. */
+export async function setStepStatuses(
+  sql: Sql,
+  runId: string,
+  stepIds: readonly string[],
+  to: StepStatus,
+  extra: { queued?: boolean; finished?: boolean } = {},
+): Promise<string[]> {
+  if (stepIds.length === 0) return [];
+  const rows = await sql<{ step_id: string }[]>`
+    update step_runs set status = ${to}, updated_at = now(),
+      queued_at = ${extra.queued ? sql`now()` : sql`queued_at`},
+      finished_at = ${extra.finished ? sql`now()` : sql`finished_at`},
+      lease_token = ${extra.finished ? null : sql`lease_token`}
+    where run_id = ${runId} and step_id in ${sql(stepIds as string[])}
+    returning step_id`;
+  return rows.map((r) => r.step_id);
+}
+
+export async function decrementPending(sql: Sql, runId: string, by: number): Promise<number> {
+  const [row] = await sql<{ pending_steps: number }[]>`
+    update runs set pending_steps = pending_steps - ${by}, updated_at = now() where id = ${runId}
+    returning pending_steps`;
+  return row!.pending_steps;
+}
+
+export async function setRunStatus(
+  sql: Sql,
+  runId: string,
+  status: RunStatus,
+  extra: { started?: boolean; finished?: boolean; error?: unknown } = {},
+): Promise<void> {
+  await sql`
+    update runs set status = ${status}, updated_at = now(), revision = revision + 1,
+      started_at = ${extra.started ? sql`coalesce(started_at, now())` : sql`started_at`},
+      finished_at = ${extra.finished ? sql`now()` : sql`finished_at`},
+      error = ${extra.error === undefined ? sql`error` : sql`${sql.json(extra.error as Json)}`}
+    where id = ${runId}`;
+}

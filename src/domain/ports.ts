@@ -1,0 +1,35 @@
+/**
+ * What the engine needs from infrastructure, as interfaces, so that a second implementation (the
+ * zero-service mode on Postgres) can be added without touching the engine.
+ */
+
+/** The message that asks a worker to run one attempt of one step. */
+export interface StepJob {
+  tenantId: string;
+  runId: string;
+  stepId: string;
+  attempt: number;
+  queue: string;
+  /** 1–10, higher first. */
+  priority: number;
+  /** Run no earlier than this many milliseconds from now (retries with backoff). */
+  delayMs?: number;
+  /** Makes the job id unique again for an attempt handed back by a stopping worker. */
+  jobSuffix?: string;
+}
+
+export interface StepDispatcher {
+  /** Enqueues jobs; a job whose (run, step, attempt) was enqueued before is not duplicated. */
+  dispatch(jobs: readonly StepJob[]): Promise<void>;
+}
+
+/** Announces that a run has new events (the events themselves are read from Postgres). */
+export interface EventNotifier {
+  notify(runIds: Iterable<string>): Promise<void>;
+}
+
+export type ControlMessage = { type: "cancel"; runId: string; stepIds?: string[] };
+
+export interface ControlBus {
+  publish(message: ControlMessage): Promise<void>;
+}

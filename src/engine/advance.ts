@@ -1,0 +1,131 @@
+/**
+ * Applies the consequences of a step reaching a terminal state, inside the caller's transaction
+ * (which holds the run-row lock): queue ready children, skip or cancel what the failure policy
+ * says, and end the run when nothing is left.
+ */
+import {
+  appendEvents,
+  decrementPending,
+  type NewEvent,
+  type RunRow,
+  type Sql,
+  setRunStatus,
+  setStepStatuses,
+  stepStatuses,
+} from "../db/repositories/runs.ts";
+import { outcomeOf, progressAfter } from "../domain/progress.ts";
+import type { StepStatus } from "../domain/status.ts";
+import { resolveStep } from "../domain/workflow/resolve.ts";
+import type { AfterCommit, EngineDeps } from "./deps.ts";
+import type { LoadedSpec } from "./specs.ts";
+
+/** Queues steps (status, attempt 1, event) and schedules their jobs after commit. */
+export async function queueSteps(
+  deps: EngineDeps,
+  sql: Sql,
+  run: RunRow,
+  loaded: LoadedSpec,
+  stepIds: readonly string[],
+  after: AfterCommit,
+  events: NewEvent[],
+): Promise<void> {
+  if (stepIds.length === 0) return;
+  await sql`
+    update step_runs set status = 'queued', attempt = 1, queued_at = now(), updated_at = now()
+    where run_id = ${run.id} and step_id in ${sql(stepIds as string[])} and status = 'pending'`;
+  for (const stepId of stepIds) {
+    const resolved = resolveStep(loaded.spec, loaded.steps.get(stepId)!, deps.config.tags, run.priority);
+    events.push({ type: "step.queued", stepId, attempt: 1, data: { queue: resolved.queue, attempt: 1 } });
+    after.jobs.push({
+      tenantId: run.tenant_id,
+      runId: run.id,
+      stepId,
+      attempt: 1,
+      queue: resolved.queue,
+      priority: resolved.priority,
+    });
+  }
+}
+
+/**
+ * Called after `stepId` became `status` (terminal). `events` already holds that step's own event;
+ * this appends the rest and writes them all.
+ */
+export async function advanceRun(
+  deps: EngineDeps,
+  sql: Sql,
+  run: RunRow,
+  loaded: LoadedSpec,
+  finished: { stepId: string; status: StepStatus; error?: unknown },
+  after: AfterCommit,
+  events: NewEvent[],
+): Promise<void> {
+  const step = loaded.steps.get(finished.stepId)!;
+  const graph = loaded.graph;
+  // On success only the children and their parents matter; a failure may touch every step.
+  const relevant =
+    finished.status === "succeeded" || finished.status === "reused"
+      ? [...new Set(graph.children(finished.stepId).flatMap((c) => [c, ...graph.parents(c)]))]
+      : undefined;
+  const statuses =
+    relevant && relevant.length === 0
+      ? new Map<string, StepStatus>()
+      : await stepStatuses(sql, run.id, relevant);
+  statuses.set(finished.stepId, finished.status);
+  const progress = progressAfter(
+    graph,
+    { stepId: finished.stepId, status: finished.status, onFailure: step.onFailure },
+    (id) => statuses.get(id) ?? "pending",
+  );
+
+  let terminalCount = 1; // the finished step itself
+  const cancelledRunning: string[] = [];
+  for (const to of ["skipped", "cancelled"] as const) {
+    const ids = progress.transitions.filter((t) => t.to === to).map((t) => t.stepId);
+    if (ids.length === 0) continue;
+    for (const id of ids) if (statuses.get(id) === "running") cancelledRunning.push(id);
+    const changed = await setStepStatuses(sql, run.id, ids, to, { finished: true });
+    terminalCount += changed.length;
+    for (const id of changed) {
+      events.push({
+        type: to === "skipped" ? "step.skipped" : "step.cancelled",
+        stepId: id,
+        data: { reason: to === "skipped" ? `upstream step "${finished.stepId}" failed` : "run failed" },
+      });
+    }
+  }
+  if (cancelledRunning.length > 0) after.cancels.push({ runId: run.id, stepIds: cancelledRunning });
+
+  const pending = await decrementPending(sql, run.id, terminalCount);
+  if (progress.runOutcome === "failed") {
+    const error = {
+      stepId: finished.stepId,
+      message: `step "${finished.stepId}" failed`,
+      cause: finished.error ?? null,
+    };
+    await setRunStatus(sql, run.id, "failed", { finished: true, error });
+    events.push({ type: "run.failed", data: { error } });
+  } else {
+    await queueSteps(deps, sql, run, loaded, progress.ready, after, events);
+    if (pending <= 0 && progress.ready.length === 0) {
+      const all = await stepStatuses(sql, run.id);
+      const outcome = outcomeOf(all.values());
+      const error =
+        outcome === "failed"
+          ? {
+              message: `steps failed: ${[...all]
+                .filter(([, s]) => s === "failed")
+                .map(([id]) => id)
+                .join(", ")}`,
+            }
+          : undefined;
+      await setRunStatus(sql, run.id, outcome, { finished: true, ...(error ? { error } : {}) });
+      events.push({
+        type: outcome === "succeeded" ? "run.succeeded" : "run.failed",
+        data: error ? { error } : {},
+      });
+    }
+  }
+  await appendEvents(sql, run.tenant_id, run.id, events);
+  after.runs.add(run.id);
+}

@@ -1,0 +1,344 @@
+/**
+ * The worker-facing half of the engine: start an attempt (drawing a fresh lease token), keep its
+ * lease alive, and finish it. Every finishing write is fenced on (attempt, lease token, running):
+ * a late result from a worker that lost its lease changes nothing.
+ */
+import { randomUUID } from "node:crypto";
+import { appendEvents, lockRun, type NewEvent, type StepRow, stepOutputs } from "../db/repositories/runs.ts";
+import { backoffDelayMs } from "../domain/retry.ts";
+import { resolveStep } from "../domain/workflow/resolve.ts";
+import type { Executor } from "../domain/workflow/spec.ts";
+import { collectTemplateRefs } from "../domain/workflow/templates.ts";
+import { advanceRun } from "./advance.ts";
+import { AfterCommit, type EngineDeps } from "./deps.ts";
+
+export interface AttemptRef {
+  runId: string;
+  stepId: string;
+  attempt: number;
+}
+
+export interface StartedAttempt extends AttemptRef {
+  tenantId: string;
+  token: string;
+  executor: Executor;
+  timeoutSeconds: number;
+  params: Record<string, unknown>;
+  /** Outputs of the upstream steps the executor's templates read. */
+  upstream: Record<string, { output: unknown }>;
+}
+
+export type StartResult = { accepted: true; attempt: StartedAttempt } | { accepted: false; reason: string };
+
+export async function startAttempt(
+  deps: EngineDeps,
+  job: AttemptRef,
+  worker: { id: string; leaseSeconds: number },
+): Promise<StartResult> {
+  const after = new AfterCommit();
+  const result = await deps.db.sql.begin(async (sql): Promise<StartResult> => {
+    const run = await lockRun(sql, job.runId);
+    if (!run) return { accepted: false, reason: "run not found" };
+    if (run.status !== "running") return { accepted: false, reason: `run is ${run.status}` };
+    const [step] = await sql<StepRow[]>`
+      select * from step_runs where run_id = ${job.runId} and step_id = ${job.stepId}`;
+    if (!step) return { accepted: false, reason: "step not found" };
+    if (step.attempt !== job.attempt)
+      return { accepted: false, reason: `attempt ${job.attempt} is not current` };
+    const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
+    const events: NewEvent[] = [];
+    let attempt = job.attempt;
+    if (step.status === "running") {
+      // BullMQ redelivered the job: its previous holder lost the job lock (killed or frozen).
+      await sql`
+        update step_attempts set status = 'failed', finished_at = now(),
+          error = ${sql.json({ message: "worker lost (no heartbeat); attempt abandoned" })}
+        where run_id = ${job.runId} and step_id = ${job.stepId} and attempt = ${attempt}`;
+      if (attempt >= step.max_attempts) {
+        const error = { message: `worker lost during attempt ${attempt}; no attempts left` };
+        await sql`
+          update step_runs set status = 'failed', error = ${sql.json(error)}, finished_at = now(),
+            lease_token = null, updated_at = now()
+          where run_id = ${job.runId} and step_id = ${job.stepId}`;
+        events.push({ type: "step.failed", stepId: job.stepId, attempt, data: { error } });
+        await advanceRun(
+          deps,
+          sql,
+          run,
+          loaded,
+          { stepId: job.stepId, status: "failed", error },
+          after,
+          events,
+        );
+        return { accepted: false, reason: "attempts exhausted after worker loss" };
+      }
+      attempt += 1;
+      events.push({
+        type: "step.retrying",
+        stepId: job.stepId,
+        attempt,
+        data: { attempt, delayMs: 0, reason: "worker lost" },
+      });
+    } else if (step.status !== "queued" && step.status !== "retrying") {
+      return { accepted: false, reason: `step is ${step.status}` };
+    }
+    const token = randomUUID();
+    await sql`
+      update step_runs set status = 'running', attempt = ${attempt}, lease_token = ${token},
+        worker_id = ${worker.id}, started_at = now(), finished_at = null, error = null, progress = null,
+        lease_expires_at = now() + make_interval(secs => ${worker.leaseSeconds}), updated_at = now()
+      where run_id = ${job.runId} and step_id = ${job.stepId}`;
+    await sql`
+      insert into step_attempts (run_id, step_id, attempt, status, worker_id, started_at)
+      values (${job.runId}, ${job.stepId}, ${attempt}, 'running', ${worker.id}, now())
+      on conflict (run_id, step_id, attempt) do update set status = 'running', worker_id = excluded.worker_id,
+        started_at = excluded.started_at, finished_at = null, error = null`;
+    events.push({
+      type: "step.started",
+      stepId: job.stepId,
+      attempt,
+      data: { attempt, workerId: worker.id },
+    });
+    await appendEvents(sql, run.tenant_id, run.id, events);
+    after.runs.add(run.id);
+
+    const spec = loaded.steps.get(job.stepId)!;
+    const resolved = resolveStep(loaded.spec, spec, deps.config.tags, run.priority);
+    const referenced = new Set<string>();
+    for (const found of collectTemplateRefs(spec.run))
+      if (found.ref?.kind === "step") referenced.add(found.ref.stepId);
+    const outputs = await stepOutputs(sql, run.id, [...referenced]);
+    const upstream: Record<string, { output: unknown }> = {};
+    for (const [id, output] of outputs) upstream[id] = { output };
+    return {
+      accepted: true,
+      attempt: {
+        runId: run.id,
+        stepId: job.stepId,
+        attempt,
+        tenantId: run.tenant_id,
+        token,
+        executor: spec.run,
+        timeoutSeconds: resolved.timeoutSeconds,
+        params: run.params,
+        upstream,
+      },
+    };
+  });
+  await after.flush(deps);
+  return result;
+}
+
+/** Extends the lease; false when the attempt is no longer this holder's (cancelled, taken over). */
+export async function renewLease(
+  deps: EngineDeps,
+  ref: AttemptRef & { token: string },
+  leaseSeconds: number,
+) {
+  const rows = await deps.db.sql`
+    update step_runs set lease_expires_at = now() + make_interval(secs => ${leaseSeconds})
+    where run_id = ${ref.runId} and step_id = ${ref.stepId} and attempt = ${ref.attempt}
+      and lease_token = ${ref.token} and status = 'running'
+    returning 1`;
+  return rows.length > 0;
+}
+
+export type FinishResult =
+  | { accepted: true; retry?: { attempt: number; delayMs: number } }
+  | { accepted: false };
+
+/** Records a successful attempt and advances the run. Refused (accepted: false) when stale. */
+export async function completeAttempt(
+  deps: EngineDeps,
+  ref: AttemptRef & { token: string },
+  output: unknown,
+): Promise<FinishResult> {
+  const after = new AfterCommit();
+  const result = await deps.db.sql.begin(async (sql): Promise<FinishResult> => {
+    const run = await lockRun(sql, ref.runId);
+    if (!run) return { accepted: false };
+    const rows = await sql`
+      update step_runs set status = 'succeeded', output = ${sql.json((output ?? null) as never)},
+        finished_at = now(), progress = 1, lease_token = null, updated_at = now()
+      where run_id = ${ref.runId} and step_id = ${ref.stepId} and attempt = ${ref.attempt}
+        and lease_token = ${ref.token} and status = 'running'
+      returning 1`;
+    if (rows.length === 0) return { accepted: false };
+    await sql`
+      update step_attempts set status = 'succeeded', finished_at = now()
+      where run_id = ${ref.runId} and step_id = ${ref.stepId} and attempt = ${ref.attempt}`;
+    const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
+    const events: NewEvent[] = [
+      {
+        type: "step.succeeded",
+        stepId: ref.stepId,
+        attempt: ref.attempt,
+        data: { attempt: ref.attempt, output },
+      },
+    ];
+    await advanceRun(deps, sql, run, loaded, { stepId: ref.stepId, status: "succeeded" }, after, events);
+    return { accepted: true };
+  });
+  if (!result.accepted) deps.log.warn({ ...ref, token: undefined }, "stale completion refused");
+  await after.flush(deps);
+  return result;
+}
+
+export interface AttemptError {
+  message: string;
+  code?: string;
+  [key: string]: unknown;
+}
+
+/**
+ * Records a failed attempt: with attempts left (and a retryable error) the step waits in
+ * `retrying` for its backoff and a delayed job; otherwise it fails and the run advances.
+ */
+export async function failAttempt(
+  deps: EngineDeps,
+  ref: AttemptRef & { token: string },
+  error: AttemptError,
+  options: { retryable: boolean } = { retryable: true },
+): Promise<FinishResult> {
+  const after = new AfterCommit();
+  const result = await deps.db.sql.begin(async (sql): Promise<FinishResult> => {
+    const run = await lockRun(sql, ref.runId);
+    if (!run) return { accepted: false };
+    const [step] = await sql<StepRow[]>`
+      select * from step_runs where run_id = ${ref.runId} and step_id = ${ref.stepId}
+        and attempt = ${ref.attempt} and lease_token = ${ref.token} and status = 'running'`;
+    if (!step) return { accepted: false };
+    await sql`
+      update step_attempts set status = 'failed', finished_at = now(), error = ${sql.json(error as never)}
+      where run_id = ${ref.runId} and step_id = ${ref.stepId} and attempt = ${ref.attempt}`;
+    const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
+    const resolved = resolveStep(loaded.spec, loaded.steps.get(ref.stepId)!, deps.config.tags, run.priority);
+    if (options.retryable && ref.attempt < step.max_attempts) {
+      const next = ref.attempt + 1;
+      const delayMs = backoffDelayMs(resolved.retry, next);
+      await sql`
+        update step_runs set status = 'retrying', attempt = ${next}, error = ${sql.json(error as never)},
+          lease_token = null, next_attempt_at = now() + make_interval(secs => ${delayMs / 1000}), updated_at = now()
+        where run_id = ${ref.runId} and step_id = ${ref.stepId}`;
+      await appendEvents(sql, run.tenant_id, run.id, [
+        { type: "step.retrying", stepId: ref.stepId, attempt: next, data: { attempt: next, delayMs, error } },
+      ]);
+      after.runs.add(run.id);
+      after.jobs.push({
+        tenantId: run.tenant_id,
+        runId: run.id,
+        stepId: ref.stepId,
+        attempt: next,
+        queue: step.queue,
+        priority: step.priority,
+        delayMs,
+      });
+      return { accepted: true, retry: { attempt: next, delayMs } };
+    }
+    await sql`
+      update step_runs set status = 'failed', error = ${sql.json(error as never)}, finished_at = now(),
+        lease_token = null, updated_at = now()
+      where run_id = ${ref.runId} and step_id = ${ref.stepId}`;
+    const events: NewEvent[] = [
+      {
+        type: "step.failed",
+        stepId: ref.stepId,
+        attempt: ref.attempt,
+        data: { attempt: ref.attempt, error },
+      },
+    ];
+    await advanceRun(deps, sql, run, loaded, { stepId: ref.stepId, status: "failed", error }, after, events);
+    return { accepted: true };
+  });
+  if (!result.accepted)
+    deps.log.warn({ runId: ref.runId, stepId: ref.stepId, attempt: ref.attempt }, "stale failure refused");
+  await after.flush(deps);
+  return result;
+}
+
+/** step.log / step.progress events from a running attempt; dropped if the attempt is no longer current. */
+export async function recordActivity(
+  deps: EngineDeps,
+  ref: AttemptRef & { token: string },
+  activity: {
+    logs?: Array<{ stream: "stdout" | "stderr" | "log"; line: string }>;
+    progress?: { pct: number; message?: string };
+  },
+): Promise<boolean> {
+  const after = new AfterCommit();
+  const ok = await deps.db.sql.begin(async (sql) => {
+    const run = await lockRun(sql, ref.runId);
+    if (!run) return false;
+    const rows = await sql`
+      update step_runs set updated_at = now()
+        ${activity.progress ? sql`, progress = ${activity.progress.pct}, progress_message = ${activity.progress.message ?? null}` : sql``}
+      where run_id = ${ref.runId} and step_id = ${ref.stepId} and attempt = ${ref.attempt}
+        and lease_token = ${ref.token} and status = 'running'
+      returning 1`;
+    if (rows.length === 0) return false;
+    const events: NewEvent[] = (activity.logs ?? []).map((l) => ({
+      type: "step.log",
+      stepId: ref.stepId,
+      attempt: ref.attempt,
+      data: { stream: l.stream, line: l.line },
+    }));
+    if (activity.progress) {
+      events.push({
+        type: "step.progress",
+        stepId: ref.stepId,
+        attempt: ref.attempt,
+        data: { progress: activity.progress.pct, message: activity.progress.message ?? null },
+      });
+    }
+    await appendEvents(sql, run.tenant_id, run.id, events);
+    after.runs.add(run.id);
+    return true;
+  });
+  await after.flush(deps);
+  return ok;
+}
+
+/**
+ * A stopping worker gives a running attempt back: the step is queued again under the same attempt
+ * number (its work was interrupted, not failed) and a fresh job is enqueued.
+ */
+export async function handBackAttempt(
+  deps: EngineDeps,
+  ref: AttemptRef & { token: string },
+): Promise<boolean> {
+  const after = new AfterCommit();
+  const ok = await deps.db.sql.begin(async (sql) => {
+    const run = await lockRun(sql, ref.runId);
+    if (!run) return false;
+    const [step] = await sql<StepRow[]>`
+      update step_runs set status = 'queued', lease_token = null, worker_id = null, queued_at = now(), updated_at = now()
+      where run_id = ${ref.runId} and step_id = ${ref.stepId} and attempt = ${ref.attempt}
+        and lease_token = ${ref.token} and status = 'running'
+      returning *`;
+    if (!step) return false;
+    await sql`
+      update step_attempts set status = 'cancelled', finished_at = now(), error = ${sql.json({ message: "handed back by a stopping worker" })}
+      where run_id = ${ref.runId} and step_id = ${ref.stepId} and attempt = ${ref.attempt}`;
+    await appendEvents(sql, run.tenant_id, run.id, [
+      {
+        type: "step.queued",
+        stepId: ref.stepId,
+        attempt: ref.attempt,
+        data: { attempt: ref.attempt, reason: "handed back" },
+      },
+    ]);
+    after.runs.add(run.id);
+    after.jobs.push({
+      tenantId: run.tenant_id,
+      runId: run.id,
+      stepId: ref.stepId,
+      attempt: ref.attempt,
+      queue: step.queue,
+      priority: step.priority,
+      jobSuffix: `h${Date.now()}`,
+    });
+    return true;
+  });
+  await after.flush(deps);
+  return ok;
+}

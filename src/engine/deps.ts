@@ -1,0 +1,43 @@
+import type { Logger } from "pino";
+import type { Config } from "../config/index.ts";
+import type { DbHandle } from "../db/client.ts";
+import type { ControlBus, EventNotifier, StepDispatcher, StepJob } from "../domain/ports.ts";
+import { SpecCache } from "./specs.ts";
+
+/** The explicit bundle of dependencies every engine operation receives. */
+export interface EngineDeps {
+  db: DbHandle;
+  config: Config;
+  dispatcher: StepDispatcher;
+  notifier: EventNotifier;
+  control: ControlBus;
+  log: Logger;
+  specs: SpecCache;
+}
+
+export function createEngineDeps(deps: Omit<EngineDeps, "specs">): EngineDeps {
+  return { ...deps, specs: new SpecCache(deps.db) };
+}
+
+/** Work that may only happen once the transaction that decided it has committed. */
+export class AfterCommit {
+  readonly jobs: StepJob[] = [];
+  readonly runs = new Set<string>();
+  readonly cancels: Array<{ runId: string; stepIds?: string[] }> = [];
+
+  async flush(deps: EngineDeps): Promise<void> {
+    // Dispatch first: a failure here leaves steps `queued` in Postgres, which the reconciler
+    // re-enqueues; the notification only speeds up readers and can be lost safely.
+    if (this.jobs.length > 0) await deps.dispatcher.dispatch(this.jobs);
+    for (const c of this.cancels) {
+      await deps.control
+        .publish({ type: "cancel", runId: c.runId, ...(c.stepIds ? { stepIds: c.stepIds } : {}) })
+        .catch((error) => deps.log.warn({ err: error, runId: c.runId }, "cancel message not published"));
+    }
+    if (this.runs.size > 0) {
+      await deps.notifier
+        .notify(this.runs)
+        .catch((error) => deps.log.warn({ err: error }, "event notification failed"));
+    }
+  }
+}

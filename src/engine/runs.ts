@@ -1,0 +1,265 @@
+/**
+ * The API-facing half of the engine: submit a workflow run (idempotently), cancel it, read it.
+ */
+import { createHash } from "node:crypto";
+import {
+  appendEvents,
+  type EventRow,
+  lockRun,
+  type NewEvent,
+  type RunRow,
+  readEvents,
+  type StepRow,
+} from "../db/repositories/runs.ts";
+import { workflowsRepository } from "../db/repositories/workflows.ts";
+import { FlowlineError, notFound } from "../domain/errors.ts";
+import { isTerminalRun, type RunKind, type RunStatus } from "../domain/status.ts";
+import { canonicalJson } from "../domain/workflow/canonical.ts";
+import { resolveStep } from "../domain/workflow/resolve.ts";
+import { queueSteps } from "./advance.ts";
+import { AfterCommit, type EngineDeps } from "./deps.ts";
+import { loadedSpec } from "./specs.ts";
+
+export interface SubmitRunInput {
+  tenantId: string;
+  workflow: string;
+  params?: Record<string, unknown>;
+  priority?: number;
+  idempotencyKey?: string;
+  trigger?: string;
+}
+
+export interface PlannedStep {
+  stepId: string;
+  action: "run";
+  reason: "selected";
+  queue: string;
+  tags: string[];
+  needs: string[];
+}
+
+export function requestHash(route: string, body: unknown): string {
+  return createHash("sha256")
+    .update(route)
+    .update("\n")
+    .update(canonicalJson(body ?? null))
+    .digest("hex");
+}
+
+/** Idempotency keys are kept this long; a retry after that starts a new run. */
+const IDEMPOTENCY_TTL_HOURS = 24;
+
+async function loadWorkflow(deps: EngineDeps, tenantId: string, name: string) {
+  const found = await workflowsRepository(deps.db.db).get(tenantId, name);
+  if (!found) throw notFound(`Workflow "${name}"`);
+  if (found.archivedAt)
+    throw new FlowlineError("conflict", `Workflow "${name}" is archived; PUT it again to restore it`);
+  return found;
+}
+
+function mergeParams(
+  deps: EngineDeps,
+  defaults: Record<string, unknown>,
+  given: Record<string, unknown> | undefined,
+) {
+  const params = { ...defaults, ...(given ?? {}) };
+  const size = Buffer.byteLength(JSON.stringify(params));
+  if (size > deps.config.limits.maxRunParamsBytes) {
+    throw new FlowlineError(
+      "validation_failed",
+      `params are ${size} bytes; the limit is ${deps.config.limits.maxRunParamsBytes}`,
+      {
+        issues: [{ location: "body", path: ["params"], message: "too large" }],
+      },
+    );
+  }
+  return params;
+}
+
+/** The plan of a whole-workflow run: every step runs. */
+export async function planWorkflowRun(deps: EngineDeps, input: SubmitRunInput) {
+  const wf = await loadWorkflow(deps, input.tenantId, input.workflow);
+  const loaded = loadedSpec(wf.workflowId, wf.version, wf.spec);
+  const steps: PlannedStep[] = wf.spec.steps.map((s) => ({
+    stepId: s.id,
+    action: "run",
+    reason: "selected",
+    queue: resolveStep(wf.spec, s, deps.config.tags, input.priority).queue,
+    tags: s.tags,
+    needs: loaded.graph.parents(s.id) as string[],
+  }));
+  return {
+    workflow: { name: wf.name, version: wf.version },
+    params: mergeParams(deps, wf.spec.params, input.params),
+    steps,
+    queues: [...new Set(steps.map((s) => s.queue))],
+    tags: [...new Set(steps.flatMap((s) => s.tags))],
+  };
+}
+
+/**
+ * Starts a run of the workflow's current version. With an idempotency key, concurrent duplicates
+ * collapse on the key's primary key: the loser waits for the winner's commit and answers its run.
+ */
+export async function submitRun(
+  deps: EngineDeps,
+  input: SubmitRunInput,
+  idempotency?: { key: string; hash: string },
+): Promise<{ run: RunRow; created: boolean }> {
+  const wf = await loadWorkflow(deps, input.tenantId, input.workflow);
+  const loaded = loadedSpec(wf.workflowId, wf.version, wf.spec);
+  const params = mergeParams(deps, wf.spec.params, input.params);
+  const priority = input.priority ?? wf.spec.defaults?.priority ?? 5;
+  const after = new AfterCommit();
+  const result = await deps.db.sql.begin(async (sql) => {
+    if (idempotency) {
+      const claimed = await sql`
+        insert into idempotency_keys (tenant_id, key, request_hash, expires_at)
+        values (${input.tenantId}, ${idempotency.key}, ${idempotency.hash}, now() + make_interval(hours => ${IDEMPOTENCY_TTL_HOURS}))
+        on conflict (tenant_id, key) do update set request_hash = excluded.request_hash, run_id = null,
+          created_at = now(), expires_at = excluded.expires_at
+          where idempotency_keys.expires_at < now()
+        returning 1`;
+      if (claimed.length === 0) {
+        const [existing] = await sql<{ request_hash: string; run_id: string | null }[]>`
+          select request_hash, run_id from idempotency_keys where tenant_id = ${input.tenantId} and key = ${idempotency.key}`;
+        if (!existing || existing.request_hash !== idempotency.hash) {
+          throw new FlowlineError(
+            "idempotency_conflict",
+            "This Idempotency-Key was used with a different request",
+          );
+        }
+        const [run] = await sql<RunRow[]>`select * from runs where id = ${existing.run_id}`;
+        if (!run)
+          throw new FlowlineError("conflict", "The request with this Idempotency-Key did not create a run");
+        return { run, created: false };
+      }
+    }
+    const [inserted] = await sql<RunRow[]>`
+      insert into runs (tenant_id, workflow_id, workflow_version, kind, status, trigger, params, priority,
+        request, pending_steps, started_at)
+      values (${input.tenantId}, ${wf.workflowId}, ${wf.version}, 'workflow', 'running', ${input.trigger ?? "api"},
+        ${sql.json(params as never)}, ${priority}, ${sql.json({ params: input.params ?? {}, priority: input.priority ?? null } as never)},
+        ${wf.spec.steps.length}, now())
+      returning *`;
+    const run = inserted!;
+    if (idempotency) {
+      await sql`update idempotency_keys set run_id = ${run.id} where tenant_id = ${input.tenantId} and key = ${idempotency.key}`;
+    }
+    const rows = wf.spec.steps.map((s) => {
+      const r = resolveStep(wf.spec, s, deps.config.tags, priority);
+      return {
+        step_id: s.id,
+        max_attempts: r.retry.maxAttempts,
+        queue: r.queue,
+        priority: r.priority,
+        timeout_seconds: r.timeoutSeconds,
+        plan_reason: "selected",
+      };
+    });
+    await sql`
+      insert into step_runs (run_id, step_id, status, max_attempts, queue, priority, timeout_seconds, plan_reason)
+      select ${run.id}, x.step_id, 'pending', x.max_attempts, x.queue, x.priority, x.timeout_seconds, x.plan_reason
+      from jsonb_to_recordset(${sql.json(rows as never)})
+        as x(step_id text, max_attempts int, queue text, priority smallint, timeout_seconds int, plan_reason text)`;
+    const events: NewEvent[] = [
+      { type: "run.queued", data: { workflow: wf.name, version: wf.version, kind: "workflow" } },
+      { type: "run.started", data: {} },
+    ];
+    const roots = wf.spec.steps.filter((s) => loaded.graph.parents(s.id).length === 0).map((s) => s.id);
+    await queueSteps(deps, sql, run, loaded, roots, after, events);
+    await appendEvents(sql, run.tenant_id, run.id, events);
+    after.runs.add(run.id);
+    return { run, created: true };
+  });
+  if (result.created) {
+    deps.log.info({ runId: result.run.id, workflow: wf.name, version: wf.version }, "run started");
+    await after.flush(deps);
+  }
+  return result;
+}
+
+/** Cancels a run and everything still to do in it. Idempotent: a finished run is answered as is. */
+export async function cancelRun(deps: EngineDeps, tenantId: string, runId: string): Promise<RunRow> {
+  const after = new AfterCommit();
+  const run = await deps.db.sql.begin(async (sql) => {
+    const run = await lockRun(sql, runId, tenantId);
+    if (!run) throw notFound("Run");
+    if (isTerminalRun(run.status)) return run;
+    const steps = await sql<{ step_id: string; status: string }[]>`
+      update step_runs s set status = 'cancelled', finished_at = now(), lease_token = null, updated_at = now()
+      from (select step_id, status from step_runs where run_id = ${runId}
+            and status not in ('succeeded', 'failed', 'skipped', 'cancelled', 'reused') for update) old
+      where s.run_id = ${runId} and s.step_id = old.step_id
+      returning s.step_id, old.status`;
+    const events: NewEvent[] = steps.map((s) => ({
+      type: "step.cancelled",
+      stepId: s.step_id,
+      data: { reason: "run cancelled" },
+    }));
+    events.push({ type: "run.cancelled", data: {} });
+    const [updated] = await sql<RunRow[]>`
+      update runs set status = 'cancelled', pending_steps = 0, finished_at = now(), updated_at = now(), revision = revision + 1
+      where id = ${runId} returning *`;
+    await appendEvents(sql, run.tenant_id, run.id, events);
+    after.runs.add(run.id);
+    const running = steps.filter((s) => s.status === "running").map((s) => s.step_id);
+    if (running.length > 0) after.cancels.push({ runId, stepIds: running });
+    return updated!;
+  });
+  await after.flush(deps);
+  deps.log.info({ runId }, "run cancelled");
+  return run;
+}
+
+export interface RunDetails {
+  run: RunRow & { workflow_name: string };
+  steps: StepRow[];
+}
+
+export async function getRun(deps: EngineDeps, tenantId: string, runId: string): Promise<RunDetails> {
+  const [run] = await deps.db.sql<(RunRow & { workflow_name: string })[]>`
+    select r.*, w.name as workflow_name from runs r join workflows w on w.id = r.workflow_id
+    where r.id = ${runId} and r.tenant_id = ${tenantId}`;
+  if (!run) throw notFound("Run");
+  const steps = await deps.db.sql<StepRow[]>`select * from step_runs where run_id = ${runId}`;
+  const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
+  steps.sort((a, b) => (loaded.order.get(a.step_id) ?? 0) - (loaded.order.get(b.step_id) ?? 0));
+  return { run, steps };
+}
+
+export interface ListRunsFilter {
+  workflow?: string;
+  status?: RunStatus;
+  kind?: RunKind;
+  limit: number;
+  before?: { createdAt: Date; id: string };
+}
+
+export async function listRuns(deps: EngineDeps, tenantId: string, filter: ListRunsFilter) {
+  const sql = deps.db.sql;
+  const rows = await sql<(RunRow & { workflow_name: string })[]>`
+    select r.*, w.name as workflow_name from runs r join workflows w on w.id = r.workflow_id
+    where r.tenant_id = ${tenantId}
+      ${filter.workflow ? sql`and w.name = ${filter.workflow}` : sql``}
+      ${filter.status ? sql`and r.status = ${filter.status}` : sql``}
+      ${filter.kind ? sql`and r.kind = ${filter.kind}` : sql``}
+      ${filter.before ? sql`and (r.created_at, r.id) < (${filter.before.createdAt}, ${filter.before.id})` : sql``}
+    order by r.created_at desc, r.id desc
+    limit ${filter.limit + 1}`;
+  return { items: rows.slice(0, filter.limit), hasMore: rows.length > filter.limit };
+}
+
+/** A page of a run's events after `afterId` (the run must belong to the tenant). */
+export async function runEvents(
+  deps: EngineDeps,
+  tenantId: string,
+  runId: string,
+  afterId: number,
+  limit: number,
+): Promise<{ run: Pick<RunRow, "id" | "status">; events: EventRow[] }> {
+  const [run] = await deps.db.sql<Pick<RunRow, "id" | "status">[]>`
+    select id, status from runs where id = ${runId} and tenant_id = ${tenantId}`;
+  if (!run) throw notFound("Run");
+  return { run, events: await readEvents(deps.db.sql, runId, afterId, limit) };
+}

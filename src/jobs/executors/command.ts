@@ -1,0 +1,84 @@
+/**
+ * `command` steps: the program comes from the allowlist in config; the step's args are appended as
+ * separate argv items and never pass through a shell. stdout/stderr lines become step.log events;
+ * the last stdout line that parses as JSON is the output. On abort the process group gets SIGTERM,
+ * then SIGKILL after a grace period.
+ */
+import { spawn } from "node:child_process";
+import { createInterface } from "node:readline";
+import { ExecutionError, type ExecutorFn } from "./types.ts";
+
+export const KILL_GRACE_MS = 5000;
+
+export const runCommand: ExecutorFn<"command"> = (executor, ctx) => {
+  const entry = ctx.config.commands[executor.command];
+  if (!entry) {
+    return Promise.reject(
+      new ExecutionError(
+        `command "${executor.command}" is not in this worker's allowlist`,
+        false,
+        "command_not_allowed",
+      ),
+    );
+  }
+  const [program, ...prefix] = entry.argv;
+  return new Promise((resolve, reject) => {
+    const child = spawn(program!, [...prefix, ...executor.args], {
+      cwd: entry.cwd,
+      env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...entry.env, ...executor.env },
+      shell: false,
+      detached: true, // its own process group, so aborting also stops what it started
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let lastJson: unknown;
+    let hasJson = false;
+    let killTimer: NodeJS.Timeout | undefined;
+    const killGroup = (signal: NodeJS.Signals) => {
+      try {
+        if (child.pid) process.kill(-child.pid, signal);
+      } catch {
+        // already gone
+      }
+    };
+    const onAbort = () => {
+      killGroup("SIGTERM");
+      killTimer = setTimeout(() => killGroup("SIGKILL"), KILL_GRACE_MS);
+    };
+    if (ctx.signal.aborted) onAbort();
+    else ctx.signal.addEventListener("abort", onAbort, { once: true });
+
+    const out = createInterface({ input: child.stdout! });
+    out.on("line", (line) => {
+      ctx.log(line, "stdout");
+      const trimmed = line.trim();
+      if (trimmed.startsWith("{") || trimmed.startsWith("[")) {
+        try {
+          lastJson = JSON.parse(trimmed);
+          hasJson = true;
+        } catch {
+          // not JSON: only a log line
+        }
+      }
+    });
+    createInterface({ input: child.stderr! }).on("line", (line) => ctx.log(line, "stderr"));
+
+    child.on("error", (error) => {
+      ctx.signal.removeEventListener("abort", onAbort);
+      reject(new ExecutionError(`could not start "${program}": ${error.message}`, false, "spawn_failed"));
+    });
+    child.on("close", (code, signal) => {
+      ctx.signal.removeEventListener("abort", onAbort);
+      clearTimeout(killTimer);
+      if (ctx.signal.aborted) return reject(ctx.signal.reason);
+      if (code === 0) return resolve(hasJson ? lastJson : null);
+      reject(
+        new ExecutionError(
+          signal ? `command killed by ${signal}` : `command exited with code ${code}`,
+          true,
+          "command_failed",
+          { exitCode: code, signal },
+        ),
+      );
+    });
+  });
+};

@@ -1,0 +1,226 @@
+/**
+ * A worker process: BullMQ workers for the configured queues, each job one attempt of one step.
+ * The engine decides whether the attempt may start (and draws its lease token); the worker keeps
+ * the lease alive, aborts on timeout, cancel or lost lease, and reports the result — which the
+ * engine accepts only if the lease is still this worker's.
+ */
+import { randomBytes } from "node:crypto";
+import { hostname } from "node:os";
+import { type Job, Worker } from "bullmq";
+import type { Logger } from "pino";
+import type { Config } from "../config/index.ts";
+import { createDb } from "../db/client.ts";
+import {
+  completeAttempt,
+  failAttempt,
+  handBackAttempt,
+  recordActivity,
+  renewLease,
+  type StartedAttempt,
+  startAttempt,
+} from "../engine/attempts.ts";
+import { createEngineDeps } from "../engine/deps.ts";
+import { createRedis } from "../redis/connection.ts";
+import { RedisEventBus } from "../redis/event-bus.ts";
+import { redisKeys } from "../redis/keys.ts";
+import { BullStepDispatcher, stepJobPayload } from "../redis/step-queue.ts";
+import { ExecutionError, execute } from "./executors/index.ts";
+import { loadHandlers } from "./handlers.ts";
+
+export interface WorkerOptions {
+  config: Config;
+  queues: readonly string[];
+  concurrency: number;
+  log: Logger;
+}
+
+export interface RunningWorker {
+  id: string;
+  /** Attempts executing right now. */
+  active(): number;
+  close(): Promise<void>;
+}
+
+const LOG_FLUSH_MS = 200;
+const LOG_BATCH = 200;
+
+export async function startWorker(options: WorkerOptions): Promise<RunningWorker> {
+  const { config } = options;
+  const id = `${hostname()}:${process.pid}:${randomBytes(2).toString("hex")}`;
+  const log = options.log.child({ workerId: id });
+  const leaseSeconds = config.worker.stallSeconds;
+  const db = createDb({ ...config.database, applicationName: "flowline-worker" });
+  const onError = (error: Error) => log.warn({ err: error.message }, "redis connection error");
+  const publisher = createRedis(config.redis.url, "consumer", { name: "flowline-worker", onError });
+  const subscriber = createRedis(config.redis.url, "consumer", { name: "flowline-worker-sub", onError });
+  await Promise.all([publisher.connect(), subscriber.connect()]);
+  const bus = new RedisEventBus(publisher, subscriber, config.redis.prefix);
+  await bus.start();
+  const dispatcher = new BullStepDispatcher(publisher, config.redis.prefix);
+  const deps = createEngineDeps({ db, config, dispatcher, notifier: bus, control: bus, log });
+  const handlers = await loadHandlers(config.worker.handlersModule);
+
+  const running = new Map<string, { attempt: StartedAttempt; controller: AbortController }>();
+  const stopControl = bus.onControl((message) => {
+    if (message.type !== "cancel") return;
+    for (const { attempt, controller } of running.values()) {
+      if (attempt.runId === message.runId && (!message.stepIds || message.stepIds.includes(attempt.stepId))) {
+        controller.abort(new ExecutionError("cancelled", false, "cancelled"));
+      }
+    }
+  });
+
+  async function processJob(job: Job): Promise<void> {
+    const payload = stepJobPayload.parse(job.data);
+    const started = await startAttempt(deps, payload, { id, leaseSeconds });
+    if (!started.accepted) {
+      log.info({ ...payload, reason: started.reason }, "job skipped");
+      return;
+    }
+    const attempt = started.attempt;
+    const ref = {
+      runId: attempt.runId,
+      stepId: attempt.stepId,
+      attempt: attempt.attempt,
+      token: attempt.token,
+    };
+    const stepLog = log.child({ runId: ref.runId, stepId: ref.stepId, attempt: ref.attempt });
+    const controller = new AbortController();
+    const key = `${ref.runId}.${ref.stepId}`;
+    running.set(key, { attempt, controller });
+
+    const timeout = setTimeout(
+      () =>
+        controller.abort(new ExecutionError(`timed out after ${attempt.timeoutSeconds} s`, true, "timeout")),
+      attempt.timeoutSeconds * 1000,
+    );
+    const heartbeat = setInterval(
+      () => {
+        renewLease(deps, ref, leaseSeconds).then(
+          (ours) => {
+            if (!ours) controller.abort(new ExecutionError("lease lost", false, "lease_lost"));
+          },
+          (error) => stepLog.warn({ err: error }, "lease renewal failed"),
+        );
+      },
+      Math.max(250, (leaseSeconds * 1000) / 3),
+    );
+    let logs: Array<{ stream: "stdout" | "stderr" | "log"; line: string }> = [];
+    let progress: { pct: number; message?: string } | undefined;
+    let flushing = Promise.resolve();
+    const flush = () => {
+      if (logs.length === 0 && !progress) return flushing;
+      const batch = { logs, ...(progress ? { progress } : {}) };
+      logs = [];
+      progress = undefined;
+      flushing = flushing.then(() =>
+        recordActivity(deps, ref, batch).then(
+          () => {},
+          (error) => stepLog.warn({ err: error }, "could not record logs"),
+        ),
+      );
+      return flushing;
+    };
+    const flushTimer = setInterval(flush, LOG_FLUSH_MS);
+
+    try {
+      stepLog.info({ type: attempt.executor.type }, "attempt started");
+      const output = await execute(attempt.executor, {
+        runId: ref.runId,
+        stepId: ref.stepId,
+        attempt: ref.attempt,
+        params: attempt.params,
+        upstream: attempt.upstream,
+        signal: controller.signal,
+        log: (line, stream = "log") => {
+          logs.push({ stream, line: line.slice(0, 8192) });
+          if (logs.length >= LOG_BATCH) void flush();
+        },
+        progress: (pct, message) => {
+          progress = { pct: Math.min(1, Math.max(0, pct)), ...(message ? { message } : {}) };
+        },
+        config,
+        handlers,
+      });
+      await flush();
+      const result = await completeAttempt(deps, ref, output);
+      stepLog.info({ accepted: result.accepted }, "attempt succeeded");
+    } catch (thrown) {
+      await flush();
+      const error =
+        thrown instanceof ExecutionError
+          ? thrown
+          : controller.signal.aborted && controller.signal.reason instanceof ExecutionError
+            ? controller.signal.reason
+            : new ExecutionError((thrown as Error)?.message ?? String(thrown), true, "error");
+      if (error.code === "shutdown") {
+        const handedBack = await handBackAttempt(deps, ref);
+        stepLog.info({ handedBack }, "attempt handed back");
+      } else if (error.code === "cancelled" || error.code === "lease_lost") {
+        stepLog.info({ reason: error.code }, "attempt aborted");
+      } else {
+        const result = await failAttempt(
+          deps,
+          ref,
+          { message: error.message, code: error.code, ...error.details },
+          { retryable: error.retryable },
+        );
+        stepLog.info(
+          { err: error.message, retry: result.accepted ? result.retry : undefined },
+          "attempt failed",
+        );
+      }
+    } finally {
+      clearTimeout(timeout);
+      clearInterval(heartbeat);
+      clearInterval(flushTimer);
+      running.delete(key);
+    }
+  }
+
+  const workers = options.queues.map(
+    (queue) =>
+      new Worker(queue, processJob, {
+        connection: createRedis(config.redis.url, "consumer", { name: `flowline-worker-${queue}`, onError }),
+        prefix: redisKeys(config.redis.prefix).queuePrefix(),
+        concurrency: options.concurrency,
+        lockDuration: leaseSeconds * 1000,
+        stalledInterval: Math.max(1000, Math.floor((leaseSeconds * 1000) / 2)),
+        // Redelivery after a stall is how a killed worker's step moves on; Postgres counts attempts.
+        maxStalledCount: 1000,
+      }),
+  );
+  for (const w of workers) {
+    w.on("error", (error) => log.warn({ err: error.message }, "queue worker error"));
+    w.on("failed", (job, error) =>
+      log.error({ jobId: job?.id, err: error.message }, "job failed in the worker"),
+    );
+  }
+  log.info({ queues: options.queues, concurrency: options.concurrency }, "worker started");
+
+  let closing: Promise<void> | undefined;
+  return {
+    id,
+    active: () => running.size,
+    close: () => {
+      closing ??= (async () => {
+        log.info({ active: running.size }, "worker stopping");
+        const closed = Promise.all(workers.map((w) => w.close()));
+        const grace = new Promise<"grace">((r) =>
+          setTimeout(() => r("grace"), config.worker.graceSeconds * 1000).unref(),
+        );
+        if ((await Promise.race([closed, grace])) === "grace") {
+          for (const { controller } of running.values()) {
+            controller.abort(new ExecutionError("worker shutting down", true, "shutdown"));
+          }
+          await closed;
+        }
+        stopControl();
+        await dispatcher.close();
+        await Promise.allSettled([publisher.quit(), subscriber.quit(), db.close()]);
+        log.info("worker stopped");
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,76 @@
+/**
+ * The one place BullMQ queues are built. A job carries only (run, step, attempt): everything else
+ * is read from Postgres when the job starts, so a job can be re-created from Postgres at any time.
+ */
+import { Queue } from "bullmq";
+import type { Redis } from "ioredis";
+import { z } from "zod";
+import type { StepDispatcher, StepJob } from "../domain/ports.ts";
+import { redisKeys } from "./keys.ts";
+
+export const STEP_JOB_NAME = "step";
+
+export const stepJobPayload = z.object({
+  tenantId: z.string(),
+  runId: z.uuid(),
+  stepId: z.string(),
+  attempt: z.number().int().min(1),
+});
+export type StepJobPayload = z.infer<typeof stepJobPayload>;
+
+/** Deterministic: enqueueing the same attempt twice is a no-op in BullMQ. */
+export const stepJobId = (job: Pick<StepJob, "runId" | "stepId" | "attempt" | "jobSuffix">): string =>
+  `${job.runId}.${job.stepId}.${job.attempt}${job.jobSuffix ? `.${job.jobSuffix}` : ""}`;
+
+/** Flowline priorities are 1–10, higher first; BullMQ's are 1.., lower first. */
+export const bullPriority = (priority: number): number => 11 - Math.min(10, Math.max(1, priority));
+
+export class BullStepDispatcher implements StepDispatcher {
+  private readonly queues = new Map<string, Queue>();
+
+  constructor(
+    private readonly connection: Redis,
+    private readonly prefix: string,
+  ) {}
+
+  queue(name: string): Queue {
+    let queue = this.queues.get(name);
+    if (!queue) {
+      queue = new Queue(name, { connection: this.connection, prefix: redisKeys(this.prefix).queuePrefix() });
+      this.queues.set(name, queue);
+    }
+    return queue;
+  }
+
+  async dispatch(jobs: readonly StepJob[]): Promise<void> {
+    const byQueue = new Map<string, StepJob[]>();
+    for (const job of jobs) byQueue.set(job.queue, [...(byQueue.get(job.queue) ?? []), job]);
+    await Promise.all(
+      [...byQueue].map(([name, list]) =>
+        this.queue(name).addBulk(
+          list.map((job) => ({
+            name: STEP_JOB_NAME,
+            data: {
+              tenantId: job.tenantId,
+              runId: job.runId,
+              stepId: job.stepId,
+              attempt: job.attempt,
+            } satisfies StepJobPayload,
+            opts: {
+              jobId: stepJobId(job),
+              priority: bullPriority(job.priority),
+              ...(job.delayMs ? { delay: job.delayMs } : {}),
+              attempts: 1,
+              removeOnComplete: { age: 3600, count: 10_000 },
+              removeOnFail: { age: 24 * 3600 },
+            },
+          })),
+        ),
+      ),
+    );
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.queues.values()].map((q) => q.close()));
+  }
+}

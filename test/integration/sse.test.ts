@@ -1,0 +1,136 @@
+/**
+ * The SSE contract of GET /v1/runs/{id}/events over a real socket: replay then live with no gap
+ * and no duplicate, resumption, many clients, abrupt disconnects that leave nothing behind.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createTestContext, type TestContext } from "../helpers/context.ts";
+import {
+  engineSettings,
+  eventsOf,
+  putWorkflow,
+  spawnWorker,
+  startRun,
+  stopProcess,
+  waitForRun,
+} from "../helpers/engine.ts";
+import { call } from "../helpers/http.ts";
+import type { Spawned } from "../helpers/processes.ts";
+import { eventFrames, readSse } from "../helpers/sse.ts";
+
+let ctx: TestContext;
+let worker: Spawned;
+let base: string;
+
+beforeAll(async () => {
+  ctx = await createTestContext(engineSettings, { sseHeartbeatMs: 200 });
+  base = await ctx.app.listen({ host: "127.0.0.1", port: 0 });
+  worker = spawnWorker(ctx);
+  await worker.waitFor(/worker started/);
+  const sleepy = (ms: number) => ({ type: "handler", name: "test.sleepy", input: { ms } });
+  await putWorkflow(ctx, "chain", {
+    steps: [
+      { id: "one", run: sleepy(300) },
+      { id: "two", needs: ["one"], run: sleepy(300) },
+      { id: "three", needs: ["two"], run: sleepy(300) },
+      { id: "four", needs: ["three"], run: { type: "command", command: "echo-args", args: ["done"] } },
+    ],
+  });
+});
+afterAll(async () => {
+  if (worker) await stopProcess(worker);
+  await ctx?.close();
+});
+
+const url = (runId: string) => `${base}/v1/runs/${runId}/events`;
+
+describe("run events over SSE", () => {
+  it("streams the whole run live, exactly once and in order, then `end`", async () => {
+    const run = await startRun(ctx, "chain");
+    const { frames, status, headers } = await readSse(url(run.id), { key: ctx.rootKey });
+    expect(status).toBe(200);
+    expect(headers.get("content-type")).toMatch(/^text\/event-stream/);
+    expect(headers.get("x-accel-buffering")).toBe("no");
+    expect(frames[0]!.retry).toMatch(/^\d+$/);
+    expect(frames.some((f) => f.comment === "heartbeat")).toBe(true);
+    expect(frames.at(-1)!.event).toBe("end");
+
+    const streamed = eventFrames(frames);
+    const stored = await eventsOf(ctx, run.id);
+    expect(streamed.map((f) => Number(f.id))).toEqual(stored.map((e) => e.id));
+    expect(streamed.map((f) => f.event)).toEqual(stored.map((e) => e.type));
+    expect(streamed.at(-1)!.event).toBe("run.succeeded");
+    const data = JSON.parse(streamed.find((f) => f.event === "step.started")!.data!);
+    expect(data).toMatchObject({ runId: run.id, stepId: "one", attempt: 1 });
+  });
+
+  it("resumes after Last-Event-ID (or ?after=) with exactly the rest", async () => {
+    const run = await startRun(ctx, "chain");
+    await waitForRun(ctx, run.id);
+    const stored = await eventsOf(ctx, run.id);
+    const middle = stored[Math.floor(stored.length / 2)]!;
+    const rest = stored.filter((e) => e.id > middle.id).map((e) => e.id);
+
+    const resumed = await readSse(url(run.id), { key: ctx.rootKey, lastEventId: String(middle.id) });
+    expect(eventFrames(resumed.frames).map((f) => Number(f.id))).toEqual(rest);
+    expect(resumed.frames.at(-1)!.event).toBe("end");
+    const viaQuery = await readSse(`${url(run.id)}?after=${middle.id}`, { key: ctx.rootKey });
+    expect(eventFrames(viaQuery.frames).map((f) => Number(f.id))).toEqual(rest);
+    // Resuming after the very end of a finished run ends at once.
+    const atEnd = await readSse(url(run.id), { key: ctx.rootKey, lastEventId: String(stored.at(-1)!.id) });
+    expect(eventFrames(atEnd.frames)).toEqual([]);
+    expect(atEnd.frames.at(-1)!.event).toBe("end");
+  });
+
+  it("gives 200 concurrent clients of one run the full sequence", async () => {
+    const run = await startRun(ctx, "chain");
+    const clients = await Promise.all(
+      Array.from({ length: 200 }, () => readSse(url(run.id), { key: ctx.rootKey })),
+    );
+    const stored = (await eventsOf(ctx, run.id)).map((e) => e.id);
+    for (const client of clients) expect(eventFrames(client.frames).map((f) => Number(f.id))).toEqual(stored);
+    expect(ctx.app.flowline.hub.streams.size).toBe(0);
+  });
+
+  it("releases every listener after 500 abrupt disconnects and stays responsive", async () => {
+    const run = await startRun(ctx, "chain");
+    const aborts = Array.from({ length: 500 }, () => new AbortController());
+    await Promise.all(
+      aborts.map(
+        (controller) =>
+          new Promise<void>((resolve) => {
+            readSse(url(run.id), {
+              key: ctx.rootKey,
+              signal: controller.signal,
+              onFrame: () => {
+                controller.abort();
+                resolve();
+              },
+            }).catch(() => resolve());
+          }),
+      ),
+    );
+    const deadline = Date.now() + 10_000;
+    while (ctx.app.flowline.hub.streams.size > 0 && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 50));
+    expect(ctx.app.flowline.hub.streams.size).toBe(0);
+    expect(ctx.app.flowline.hub.bus.stats().runListeners).toBe(0);
+    expect((await call(ctx.app, "GET", "/healthz")).statusCode).toBe(200);
+    await waitForRun(ctx, run.id);
+  });
+
+  it("answers 404 problem+json (not a stream) for unknown runs, and JSON pages without the SSE header", async () => {
+    const res = await fetch(url("00000000-0000-4000-8000-000000000000"), {
+      headers: { accept: "text/event-stream", authorization: `Bearer ${ctx.rootKey}` },
+    });
+    expect(res.status).toBe(404);
+    expect(res.headers.get("content-type")).toMatch(/problem\+json/);
+    const bad = await fetch(url("00000000-0000-4000-8000-000000000000"), {
+      headers: {
+        accept: "text/event-stream",
+        authorization: `Bearer ${ctx.rootKey}`,
+        "last-event-id": "12; event: forged",
+      },
+    });
+    expect(bad.status).toBe(400);
+  });
+});
