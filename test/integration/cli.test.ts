@@ -62,6 +62,43 @@ describe("flowline CLI", () => {
     expect(rows).toHaveLength(1);
   });
 
+  it("up: runs a workflow end to end with its own worker processes, and stops them all on SIGTERM", async () => {
+    const port = await freePort();
+    const key = "flk_cli_up_test_key_0123456789abcdef";
+    const env = cleanEnv({ ...baseEnv, PORT: String(port), HOST: "127.0.0.1", FLOWLINE_BOOTSTRAP_KEY: key });
+    const up = spawnFlowline(["up"], env);
+    await up.waitFor(/api listening/);
+    await up.waitFor(/worker started/);
+    const base = `http://127.0.0.1:${port}`;
+    const headers = { authorization: `Bearer ${key}`, "content-type": "application/json" };
+    const put = await fetch(`${base}/v1/workflows/up-demo`, {
+      method: "PUT",
+      headers,
+      body: JSON.stringify({
+        steps: [
+          { id: "a", run: { type: "noop", output: { ok: 1 } } },
+          { id: "b", needs: ["a"], run: { type: "sleep", seconds: 0.2 } },
+        ],
+      }),
+    });
+    expect(put.status).toBe(201);
+    const run = (await (
+      await fetch(`${base}/v1/workflows/up-demo/runs`, { method: "POST", headers, body: "{}" })
+    ).json()) as { id: string };
+    let status = "running";
+    const deadline = Date.now() + 20_000;
+    while (status === "running" && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 100));
+      status = ((await (await fetch(`${base}/v1/runs/${run.id}`, { headers })).json()) as { status: string })
+        .status;
+    }
+    expect(status).toBe("succeeded");
+
+    up.child.kill("SIGTERM");
+    expect((await up.exited).code).toBe(0);
+    expect(up.stdout()).toMatch(/worker stopped/);
+  });
+
   it("stops with exit code 78 and a message naming the key for bad configuration", async () => {
     const bad = spawnFlowline(["api"], cleanEnv({ ...baseEnv, PORT: "not-a-port" }));
     const { code } = await bad.exited;

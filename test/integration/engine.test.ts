@@ -77,6 +77,18 @@ describe("execution engine", () => {
     expect(events.some((e) => e.type === "step.log" && e.stepId === "b")).toBe(true);
     const ids = events.map((e) => e.id);
     expect(ids).toEqual([...ids].sort((x, y) => x - y));
+
+    const logsB = (await call(ctx.app, "GET", `/v1/runs/${run.id}/logs?step=b`, { key: ctx.rootKey })).json();
+    expect(logsB.items.map((l: { line: string }) => l.line)).toEqual(["sleeping 800 ms"]);
+    const logsD = (await call(ctx.app, "GET", `/v1/runs/${run.id}/logs?step=d`, { key: ctx.rootKey })).json();
+    expect(logsD.items).toEqual([
+      expect.objectContaining({ stepId: "d", stream: "stdout", line: '{"args":["3","y-c","y"]}' }),
+    ]);
+    const all = (await call(ctx.app, "GET", `/v1/runs/${run.id}/logs`, { key: ctx.rootKey })).json();
+    expect(all.items.map((l: { stepId: string }) => l.stepId).sort()).toEqual(["b", "c", "d"]);
+    expect(
+      (await call(ctx.app, "GET", `/v1/runs/${run.id}/logs?follow=maybe`, { key: ctx.rootKey })).statusCode,
+    ).toBe(400);
   });
 
   it("retries with backoff until success, and fails the run when attempts run out", async () => {

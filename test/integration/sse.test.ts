@@ -118,6 +118,15 @@ describe("run events over SSE", () => {
     await waitForRun(ctx, run.id);
   });
 
+  it("follows logs as SSE: only step.log events, then end", async () => {
+    const run = await startRun(ctx, "chain");
+    const { frames } = await readSse(`${base}/v1/runs/${run.id}/logs?follow=true`, { key: ctx.rootKey });
+    const logs = eventFrames(frames);
+    expect(logs.map((f) => f.event)).toEqual(["step.log", "step.log", "step.log", "step.log"]);
+    expect(JSON.parse(logs[0]!.data!)).toMatchObject({ stepId: "one", line: "sleeping 300 ms" });
+    expect(frames.at(-1)!.event).toBe("end");
+  });
+
   it("answers 404 problem+json (not a stream) for unknown runs, and JSON pages without the SSE header", async () => {
     const res = await fetch(url("00000000-0000-4000-8000-000000000000"), {
       headers: { accept: "text/event-stream", authorization: `Bearer ${ctx.rootKey}` },

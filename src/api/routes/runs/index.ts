@@ -264,6 +264,83 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
   );
 
   app.get(
+    "/runs/:id/logs",
+    {
+      config: { scope: "read" },
+      schema: {
+        tags: ["runs"],
+        summary: "Step logs of a run (`?follow=true` streams them as SSE until the run ends)",
+        params: idParams,
+        querystring: z.strictObject({
+          step: z.string().max(63).optional().describe("Only this step's lines"),
+          follow: z.enum(["true", "false"]).optional(),
+          after: z.coerce.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional(),
+          limit: z.coerce.number().int().min(1).max(5000).default(1000),
+        }),
+        response: {
+          200: z.object({
+            items: z.array(
+              z.object({
+                id: z.number().int(),
+                stepId: z.string().nullable(),
+                attempt: z.number().int().nullable(),
+                stream: z.string(),
+                line: z.string(),
+                at: isoDate,
+              }),
+            ),
+            nextAfter: z.number().int(),
+          }),
+          ...problemResponses(404),
+        },
+      },
+    },
+    async (request, reply) => {
+      const caller = callerOf(request);
+      const q = request.query;
+      const include = (e: { type: string; step_id: string | null }) =>
+        e.type === "step.log" && (q.step === undefined || e.step_id === q.step);
+      const after = q.after ?? 0;
+      if (q.follow === "true") {
+        const { run } = await runEvents(engine, caller.tenantId, request.params.id, after, 0);
+        streamRunEvents(hub, request, reply, run.id, after, {
+          terminalAtStart: isTerminalRun(run.status),
+          include,
+        });
+        return reply;
+      }
+      const items: Array<{
+        id: number;
+        stepId: string | null;
+        attempt: number | null;
+        stream: string;
+        line: string;
+        at: string;
+      }> = [];
+      let cursor = after;
+      // Logs are events; page through them until enough lines are found or the run has no more.
+      for (;;) {
+        const { events } = await runEvents(engine, caller.tenantId, request.params.id, cursor, 1000);
+        for (const e of events) {
+          cursor = e.id;
+          if (!include(e)) continue;
+          items.push({
+            id: e.id,
+            stepId: e.step_id,
+            attempt: e.attempt,
+            stream: String(e.data.stream ?? "log"),
+            line: String(e.data.line ?? ""),
+            at: toIso(e.created_at),
+          });
+          if (items.length >= q.limit) break;
+        }
+        if (events.length < 1000 || items.length >= q.limit) break;
+      }
+      return { items, nextAfter: items.at(-1)?.id ?? cursor };
+    },
+  );
+
+  app.get(
     "/runs/:id/events",
     {
       config: { scope: "read" },

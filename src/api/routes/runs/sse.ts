@@ -42,7 +42,7 @@ export function streamRunEvents(
   reply: FastifyReply,
   runId: string,
   afterId: number,
-  options: { terminalAtStart: boolean },
+  options: { terminalAtStart: boolean; include?: (event: EventRow) => boolean },
 ): void {
   reply.hijack();
   const res = reply.raw;
@@ -106,7 +106,7 @@ export function streamRunEvents(
           for (const event of page) {
             if (closed) return;
             lastId = event.id;
-            const writable = res.write(frame(event));
+            const writable = options.include && !options.include(event) ? true : res.write(frame(event));
             if (terminalRunEvents.has(event.type)) {
               res.write("event: end\ndata: {}\n\n");
               close();
