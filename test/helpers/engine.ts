@@ -34,9 +34,17 @@ export function engineSettings(base: Record<string, unknown>): Record<string, un
 }
 
 /** Starts a real worker process with the same configuration as the test's API. */
-export function spawnWorker(ctx: TestContext, args: string[] = []): Spawned {
-  const file = join(tmpdir(), `flowline-test-${ctx.config.redis.prefix.replace(/\W/g, "")}.yaml`);
-  const { database, redis, commands, http, worker, queues, tags } = ctx.config;
+export function spawnWorker(
+  ctx: TestContext,
+  args: string[] = [],
+  workerOverrides: Record<string, unknown> = {},
+): Spawned {
+  const file = join(
+    tmpdir(),
+    `flowline-test-${ctx.config.redis.prefix.replace(/\W/g, "")}-${Math.random().toString(36).slice(2)}.yaml`,
+  );
+  const { database, redis, commands, http, queues, tags } = ctx.config;
+  const worker = { ...ctx.config.worker, ...workerOverrides };
   writeFileSync(
     file,
     stringify({

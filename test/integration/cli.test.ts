@@ -94,9 +94,27 @@ describe("flowline CLI", () => {
     }
     expect(status).toBe("succeeded");
 
+    // An open event stream must not keep the API from stopping.
+    await fetch(`${base}/v1/workflows/parked`, {
+      method: "PUT",
+      headers,
+      body: JSON.stringify({ steps: [{ id: "w", queue: "parked", run: { type: "noop" } }] }),
+    });
+    const parked = (await (
+      await fetch(`${base}/v1/workflows/parked/runs`, { method: "POST", headers, body: "{}" })
+    ).json()) as {
+      id: string;
+    };
+    const stream = await fetch(`${base}/v1/runs/${parked.id}/events`, {
+      headers: { authorization: `Bearer ${key}`, accept: "text/event-stream" },
+    });
+    expect(stream.status).toBe(200);
+    const body = stream.text();
+
     up.child.kill("SIGTERM");
     expect((await up.exited).code).toBe(0);
     expect(up.stdout()).toMatch(/worker stopped/);
+    expect(await body).toMatch(/event: step.queued/);
   });
 
   it("stops with exit code 78 and a message naming the key for bad configuration", async () => {

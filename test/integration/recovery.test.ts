@@ -109,4 +109,28 @@ describe("worker loss", () => {
     expect(attempts.map((a) => a.status)).toEqual(["failed", "succeeded"]);
     expect(attempts[0]!.error.message).toMatch(/worker lost/);
   });
+
+  it("hands a running step back on SIGTERM after the grace period; another worker finishes it", async () => {
+    for (const w of workers.splice(0)) await stopProcess(w);
+    const leaving = spawnWorker(ctx, [], { graceSeconds: 1 });
+    await leaving.waitFor(/worker started/);
+    await putWorkflow(ctx, "handover", {
+      steps: [{ id: "long", run: { type: "handler", name: "test.sleepy", input: { ms: 4000 } } }],
+    });
+    const run = await startRun(ctx, "handover");
+    await waitForRun(ctx, run.id, (r) => r.steps[0].status === "running");
+    leaving.child.kill("SIGTERM");
+    expect((await leaving.exited).code).toBe(0);
+    expect(leaving.stdout()).toMatch(/attempt handed back/);
+    const requeued = await waitForRun(ctx, run.id, (r) => r.steps[0].status === "queued");
+    expect(requeued.steps[0].attempt).toBe(1);
+
+    const staying = spawnWorker(ctx);
+    workers.push(staying);
+    const done = await waitForRun(ctx, run.id, undefined, 30_000);
+    expect(done.status).toBe("succeeded");
+    // Handing back is not a failure: the step kept its attempt number.
+    expect(done.steps[0].attempt).toBe(1);
+    expect(done.steps[0].output.pid).toBe(staying.child.pid);
+  });
 });
