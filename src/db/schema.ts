@@ -162,6 +162,8 @@ export const stepRuns = pgTable(
     progress: real("progress"),
     progressMessage: text("progress_message"),
     workerId: text("worker_id"),
+    /** Parents not yet succeeded or reused; the step is ready when this reaches 0. */
+    unmetNeeds: integer("unmet_needs").notNull().default(0),
     /** Fencing token of the current holder: a completion must present it. New on every pickup. */
     leaseToken: text("lease_token"),
     timeoutSeconds: integer("timeout_seconds"),

@@ -13,7 +13,7 @@ import {
   setStepStatuses,
   stepStatuses,
 } from "../db/repositories/runs.ts";
-import { outcomeOf, progressAfter } from "../domain/progress.ts";
+import { outcomeOf, type Progress, progressAfter } from "../domain/progress.ts";
 import type { StepStatus } from "../domain/status.ts";
 import { resolveStep } from "../domain/workflow/resolve.ts";
 import type { AfterCommit, EngineDeps } from "./deps.ts";
@@ -62,21 +62,31 @@ export async function advanceRun(
 ): Promise<void> {
   const step = loaded.steps.get(finished.stepId)!;
   const graph = loaded.graph;
-  // On success only the children and their parents matter; a failure may touch every step.
-  const relevant =
-    finished.status === "succeeded" || finished.status === "reused"
-      ? [...new Set(graph.children(finished.stepId).flatMap((c) => [c, ...graph.parents(c)]))]
-      : undefined;
-  const statuses =
-    relevant && relevant.length === 0
-      ? new Map<string, StepStatus>()
-      : await stepStatuses(sql, run.id, relevant);
-  statuses.set(finished.stepId, finished.status);
-  const progress = progressAfter(
-    graph,
-    { stepId: finished.stepId, status: finished.status, onFailure: step.onFailure },
-    (id) => statuses.get(id) ?? "pending",
-  );
+  let progress: Progress;
+  let statuses = new Map<string, StepStatus>();
+  if (finished.status === "succeeded" || finished.status === "reused") {
+    // Each child counts its unmet needs, so a completion costs O(children), not O(parents of
+    // children): a 1,000-way join does not re-read 1,000 parents 1,000 times.
+    const children = graph.children(finished.stepId);
+    const ready =
+      children.length === 0
+        ? []
+        : await sql<{ step_id: string; unmet_needs: number; status: StepStatus }[]>`
+            update step_runs set unmet_needs = unmet_needs - 1
+            where run_id = ${run.id} and step_id in ${sql(children as string[])}
+            returning step_id, unmet_needs, status`.then((rows) =>
+            rows.filter((r) => r.unmet_needs === 0 && r.status === "pending").map((r) => r.step_id),
+          );
+    progress = { ready, transitions: [] };
+  } else {
+    statuses = await stepStatuses(sql, run.id);
+    statuses.set(finished.stepId, finished.status);
+    progress = progressAfter(
+      graph,
+      { stepId: finished.stepId, status: finished.status, onFailure: step.onFailure },
+      (id) => statuses.get(id) ?? "pending",
+    );
+  }
 
   let terminalCount = 1; // the finished step itself
   const cancelledRunning: string[] = [];

@@ -150,6 +150,7 @@ export async function submitRun(
       const r = resolveStep(wf.spec, s, deps.config.tags, priority);
       return {
         step_id: s.id,
+        unmet_needs: loaded.graph.parents(s.id).length,
         max_attempts: r.retry.maxAttempts,
         queue: r.queue,
         priority: r.priority,
@@ -158,10 +159,10 @@ export async function submitRun(
       };
     });
     await sql`
-      insert into step_runs (run_id, step_id, status, max_attempts, queue, priority, timeout_seconds, plan_reason)
-      select ${run.id}, x.step_id, 'pending', x.max_attempts, x.queue, x.priority, x.timeout_seconds, x.plan_reason
+      insert into step_runs (run_id, step_id, status, unmet_needs, max_attempts, queue, priority, timeout_seconds, plan_reason)
+      select ${run.id}, x.step_id, 'pending', x.unmet_needs, x.max_attempts, x.queue, x.priority, x.timeout_seconds, x.plan_reason
       from jsonb_to_recordset(${sql.json(rows as never)})
-        as x(step_id text, max_attempts int, queue text, priority smallint, timeout_seconds int, plan_reason text)`;
+        as x(step_id text, unmet_needs int, max_attempts int, queue text, priority smallint, timeout_seconds int, plan_reason text)`;
     const events: NewEvent[] = [
       { type: "run.queued", data: { workflow: wf.name, version: wf.version, kind: "workflow" } },
       { type: "run.started", data: {} },

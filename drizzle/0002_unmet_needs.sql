@@ -1,0 +1,1 @@
+ALTER TABLE "step_runs" ADD COLUMN "unmet_needs" integer DEFAULT 0 NOT NULL;
