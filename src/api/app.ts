@@ -33,7 +33,7 @@ import { problemFromFlowlineError, toFlowlineError } from "./problem.ts";
 import { healthRoutes } from "./routes/health/index.ts";
 import { keyRoutes } from "./routes/keys/index.ts";
 import { runRoutes } from "./routes/runs/index.ts";
-import type { SseHub } from "./routes/runs/sse.ts";
+import { coalesceReads, type SseHub } from "./routes/runs/sse.ts";
 import { workflowRoutes } from "./routes/workflows/index.ts";
 
 export interface AppDeps {
@@ -177,7 +177,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const hub: SseHub = {
     bus,
     streams: new Set(),
-    readPage: coalesce((runId, afterId, limit) => readEvents(deps.db.sql, runId, afterId, limit)),
+    readPage: coalesceReads(
+      (runId) => bus.generation(runId),
+      (runId, afterId, limit) => readEvents(deps.db.sql, runId, afterId, limit),
+    ),
     ...(deps.sseHeartbeatMs ? { heartbeatMs: deps.sseHeartbeatMs } : {}),
   };
   app.decorate("flowline", { engine, hub });
@@ -200,23 +203,4 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
 
   return app;
-}
-
-/**
- * Streams of one run that are caught up all ask for the same page when news arrives; one query
- * in flight per (run, after, limit) serves them all.
- */
-function coalesce<T>(
-  read: (runId: string, afterId: number, limit: number) => Promise<T>,
-): (runId: string, afterId: number, limit: number) => Promise<T> {
-  const inFlight = new Map<string, Promise<T>>();
-  return (runId, afterId, limit) => {
-    const key = `${runId}:${afterId}:${limit}`;
-    let pending = inFlight.get(key);
-    if (!pending) {
-      pending = read(runId, afterId, limit).finally(() => inFlight.delete(key));
-      inFlight.set(key, pending);
-    }
-    return pending;
-  };
 }

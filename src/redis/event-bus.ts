@@ -8,6 +8,8 @@ import type { ControlBus, ControlMessage, EventNotifier } from "../domain/ports.
 
 export class RedisEventBus implements EventNotifier, ControlBus {
   private readonly runListeners = new Map<string, Set<() => void>>();
+  /** Per run, how many notifications arrived; a read started after generation g sees its commits. */
+  private readonly generations = new Map<string, number>();
   private readonly controlListeners = new Set<(message: ControlMessage) => void>();
   private subscribed: Promise<unknown> | undefined;
 
@@ -70,8 +72,16 @@ export class RedisEventBus implements EventNotifier, ControlBus {
       const current = this.runListeners.get(runId);
       if (!current) return;
       current.delete(listener);
-      if (current.size === 0) this.runListeners.delete(runId);
+      if (current.size === 0) {
+        this.runListeners.delete(runId);
+        this.generations.delete(runId);
+      }
     };
+  }
+
+  /** Notifications received so far for a run that has listeners. */
+  generation(runId: string): number {
+    return this.generations.get(runId) ?? 0;
   }
 
   onControl(listener: (message: ControlMessage) => void): () => void {

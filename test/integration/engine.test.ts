@@ -243,6 +243,49 @@ describe("submission", () => {
     expect(expectProblem(conflict, 409).code).toBe("idempotency_conflict");
   });
 
+  it("lists runs newest first with filters and cursor pagination, per tenant", async () => {
+    await putWorkflow(ctx, "listed", { steps: [{ id: "n", run: { type: "noop" } }] });
+    const started: string[] = [];
+    for (let i = 0; i < 5; i++) started.push((await startRun(ctx, "listed")).id);
+    for (const id of started) await waitForRun(ctx, id);
+    const seen: string[] = [];
+    let cursor: string | null = null;
+    do {
+      const res = await call(
+        ctx.app,
+        "GET",
+        `/v1/runs?workflow=listed&limit=2${cursor ? `&cursor=${cursor}` : ""}`,
+        {
+          key: ctx.rootKey,
+        },
+      );
+      expect(res.statusCode).toBe(200);
+      seen.push(...res.json().items.map((r: { id: string }) => r.id));
+      cursor = res.json().nextCursor;
+    } while (cursor);
+    expect(seen).toEqual([...started].reverse());
+    const succeeded = (
+      await call(ctx.app, "GET", "/v1/runs?workflow=listed&status=succeeded&kind=workflow&limit=200", {
+        key: ctx.rootKey,
+      })
+    ).json();
+    expect(succeeded.items).toHaveLength(5);
+    expect(
+      (await call(ctx.app, "GET", "/v1/runs?workflow=listed&status=failed", { key: ctx.rootKey })).json()
+        .items,
+    ).toEqual([]);
+    const other = (
+      await call(ctx.app, "POST", "/v1/keys", {
+        key: ctx.rootKey,
+        body: { tenant: "elsewhere", scopes: ["read"] },
+      })
+    ).json().key;
+    expect((await call(ctx.app, "GET", "/v1/runs", { key: other })).json().items).toEqual([]);
+    expectProblem(await call(ctx.app, "GET", `/v1/runs/${started[0]}`, { key: other }), 404);
+    expectProblem(await call(ctx.app, "GET", `/v1/runs/${started[0]}/events`, { key: other }), 404);
+    expectProblem(await call(ctx.app, "GET", "/v1/runs?cursor=bogus", { key: ctx.rootKey }), 400);
+  });
+
   it("answers a dry run with the plan and writes nothing; refuses bad input", async () => {
     await putWorkflow(ctx, "planned", {
       steps: [

@@ -133,3 +133,25 @@ export function streamRunEvents(
     }
   });
 }
+
+/**
+ * Streams of one run that are caught up all ask for the same page when news arrives; one query
+ * in flight per (run, after, limit) serves them all. A read may be shared only by callers notified
+ * no later than it started — hence the run's notification generation in the key: a caller woken
+ * by a newer notification must not receive a read that began before that news was committed.
+ */
+export function coalesceReads<T>(
+  generation: (runId: string) => number,
+  read: (runId: string, afterId: number, limit: number) => Promise<T>,
+): (runId: string, afterId: number, limit: number) => Promise<T> {
+  const inFlight = new Map<string, Promise<T>>();
+  return (runId, afterId, limit) => {
+    const key = `${runId}:${generation(runId)}:${afterId}:${limit}`;
+    let pending = inFlight.get(key);
+    if (!pending) {
+      pending = read(runId, afterId, limit).finally(() => inFlight.delete(key));
+      inFlight.set(key, pending);
+    }
+    return pending;
+  };
+}
