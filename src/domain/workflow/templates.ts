@@ -1,6 +1,7 @@
 /**
  * `{{params.x}}` and `{{steps.<id>.output.<path>}}` templates: plain data substitution, never code
- * evaluation. Paths walk own properties only, so `__proto__` and friends are simply missing.
+ * evaluation. Paths walk own properties only and `__proto__`, `constructor` and `prototype` are
+ * always missing, so a template can never reach the prototype chain.
  */
 export type TemplateRef =
   | { kind: "params"; path: string[] }
@@ -13,40 +14,112 @@ export class TemplateError extends Error {
   }
 }
 
-const TEMPLATE = /\{\{([^{}]*)\}\}/g;
 const SEGMENT = /^[A-Za-z0-9_-]+$/;
+const FORBIDDEN_SEGMENTS: ReadonlySet<string> = new Set(["__proto__", "constructor", "prototype"]);
+const OPEN_BRACE = 0x7b;
+const CLOSE_BRACE = 0x7d;
+
+interface Scan {
+  /** Each `{{…}}` with no brace inside: the text between the braces and the template's bounds. */
+  templates: Array<{ expression: string; start: number; end: number }>;
+  /** A "{{" is left once the templates are taken out. */
+  unterminated: boolean;
+}
+
+/**
+ * Finds templates as /\{\{([^{}]*)\}\}/g would, in linear time and without regex iterators,
+ * which dominate the cost of validating 5,000 steps.
+ */
+function scanTemplates(text: string): Scan {
+  const templates: Scan["templates"] = [];
+  let unterminated = false;
+  // The text left between templates, seen gap by gap: a "{{" may also span two gaps.
+  let leftoverEndsWithBrace = false;
+  let last = 0;
+  const gap = (from: number, to: number) => {
+    if (from >= to) return;
+    if (!unterminated) {
+      const open = text.indexOf("{{", from);
+      unterminated =
+        (leftoverEndsWithBrace && text.charCodeAt(from) === OPEN_BRACE) || (open !== -1 && open + 1 < to);
+    }
+    leftoverEndsWithBrace = text.charCodeAt(to - 1) === OPEN_BRACE;
+  };
+  let from = 0;
+  for (;;) {
+    const open = text.indexOf("{{", from);
+    if (open === -1) break;
+    let close = open + 2;
+    while (close < text.length) {
+      const c = text.charCodeAt(close);
+      if (c === OPEN_BRACE || c === CLOSE_BRACE) break;
+      close++;
+    }
+    if (text.charCodeAt(close) === CLOSE_BRACE && text.charCodeAt(close + 1) === CLOSE_BRACE) {
+      templates.push({ expression: text.slice(open + 2, close), start: open, end: close + 2 });
+      gap(last, open);
+      last = close + 2;
+      from = close + 2;
+    } else {
+      from = open + 1;
+    }
+  }
+  gap(last, text.length);
+  return { templates, unterminated };
+}
 
 function parseExpression(expression: string): TemplateRef | string {
   const parts = expression.trim().split(".");
-  if (parts.some((p) => !SEGMENT.test(p))) return `malformed template "{{${expression}}}"`;
-  const [root, ...rest] = parts;
+  for (const part of parts) {
+    if (!SEGMENT.test(part)) {
+      return `malformed template "{{${expression}}}"; expected {{params.<name>}} or {{steps.<id>.output.<path>}}`;
+    }
+  }
+  const root = parts[0];
   if (root === "params") {
-    if (rest.length === 0) return `template "{{${expression}}}" must name a parameter, e.g. {{params.date}}`;
-    return { kind: "params", path: rest };
+    if (parts.length < 2) return `template "{{${expression}}}" must name a parameter, e.g. {{params.date}}`;
+    return { kind: "params", path: parts.slice(1) };
   }
   if (root === "steps") {
-    const [id, output, ...path] = rest;
-    if (!id || output !== "output") {
+    if (parts.length < 3 || parts[2] !== "output") {
       return `template "{{${expression}}}" must read a step output, e.g. {{steps.extract.output.rows}}`;
     }
-    return { kind: "step", stepId: id, path };
+    return { kind: "step", stepId: parts[1]!, path: parts.slice(3) };
   }
   return `unknown template root "${root}" in "{{${expression}}}"; use params or steps`;
 }
 
-/** Every template in `text`, and a message for each malformed one (including an unclosed "{{"). */
+/**
+ * Every template in `text`, and a message for each malformed one or for an unterminated "{{".
+ * A lone "}}" is plain text: strings often carry JSON.
+ */
 export function parseTemplates(text: string): { refs: TemplateRef[]; errors: string[] } {
   const refs: TemplateRef[] = [];
   const errors: string[] = [];
-  for (const match of text.matchAll(TEMPLATE)) {
-    const parsed = parseExpression(match[1]!);
+  if (!text.includes("{{")) return { refs, errors };
+  const scan = scanTemplates(text);
+  for (const { expression } of scan.templates) {
+    const parsed = parseExpression(expression);
     if (typeof parsed === "string") errors.push(parsed);
     else refs.push(parsed);
   }
-  const rest = text.replace(TEMPLATE, "");
-  if (rest.includes("{{") || rest.includes("}}"))
-    errors.push(`unbalanced template braces in "${text.slice(0, 80)}"`);
+  if (scan.unterminated) {
+    const excerpt = text.length > 80 ? `${text.slice(0, 80)}…` : text;
+    errors.push(`unterminated template "{{" in "${excerpt}"`);
+  }
   return { refs, errors };
+}
+
+/** `text` with every well-formed `{{…}}` replaced by `replacement`, whatever is inside. */
+export function replaceTemplates(text: string, replacement: string): string {
+  if (!text.includes("{{")) return text;
+  let out = "";
+  let last = 0;
+  for (const t of scanTemplates(text).templates) {
+    out += text.slice(last, t.start) + replacement;
+    last = t.end;
+  }
+  return out + text.slice(last);
 }
 
 export interface FoundRef {
@@ -55,23 +128,47 @@ export interface FoundRef {
   error?: string;
 }
 
-/** Walks every string inside a JSON value (iteratively) and reports where each template stands. */
+/** A path kept as a chain of links, turned into an array only where a template is found. */
+interface PathLink {
+  parent: PathLink | null;
+  key: string | number;
+}
+
+function pathOf(link: PathLink | null, basePath: (string | number)[]): (string | number)[] {
+  const keys: (string | number)[] = [];
+  for (let l = link; l !== null; l = l.parent) keys.push(l.key);
+  return [...basePath, ...keys.reverse()];
+}
+
+/**
+ * Every template inside the strings of a JSON value (object values and array items, not keys), in
+ * document order, each with the path of its string under `basePath`. Iterative: depth costs no stack.
+ */
 export function collectTemplateRefs(value: unknown, basePath: (string | number)[] = []): FoundRef[] {
   const found: FoundRef[] = [];
-  const stack: Array<[unknown, (string | number)[]]> = [[value, basePath]];
-  while (stack.length > 0) {
-    const [v, path] = stack.pop()!;
+  const values: unknown[] = [value];
+  const links: Array<PathLink | null> = [null];
+  while (values.length > 0) {
+    const v = values.pop();
+    const link = links.pop()!;
     if (typeof v === "string") {
-      if (!v.includes("{{") && !v.includes("}}")) continue;
+      if (!v.includes("{{")) continue;
       const { refs, errors } = parseTemplates(v);
+      const path = pathOf(link, basePath);
       for (const ref of refs) found.push({ path, ref });
       for (const error of errors) found.push({ path, error });
     } else if (Array.isArray(v)) {
-      v.forEach((item, i) => {
-        stack.push([item, [...path, i]]);
-      });
+      for (let i = v.length - 1; i >= 0; i--) {
+        values.push(v[i]);
+        links.push({ parent: link, key: i });
+      }
     } else if (v !== null && typeof v === "object") {
-      for (const [k, item] of Object.entries(v)) stack.push([item, [...path, k]]);
+      const keys = Object.keys(v);
+      for (let i = keys.length - 1; i >= 0; i--) {
+        const key = keys[i]!;
+        values.push((v as Record<string, unknown>)[key]);
+        links.push({ parent: link, key });
+      }
     }
   }
   return found;
@@ -87,9 +184,10 @@ const MISSING = Symbol("missing");
 function walk(value: unknown, path: readonly string[]): unknown {
   let current = value;
   for (const segment of path) {
+    if (FORBIDDEN_SEGMENTS.has(segment)) return MISSING;
     if (current === null || typeof current !== "object") return MISSING;
     if (Array.isArray(current)) {
-      if (!/^\d+$/.test(segment)) return MISSING;
+      if (!/^(0|[1-9]\d*)$/.test(segment)) return MISSING;
       const i = Number(segment);
       if (i >= current.length) return MISSING;
       current = current[i];
@@ -97,44 +195,57 @@ function walk(value: unknown, path: readonly string[]): unknown {
       if (!Object.hasOwn(current, segment)) return MISSING;
       current = (current as Record<string, unknown>)[segment];
     }
+    if (current === undefined) return MISSING;
   }
   return current;
 }
 
 function resolve(ref: TemplateRef, scope: TemplateScope, source: string): unknown {
-  let value: unknown;
+  let value: unknown = MISSING;
   if (ref.kind === "params") value = walk(scope.params, ref.path);
-  else {
-    const step = Object.hasOwn(scope.steps, ref.stepId) ? scope.steps[ref.stepId] : undefined;
-    value = step === undefined ? MISSING : walk(step.output, ref.path);
+  else if (!FORBIDDEN_SEGMENTS.has(ref.stepId) && Object.hasOwn(scope.steps, ref.stepId)) {
+    value = walk(scope.steps[ref.stepId]!.output, ref.path);
   }
   if (value === MISSING) throw new TemplateError(`template ${source} refers to a value that does not exist`);
   return value;
 }
 
-function renderString(text: string, scope: TemplateScope): unknown {
-  const whole = /^\{\{([^{}]*)\}\}$/.exec(text);
-  if (whole) {
-    const ref = parseExpression(whole[1]!);
-    if (typeof ref === "string") throw new TemplateError(ref);
-    // A string that is exactly one template takes the referenced value with its JSON type.
-    return resolve(ref, scope, text);
-  }
-  return text.replace(TEMPLATE, (source, expression: string) => {
-    const ref = parseExpression(expression);
-    if (typeof ref === "string") throw new TemplateError(ref);
-    const value = resolve(ref, scope, source);
-    return typeof value === "string" ? value : JSON.stringify(value);
-  });
+function parseOrThrow(expression: string): TemplateRef {
+  const ref = parseExpression(expression);
+  if (typeof ref === "string") throw new TemplateError(ref);
+  return ref;
 }
 
-/** A copy of `value` with every template replaced; throws TemplateError on a missing reference. */
+function renderString(text: string, scope: TemplateScope): unknown {
+  const scan = scanTemplates(text);
+  if (scan.unterminated) throw new TemplateError(`unterminated template "{{" in "${text.slice(0, 80)}"`);
+  const [first] = scan.templates;
+  // A string that is exactly one template takes the referenced value with its JSON type.
+  if (first && first.start === 0 && first.end === text.length) {
+    return resolve(parseOrThrow(first.expression), scope, text);
+  }
+  let out = "";
+  let last = 0;
+  for (const t of scan.templates) {
+    const value = resolve(parseOrThrow(t.expression), scope, text.slice(t.start, t.end));
+    out += text.slice(last, t.start) + (typeof value === "object" ? JSON.stringify(value) : String(value));
+    last = t.end;
+  }
+  return out + text.slice(last);
+}
+
+/**
+ * A copy of `value` with every template replaced; the input is not modified. Throws TemplateError
+ * naming the template when a reference is missing or malformed. Recursion is bounded by the depth
+ * of the definition, which the body parser limits; substituted values are not walked again.
+ */
 export function renderTemplates(value: unknown, scope: TemplateScope): unknown {
   if (typeof value === "string") return value.includes("{{") ? renderString(value, scope) : value;
   if (Array.isArray(value)) return value.map((item) => renderTemplates(item, scope));
   if (value !== null && typeof value === "object") {
     const out: Record<string, unknown> = {};
     for (const [k, v] of Object.entries(value)) {
+      // defineProperty keeps a key named "__proto__" as plain data instead of setting the prototype.
       Object.defineProperty(out, k, {
         value: renderTemplates(v, scope),
         enumerable: true,

@@ -1,14 +1,15 @@
 /**
  * Validates a workflow definition: first its shape (spec.ts), then its meaning — the DAG, assets,
  * templates, schedules, the command allowlist and literal http hosts. Every problem is reported
- * with its path, all at once, so a user fixes a definition in one round trip.
+ * with its path, all at once, so a user fixes a definition in one round trip. Semantic checks
+ * build the step graph once and stay in the milliseconds for 5,000 steps.
  */
 import { Cron } from "croner";
 import type { z } from "zod";
-import { buildGraph, findCycle, type Graph, upstreamClosure } from "../dag.ts";
+import { buildGraph, buildUpstreamIndex, findCycle, type Graph, type UpstreamIndex } from "../dag.ts";
 import type { FieldIssue } from "../errors.ts";
 import { type Executor, type WorkflowSpec, workflowSpecSchema } from "./spec.ts";
-import { collectTemplateRefs } from "./templates.ts";
+import { collectTemplateRefs, type FoundRef, replaceTemplates } from "./templates.ts";
 
 export interface ValidationContext {
   /** Names of the command allowlist. */
@@ -16,6 +17,7 @@ export interface ValidationContext {
   /** `http.allowedHosts`: exact host names or IPs, or `*.example.com` for subdomains. */
   allowedHosts: readonly string[];
   maxSteps: number;
+  /** The instant schedules are checked from; defaults to the current time. */
   now?: Date;
 }
 
@@ -23,21 +25,72 @@ export type ValidationResult = { ok: true; spec: WorkflowSpec } | { ok: false; i
 
 type Path = (string | number)[];
 
-function zodIssues(error: z.ZodError): FieldIssue[] {
-  const issues: FieldIssue[] = [];
+class Issues {
+  readonly list: FieldIssue[] = [];
+  add(path: Path, message: string): void {
+    this.list.push({ location: "body", path, message });
+  }
+}
+
+function describeInput(input: unknown): string {
+  if (input === null) return "null";
+  if (Array.isArray(input)) return "an array";
+  if (typeof input === "object") return "an object";
+  return `a ${typeof input}`;
+}
+
+const expectedNames: Record<string, string> = {
+  int: "an integer",
+  array: "an array",
+  object: "an object",
+  record: "an object",
+};
+
+/** Messages for zod's generic issues; schema-specific messages (patterns, executor types) win over these. */
+function shapeMessage(issue: z.core.$ZodRawIssue): string | undefined {
+  switch (issue.code) {
+    case "invalid_type": {
+      if (issue.input === undefined) return "required";
+      if (issue.expected === "int" && typeof issue.input === "number") return "must be an integer";
+      const expected = expectedNames[issue.expected] ?? `a ${issue.expected}`;
+      return `expected ${expected}, got ${describeInput(issue.input)}`;
+    }
+    case "too_small": {
+      const min = Number(issue.minimum);
+      if (issue.origin === "string")
+        return min <= 1 ? "must not be empty" : `must be at least ${min} characters long`;
+      if (issue.origin === "array") return min <= 1 ? "must not be empty" : `must have at least ${min} items`;
+      return issue.inclusive === false ? `must be greater than ${min}` : `must be at least ${min}`;
+    }
+    case "too_big": {
+      const max = Number(issue.maximum);
+      if (issue.origin === "string") return `must be at most ${max} characters long`;
+      if (issue.origin === "array") return `must have at most ${max} items`;
+      return issue.inclusive === false ? `must be less than ${max}` : `must be at most ${max}`;
+    }
+    case "invalid_value":
+      return `expected one of ${issue.values.map((v) => JSON.stringify(v)).join(", ")}`;
+    default:
+      return undefined;
+  }
+}
+
+function shapeIssues(error: z.ZodError, issues: Issues): void {
   for (const issue of error.issues) {
     const path = issue.path.map((p) => (typeof p === "symbol" ? String(p) : p));
     if (issue.code === "unrecognized_keys") {
-      for (const key of issue.keys)
-        issues.push({ location: "body", path: [...path, key], message: `unknown field "${key}"` });
+      for (const key of issue.keys) issues.add([...path, key], `unknown field "${key}"`);
+    } else if (issue.code === "invalid_key") {
+      const key = path.at(-1);
+      const why = issue.issues.map((i) => i.message).join("; ");
+      issues.add(path, `invalid key ${JSON.stringify(key)}: ${why}`);
     } else {
-      issues.push({ location: "body", path, message: issue.message.replace(/^Invalid input: /, "") });
+      issues.add(path, issue.message.replace(/^Invalid input: /, ""));
     }
   }
-  return issues;
 }
 
-/** The step graph with `needs` plus the implicit edges from `requires` to the providing step. */
+/** The step graph: `needs` plus the implicit edge from each `requires` to the step providing that asset. */
 export function stepGraph(spec: WorkflowSpec): Graph {
   const provider = new Map<string, string>();
   for (const step of spec.steps)
@@ -47,12 +100,68 @@ export function stepGraph(spec: WorkflowSpec): Graph {
     spec.steps.map((s) => s.id),
     (id) => {
       const step = byId.get(id)!;
-      const implicit = step.requires
-        .map((a) => provider.get(a))
-        .filter((p): p is string => p !== undefined && p !== id);
-      return [...step.needs, ...implicit];
+      if (step.requires.length === 0) return step.needs;
+      const parents = [...step.needs];
+      for (const asset of step.requires) {
+        const p = provider.get(asset);
+        if (p !== undefined && p !== id) parents.push(p);
+      }
+      return parents;
     },
   );
+}
+
+function checkSteps(spec: WorkflowSpec, ctx: ValidationContext, issues: Issues): Map<string, number> {
+  if (spec.steps.length > ctx.maxSteps)
+    issues.add(["steps"], `at most ${ctx.maxSteps} steps are allowed, got ${spec.steps.length}`);
+
+  const firstIndex = new Map<string, number>();
+  spec.steps.forEach((step, i) => {
+    const first = firstIndex.get(step.id);
+    if (first === undefined) firstIndex.set(step.id, i);
+    else issues.add(["steps", i, "id"], `duplicate step id "${step.id}" (first used by steps[${first}])`);
+  });
+
+  spec.steps.forEach((step, i) => {
+    step.needs.forEach((need, j) => {
+      if (need === step.id) issues.add(["steps", i, "needs", j], `step "${step.id}" cannot need itself`);
+      else if (!firstIndex.has(need))
+        issues.add(["steps", i, "needs", j], `unknown step "${need}" in needs of "${step.id}"`);
+    });
+  });
+  return firstIndex;
+}
+
+function checkAssets(spec: WorkflowSpec, issues: Issues): void {
+  const provider = new Map<string, string>();
+  spec.steps.forEach((step, i) => {
+    step.provides.forEach((asset, j) => {
+      const other = provider.get(asset);
+      if (other === undefined) provider.set(asset, step.id);
+      else if (other !== step.id) {
+        issues.add(
+          ["steps", i, "provides", j],
+          `asset "${asset}" is provided by two steps: "${other}" and "${step.id}"`,
+        );
+      }
+    });
+  });
+  spec.steps.forEach((step, i) => {
+    step.requires.forEach((asset, j) => {
+      const p = provider.get(asset);
+      if (p === undefined)
+        issues.add(["steps", i, "requires", j], `asset "${asset}" is required but no step provides it`);
+      else if (p === step.id)
+        issues.add(
+          ["steps", i, "requires", j],
+          `step "${step.id}" requires asset "${asset}" it provides itself`,
+        );
+    });
+  });
+  for (const asset of Object.keys(spec.assets ?? {})) {
+    if (!provider.has(asset))
+      issues.add(["assets", asset], `asset "${asset}" has a policy but no step provides it`);
+  }
 }
 
 export function isValidTimeZone(timezone: string): boolean {
@@ -64,186 +173,217 @@ export function isValidTimeZone(timezone: string): boolean {
   }
 }
 
-/** null when the cron is usable, else why not. Never loops: croner bounds its own search. */
+/**
+ * A paused croner instance with Flowline's cron dialect: 5 fields (minute first) or 6 (second
+ * first), nicknames such as @daily, day-of-month OR day-of-week as in Vixie cron. Throws on an
+ * invalid pattern or time zone. The supervisor fires schedules through the same function.
+ */
+export function scheduleCron(expression: string, timezone: string): Cron {
+  return new Cron(expression.trim(), { timezone, paused: true, mode: "5-or-6-parts" });
+}
+
+const cronHorizonYears = 5;
+
+/**
+ * null when the cron is usable, else why not. A schedule must fire within five years of `now`,
+ * which refuses `0 0 30 2 *`. Bounded: croner's search stops at a fixed year (a few ms at worst).
+ */
 export function cronProblem(expression: string, timezone: string, now: Date): string | null {
-  const fields = expression.trim().split(/\s+/);
-  if (!expression.trim().startsWith("@") && fields.length !== 5 && fields.length !== 6) {
+  const trimmed = expression.trim();
+  const fields = trimmed.split(/\s+/);
+  if (!trimmed.startsWith("@") && fields.length !== 5 && fields.length !== 6) {
     return `cron "${expression}" must have 5 fields (minute hour day month weekday) or 6 with seconds first`;
   }
-  let next: Date | null | undefined;
+  let next: Date | null;
   try {
-    next = new Cron(expression, { timezone, paused: true }).nextRun(now);
+    next = scheduleCron(trimmed, timezone).nextRun(now);
   } catch (error) {
     return `invalid cron "${expression}": ${(error as Error).message.replace(/^CronPattern: /, "")}`;
   }
-  return next ? null : `cron "${expression}" never fires`;
-}
-
-export function hostAllowed(hostname: string, allowedHosts: readonly string[]): boolean {
-  const host = hostname.toLowerCase().replace(/^\[|\]$/g, "");
-  return allowedHosts.some((entry) => {
-    const e = entry.toLowerCase();
-    if (e.startsWith("*.")) return host.endsWith(e.slice(1)) && host.length > e.length - 1;
-    return host === e.replace(/^\[|\]$/g, "");
-  });
-}
-
-function checkHttpUrl(url: string, ctx: ValidationContext): string | null {
-  const authority = /^[^:/?#]*:\/\/([^/?#]*)/.exec(url)?.[1];
-  const schemeAndHost = url.slice(
-    0,
-    (url.indexOf("://") >= 0 ? url.indexOf("://") + 3 : 0) + (authority?.length ?? 0),
-  );
-  // A templated host is checked by the worker on the resolved address at execution time.
-  if (schemeAndHost.includes("{{") || (authority === undefined && url.startsWith("{{"))) return null;
-  let parsed: URL;
-  try {
-    parsed = new URL(url.replace(/\{\{[^{}]*\}\}/g, "x"));
-  } catch {
-    return `"${url.slice(0, 200)}" is not a valid URL`;
-  }
-  if (parsed.protocol !== "http:" && parsed.protocol !== "https:")
-    return "only http and https URLs are allowed";
-  if (parsed.username || parsed.password)
-    return "URLs with credentials (user:pass@host) are not allowed; use headers";
-  if (ctx.allowedHosts.length === 0) {
-    return `host "${parsed.hostname}" is not allowed: http.allowedHosts is empty, so no literal host is allowed`;
-  }
-  if (!hostAllowed(parsed.hostname, ctx.allowedHosts)) {
-    return `host "${parsed.hostname}" is not in http.allowedHosts (${ctx.allowedHosts.join(", ")})`;
+  if (next === null) return `cron "${expression}" never fires`;
+  const horizon = new Date(now);
+  horizon.setUTCFullYear(horizon.getUTCFullYear() + cronHorizonYears);
+  if (next > horizon) {
+    return `cron "${expression}" does not fire within ${cronHorizonYears} years (next: ${next.toISOString()})`;
   }
   return null;
 }
 
-function checkExecutor(executor: Executor, path: Path, ctx: ValidationContext, issues: FieldIssue[]): void {
-  if (executor.type === "command" && !ctx.commands.has(executor.command)) {
-    const allowed =
-      ctx.commands.size > 0 ? `allowed: ${[...ctx.commands].join(", ")}` : "the allowlist is empty";
-    issues.push({
-      location: "body",
-      path: [...path, "command"],
-      message: `command "${executor.command}" is not in the allowlist (${allowed})`,
-    });
-  }
-  if (executor.type === "http") {
-    const problem = checkHttpUrl(executor.url, ctx);
-    if (problem) issues.push({ location: "body", path: [...path, "url"], message: problem });
-  }
-}
-
-export function validateWorkflowDefinition(input: unknown, ctx: ValidationContext): ValidationResult {
-  const parsed = workflowSpecSchema.safeParse(input);
-  if (!parsed.success) return { ok: false, issues: zodIssues(parsed.error) };
-  const spec = parsed.data;
-  const issues: FieldIssue[] = [];
-  const add = (path: Path, message: string) => issues.push({ location: "body", path, message });
-
-  if (spec.steps.length > ctx.maxSteps)
-    add(["steps"], `at most ${ctx.maxSteps} steps are allowed, got ${spec.steps.length}`);
-
-  const firstIndex = new Map<string, number>();
-  spec.steps.forEach((step, i) => {
-    const first = firstIndex.get(step.id);
-    if (first === undefined) firstIndex.set(step.id, i);
-    else add(["steps", i, "id"], `duplicate step id "${step.id}" (first used by steps[${first}])`);
-  });
-
-  spec.steps.forEach((step, i) => {
-    step.needs.forEach((need, j) => {
-      if (need === step.id) add(["steps", i, "needs", j], `step "${step.id}" cannot need itself`);
-      else if (!firstIndex.has(need))
-        add(["steps", i, "needs", j], `unknown step "${need}" in needs of "${step.id}"`);
-    });
-  });
-
-  const provider = new Map<string, string>();
-  spec.steps.forEach((step, i) => {
-    step.provides.forEach((asset, j) => {
-      const other = provider.get(asset);
-      if (other !== undefined && other !== step.id) {
-        add(
-          ["steps", i, "provides", j],
-          `asset "${asset}" is provided by two steps: "${other}" and "${step.id}"`,
-        );
-      } else provider.set(asset, step.id);
-    });
-  });
-  spec.steps.forEach((step, i) => {
-    step.requires.forEach((asset, j) => {
-      if (!provider.has(asset))
-        add(["steps", i, "requires", j], `asset "${asset}" is required but no step provides it`);
-    });
-  });
-  for (const asset of Object.keys(spec.assets ?? {})) {
-    if (!provider.has(asset)) add(["assets", asset], `asset "${asset}" has a policy but no step provides it`);
-  }
-
-  // The DAG checks need unique ids; with duplicates the graph would be ambiguous.
-  const uniqueIds = firstIndex.size === spec.steps.length;
-  const graph = uniqueIds ? stepGraph(spec) : undefined;
-  const cycle = graph ? findCycle(graph) : null;
-  if (cycle) add(["steps"], `cycle: ${cycle.join(" → ")}`);
-
-  const now = ctx.now ?? new Date();
+function checkSchedules(spec: WorkflowSpec, now: Date, issues: Issues): void {
   spec.schedules.forEach((schedule, i) => {
     let timezone = schedule.timezone;
     if (!isValidTimeZone(timezone)) {
-      add(
+      issues.add(
         ["schedules", i, "timezone"],
         `unknown time zone "${timezone}"; use an IANA name such as Europe/Paris`,
       );
+      // Still check the cron itself, so both mistakes surface in one round trip.
       timezone = "UTC";
     }
     const problem = cronProblem(schedule.cron, timezone, now);
-    if (problem) add(["schedules", i, "cron"], problem);
+    if (problem) issues.add(["schedules", i, "cron"], problem);
   });
+}
 
-  // Templates may read outputs only of steps that are certain to have finished: transitive upstreams.
-  const upstreamCache = new Map<string, Set<string>>();
-  const upstreamOf = (id: string): Set<string> => {
-    let set = upstreamCache.get(id);
-    if (!set) {
-      set = graph && !cycle ? upstreamClosure(graph, [id]) : new Set([id]);
-      upstreamCache.set(id, set);
+/** `*.example.com` matches subdomains only; other entries match the host name or IP exactly. */
+export function hostAllowed(hostname: string, allowedHosts: readonly string[]): boolean {
+  const host = hostname.toLowerCase().replace(/^\[|\]$/g, "");
+  return allowedHosts.some((entry) => {
+    const e = entry.toLowerCase().replace(/^\[|\]$/g, "");
+    if (e.startsWith("*.")) return host.length > e.length - 1 && host.endsWith(e.slice(1));
+    return host === e;
+  });
+}
+
+/** Why a concrete (template-free) URL may not be called, or null. */
+export function httpUrlProblem(url: URL, allowedHosts: readonly string[]): string | null {
+  if (url.protocol !== "http:" && url.protocol !== "https:") return "only http and https URLs are allowed";
+  if (url.username || url.password)
+    return "URLs with credentials (user:pass@host) are not allowed; use headers";
+  if (allowedHosts.length === 0) {
+    return `host "${url.hostname}" is not allowed: http.allowedHosts is empty, so no literal host is allowed`;
+  }
+  if (!hostAllowed(url.hostname, allowedHosts)) {
+    return `host "${url.hostname}" is not in http.allowedHosts (${allowedHosts.join(", ")})`;
+  }
+  return null;
+}
+
+function parseUrl(text: string): URL | null {
+  try {
+    return new URL(text);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Checks the literal part of an executor URL. Templates are replaced by two different
+ * placeholders: when that changes the scheme, host or port, the host comes from data and is
+ * checked by the worker on the resolved address at execution time.
+ */
+function literalUrlProblem(url: string, allowedHosts: readonly string[]): string | null {
+  const invalid = `"${url.length > 200 ? `${url.slice(0, 200)}…` : url}" is not a valid URL`;
+  if (!url.includes("{{")) {
+    const parsed = parseUrl(url);
+    return parsed ? httpUrlProblem(parsed, allowedHosts) : invalid;
+  }
+  const one = parseUrl(replaceTemplates(url, "1"));
+  const two = parseUrl(replaceTemplates(url, "2"));
+  if (!one || !two) return url.trimStart().startsWith("{{") ? null : invalid;
+  if (one.protocol !== two.protocol || one.host !== two.host) return null;
+  return httpUrlProblem(one, allowedHosts);
+}
+
+function checkExecutor(executor: Executor, path: Path, ctx: ValidationContext, issues: Issues): void {
+  if (executor.type === "command" && !ctx.commands.has(executor.command)) {
+    const allowed =
+      ctx.commands.size > 0 ? `allowed: ${[...ctx.commands].join(", ")}` : "the allowlist is empty";
+    issues.add([...path, "command"], `command "${executor.command}" is not in the allowlist (${allowed})`);
+  }
+  if (executor.type === "http") {
+    const problem = literalUrlProblem(executor.url, ctx.allowedHosts);
+    if (problem) issues.add([...path, "url"], problem);
+  }
+}
+
+interface StepRefs {
+  id: string;
+  found: FoundRef[];
+  /** Entries from this index on come from `compensate`. */
+  compensateFrom: number;
+}
+
+/**
+ * A template may read the output of a step only when that step is certain to have succeeded
+ * first: a transitive upstream. A compensation may also read its own step's output.
+ */
+function checkTemplates(
+  spec: WorkflowSpec,
+  stepIds: ReadonlyMap<string, number>,
+  upstreamFor: (ids: string[]) => UpstreamIndex | null,
+  issues: Issues,
+): void {
+  const readers: StepRefs[] = [];
+  spec.steps.forEach((step, i) => {
+    const found = collectTemplateRefs(step.run, ["steps", i, "run"]);
+    const compensateFrom = found.length;
+    if (step.compensate) {
+      for (const f of collectTemplateRefs(step.compensate, ["steps", i, "compensate"])) found.push(f);
     }
-    return set;
-  };
+    let readsSteps = false;
+    for (const f of found) {
+      if (f.error !== undefined) issues.add(f.path, f.error);
+      else if (f.ref?.kind === "step") readsSteps = true;
+    }
+    if (readsSteps) readers.push({ id: step.id, found, compensateFrom });
+  });
+  if (readers.length === 0) return;
+
+  const upstream = upstreamFor(readers.map((r) => r.id));
+  for (const reader of readers) {
+    reader.found.forEach((f, k) => {
+      if (f.ref?.kind !== "step") return;
+      const source = f.ref.stepId;
+      if (!stepIds.has(source)) {
+        issues.add(f.path, `template refers to unknown step "${source}"`);
+        return;
+      }
+      const available =
+        source === reader.id
+          ? k >= reader.compensateFrom
+          : (upstream?.isUpstreamOf(source, reader.id) ?? true);
+      if (!available) {
+        issues.add(
+          f.path,
+          `step "${source}" is not upstream of "${reader.id}"; its output is not available (add it to needs)`,
+        );
+      }
+    });
+  }
+}
+
+function checkConcurrencyKey(spec: WorkflowSpec, issues: Issues): void {
+  const key = spec.concurrency?.key;
+  if (key === undefined) return;
+  for (const found of collectTemplateRefs(key, ["concurrency", "key"])) {
+    if (found.error !== undefined) issues.add(found.path, found.error);
+    else if (found.ref?.kind === "step")
+      issues.add(found.path, "concurrency.key may use only {{params.…}} templates");
+  }
+}
+
+/** Shape first; semantic checks run only on a well-shaped definition, and all of them run. */
+export function validateWorkflowDefinition(input: unknown, ctx: ValidationContext): ValidationResult {
+  const issues = new Issues();
+  const parsed = workflowSpecSchema.safeParse(input, { error: shapeMessage });
+  if (!parsed.success) {
+    shapeIssues(parsed.error, issues);
+    return { ok: false, issues: issues.list };
+  }
+  const spec = parsed.data;
+
+  const stepIds = checkSteps(spec, ctx, issues);
+  checkAssets(spec, issues);
+
+  // Duplicate ids are reported already; the graph keeps the first step of each id.
+  const unique =
+    stepIds.size === spec.steps.length
+      ? spec
+      : { ...spec, steps: spec.steps.filter((s, i) => stepIds.get(s.id) === i) };
+  const graph = stepGraph(unique);
+  const cycle = findCycle(graph);
+  if (cycle) issues.add(["steps"], `cycle: ${cycle.join(" → ")}`);
+
+  checkSchedules(spec, ctx.now ?? new Date(), issues);
   spec.steps.forEach((step, i) => {
     checkExecutor(step.run, ["steps", i, "run"], ctx, issues);
     if (step.compensate) checkExecutor(step.compensate, ["steps", i, "compensate"], ctx, issues);
-    const refs = [
-      ...collectTemplateRefs(step.run, ["steps", i, "run"]).map((r) => ({ ...r, compensating: false })),
-      ...(step.compensate
-        ? collectTemplateRefs(step.compensate, ["steps", i, "compensate"]).map((r) => ({
-            ...r,
-            compensating: true,
-          }))
-        : []),
-    ];
-    for (const found of refs) {
-      if (found.error) {
-        add(found.path, found.error);
-        continue;
-      }
-      const ref = found.ref!;
-      if (ref.kind !== "step") continue;
-      if (!firstIndex.has(ref.stepId)) {
-        add(found.path, `template refers to unknown step "${ref.stepId}"`);
-      } else if (ref.stepId === step.id ? !found.compensating : !upstreamOf(step.id).has(ref.stepId)) {
-        add(
-          found.path,
-          `step "${ref.stepId}" is not upstream of "${step.id}"; its output is not available there (add it to needs)`,
-        );
-      }
-    }
   });
-  if (spec.concurrency?.key) {
-    for (const found of collectTemplateRefs(spec.concurrency.key, ["concurrency", "key"])) {
-      if (found.error) add(found.path, found.error);
-      else if (found.ref?.kind === "step")
-        add(found.path, "concurrency.key may use only {{params.…}} templates");
-    }
-  }
+  // Upstream is meaningless in a cyclic graph: only unknown steps are reported then.
+  const upstreamFor = (ids: string[]) => (cycle ? null : buildUpstreamIndex(graph, ids));
+  checkTemplates(spec, stepIds, upstreamFor, issues);
+  checkConcurrencyKey(spec, issues);
 
-  return issues.length > 0 ? { ok: false, issues } : { ok: true, spec };
+  return issues.list.length > 0 ? { ok: false, issues: issues.list } : { ok: true, spec };
 }
