@@ -92,7 +92,7 @@ describe("flowline CLI", () => {
       status = ((await (await fetch(`${base}/v1/runs/${run.id}`, { headers })).json()) as { status: string })
         .status;
     }
-    expect(status).toBe("succeeded");
+    expect(status, `${up.stdout()}\n${up.stderr()}`.slice(-4000)).toBe("succeeded");
 
     // An open event stream must not keep the API from stopping.
     await fetch(`${base}/v1/workflows/parked`, {
@@ -109,12 +109,25 @@ describe("flowline CLI", () => {
       headers: { authorization: `Bearer ${key}`, accept: "text/event-stream" },
     });
     expect(stream.status).toBe(200);
-    const body = stream.text();
+    const reader = stream.body!.getReader();
+    let received = "";
+    while (!received.includes("event: step.queued")) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      received += new TextDecoder().decode(value);
+    }
+    expect(received).toMatch(/event: step.queued/);
 
     up.child.kill("SIGTERM");
-    expect((await up.exited).code).toBe(0);
-    expect(up.stdout()).toMatch(/worker stopped/);
-    expect(await body).toMatch(/event: step.queued/);
+    const { code } = await up.exited;
+    const output = `${up.stdout()}\n${up.stderr()}`.slice(-4000);
+    expect(code, output).toBe(0);
+    expect(up.stdout(), output).toMatch(/worker stopped/);
+    // The stream was ended by the server, not left hanging.
+    for (;;) {
+      const { done } = await reader.read().catch(() => ({ done: true }));
+      if (done) break;
+    }
   });
 
   it("stops with exit code 78 and a message naming the key for bad configuration", async () => {
