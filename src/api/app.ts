@@ -176,7 +176,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
   const hub: SseHub = {
     bus,
-    streams: new Set(),
+    streams: new Map(),
     readPage: coalesceReads(
       (runId) => bus.generation(runId),
       (runId, afterId, limit) => readEvents(deps.db.sql, runId, afterId, limit),
@@ -186,7 +186,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.decorate("flowline", { engine, hub });
   // Open event streams would keep close() waiting forever: end them first.
   app.addHook("preClose", async () => {
-    for (const close of [...hub.streams]) close();
+    for (const close of [...hub.streams.keys()]) close();
   });
   app.addHook("onClose", async () => {
     await dispatcher.close();

@@ -14,6 +14,13 @@ export const testCommands = {
   "echo-args": {
     argv: [process.execPath, "-e", "console.log(JSON.stringify({ args: process.argv.slice(1) }))"],
   },
+  spammer: {
+    argv: [
+      process.execPath,
+      "-e",
+      "const line = 'x'.repeat(200); for (let i = 0; i < 20000; i++) console.log(i + ' ' + line);",
+    ],
+  },
   sleeper: {
     argv: [
       process.execPath,

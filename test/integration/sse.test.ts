@@ -2,6 +2,8 @@
  * The SSE contract of GET /v1/runs/{id}/events over a real socket: replay then live with no gap
  * and no duplicate, resumption, many clients, abrupt disconnects that leave nothing behind.
  */
+import { once } from "node:events";
+import { connect } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestContext, type TestContext } from "../helpers/context.ts";
 import {
@@ -125,6 +127,37 @@ describe("run events over SSE", () => {
     expect(logs.map((f) => f.event)).toEqual(["step.log", "step.log", "step.log", "step.log"]);
     expect(JSON.parse(logs[0]!.data!)).toMatchObject({ stepId: "one", line: "sleeping 300 ms" });
     expect(frames.at(-1)!.event).toBe("end");
+  });
+
+  it("bounds what a client that stops reading costs the server", async () => {
+    await putWorkflow(ctx, "chatty", {
+      steps: [{ id: "spam", run: { type: "command", command: "spammer" } }],
+    });
+    const run = await startRun(ctx, "chatty");
+    // A client that sends its request and then never reads.
+    const { port } = new URL(base);
+    const socket = connect(Number(port), "127.0.0.1");
+    await once(socket, "connect");
+    socket.write(
+      `GET /v1/runs/${run.id}/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nAuthorization: Bearer ${ctx.rootKey}\r\n\r\n`,
+    );
+    socket.pause();
+    await waitForRun(ctx, run.id, undefined, 60_000);
+    const total = (
+      await ctx.db
+        .sql`select coalesce(sum(length(data::text)), 0)::int as n from events where run_id = ${run.id}`
+    )[0]!.n;
+    await new Promise((r) => setTimeout(r, 500));
+    const buffered = [...ctx.app.flowline.hub.streams.values()].map((b) => b());
+    expect(buffered).toHaveLength(1);
+    // Over 4 MB of events, of which at most about one page waits in the server's buffer.
+    expect(total).toBeGreaterThan(4_000_000);
+    expect(buffered[0]!).toBeLessThan(1_000_000);
+    socket.destroy();
+    const deadline = Date.now() + 10_000;
+    while (ctx.app.flowline.hub.streams.size > 0 && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 50));
+    expect(ctx.app.flowline.hub.streams.size).toBe(0);
   });
 
   it("answers 404 problem+json (not a stream) for unknown runs, and JSON pages without the SSE header", async () => {

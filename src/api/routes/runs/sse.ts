@@ -18,8 +18,9 @@ const terminalRunEvents = new Set(["run.succeeded", "run.failed", "run.cancelled
 export interface SseHub {
   bus: RedisEventBus;
   readPage(runId: string, afterId: number, limit: number): Promise<EventRow[]>;
-  /** Open streams, for shutdown and for leak checks. */
-  streams: Set<() => void>;
+  /** Open streams (their close function → bytes waiting in their socket's buffer), for shutdown,
+   * leak checks and the slow-client bound. */
+  streams: Map<() => void, () => number>;
   heartbeatMs?: number;
 }
 
@@ -74,7 +75,7 @@ export function streamRunEvents(
   const heartbeat = setInterval(() => {
     if (!closed) res.write(": heartbeat\n\n");
   }, hub.heartbeatMs ?? HEARTBEAT_MS);
-  hub.streams.add(close);
+  hub.streams.set(close, () => res.writableLength);
   res.on("close", close);
 
   /** Resolves when the socket can take more, or false when it closed first. */
