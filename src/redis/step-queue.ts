@@ -60,7 +60,11 @@ export class BullStepDispatcher implements StepDispatcher {
               jobId: stepJobId(job),
               priority: bullPriority(job.priority),
               ...(job.delayMs ? { delay: job.delayMs } : {}),
-              attempts: 1,
+              // Execution failures are retried by the engine, never by BullMQ. BullMQ's attempts only
+              // cover the worker failing to reach Postgres around a job; the engine's fencing makes
+              // such a repeat safe.
+              attempts: 5,
+              backoff: { type: "exponential", delay: 1000 },
               removeOnComplete: { age: 3600, count: 10_000 },
               removeOnFail: { age: 24 * 3600 },
             },
