@@ -47,7 +47,7 @@ export async function startAttempt(
       return { accepted: false, reason: `attempt ${job.attempt} is not current` };
     const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
     const events: NewEvent[] = [];
-    let attempt = job.attempt;
+    const attempt = job.attempt;
     if (step.status === "running") {
       // BullMQ redelivered the job: its previous holder lost the job lock (killed or frozen).
       await sql`
@@ -72,13 +72,30 @@ export async function startAttempt(
         );
         return { accepted: false, reason: "attempts exhausted after worker loss" };
       }
-      attempt += 1;
+      // The next attempt gets a job of its own (run.step.N+1), so that if this worker dies too,
+      // that job's redelivery finds its attempt current and the step moves on again.
+      const next = attempt + 1;
+      await sql`
+        update step_runs set status = 'queued', attempt = ${next}, lease_token = null, worker_id = null,
+          queued_at = now(), updated_at = now()
+        where run_id = ${job.runId} and step_id = ${job.stepId}`;
       events.push({
         type: "step.retrying",
         stepId: job.stepId,
-        attempt,
-        data: { attempt, delayMs: 0, reason: "worker lost" },
+        attempt: next,
+        data: { attempt: next, delayMs: 0, reason: "worker lost" },
       });
+      await appendEvents(sql, run.tenant_id, run.id, events);
+      after.runs.add(run.id);
+      after.jobs.push({
+        tenantId: run.tenant_id,
+        runId: run.id,
+        stepId: job.stepId,
+        attempt: next,
+        queue: step.queue,
+        priority: step.priority,
+      });
+      return { accepted: false, reason: `worker lost during attempt ${attempt}; attempt ${next} queued` };
     } else if (step.status !== "queued" && step.status !== "retrying") {
       return { accepted: false, reason: `step is ${step.status}` };
     }

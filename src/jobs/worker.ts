@@ -123,6 +123,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     };
     const flushTimer = setInterval(flush, LOG_FLUSH_MS);
 
+    let outcome: { ok: true; output: unknown } | { ok: false; error: ExecutionError };
     try {
       stepLog.info({ type: attempt.executor.type }, "attempt started");
       const output = await execute(attempt.executor, {
@@ -142,17 +143,31 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
         config,
         handlers,
       });
-      await flush();
-      const result = await completeAttempt(deps, ref, output);
-      stepLog.info({ accepted: result.accepted }, "attempt succeeded");
+      outcome = { ok: true, output };
     } catch (thrown) {
+      outcome = {
+        ok: false,
+        error:
+          thrown instanceof ExecutionError
+            ? thrown
+            : controller.signal.aborted && controller.signal.reason instanceof ExecutionError
+              ? controller.signal.reason
+              : new ExecutionError((thrown as Error)?.message ?? String(thrown), true, "error"),
+      };
+    } finally {
+      clearTimeout(timeout);
+      clearInterval(flushTimer);
+    }
+    try {
       await flush();
-      const error =
-        thrown instanceof ExecutionError
-          ? thrown
-          : controller.signal.aborted && controller.signal.reason instanceof ExecutionError
-            ? controller.signal.reason
-            : new ExecutionError((thrown as Error)?.message ?? String(thrown), true, "error");
+      // Only the step's own outcome decides success or failure: an error while recording it
+      // (Postgres unreachable) is thrown to BullMQ, which retries the job; fencing keeps that safe.
+      if (outcome.ok) {
+        const result = await completeAttempt(deps, ref, outcome.output);
+        stepLog.info({ accepted: result.accepted }, "attempt succeeded");
+        return;
+      }
+      const error = outcome.error;
       if (error.code === "shutdown") {
         const handedBack = await handBackAttempt(deps, ref);
         stepLog.info({ handedBack }, "attempt handed back");
@@ -171,9 +186,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
         );
       }
     } finally {
-      clearTimeout(timeout);
       clearInterval(heartbeat);
-      clearInterval(flushTimer);
       running.delete(key);
     }
   }

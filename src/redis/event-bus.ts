@@ -43,8 +43,7 @@ export class RedisEventBus implements EventNotifier, ControlBus {
     this.subscribed ??= (async () => {
       sub.on("message", (channel: string, payload: string) => {
         if (channel === this.eventsChannel) {
-          for (const runId of payload.split(","))
-            for (const listener of this.runListeners.get(runId) ?? []) listener();
+          for (const runId of payload.split(",")) this.wake(runId);
         } else if (channel === this.controlChannel) {
           let message: ControlMessage;
           try {
@@ -55,9 +54,24 @@ export class RedisEventBus implements EventNotifier, ControlBus {
           for (const listener of this.controlListeners) listener(message);
         }
       });
+      // Notifications published while the connection was down are lost: after every reconnect,
+      // wake every stream so it reads Postgres again.
+      let connectedOnce = false;
+      sub.on("ready", () => {
+        if (connectedOnce) for (const runId of [...this.runListeners.keys()]) this.wake(runId);
+        connectedOnce = true;
+      });
       await sub.subscribe(this.eventsChannel, this.controlChannel);
     })();
     return this.subscribed;
+  }
+
+  /** News for a run: a new generation first, so reads begun from now on are distinct. */
+  private wake(runId: string): void {
+    const listeners = this.runListeners.get(runId);
+    if (!listeners) return;
+    this.generations.set(runId, (this.generations.get(runId) ?? 0) + 1);
+    for (const listener of [...listeners]) listener();
   }
 
   /** Calls `listener` whenever run `runId` has news; returns the unsubscribe function. */

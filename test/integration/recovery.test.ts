@@ -43,9 +43,25 @@ describe("fencing", () => {
     );
     if (!first.accepted) throw new Error(first.reason);
     // The job is redelivered (its holder froze past the job lock): another worker takes over.
-    const second = await startAttempt(
+    const redelivered = await startAttempt(
       engine,
       { runId: run.id, stepId: "s", attempt: 1 },
+      { id: "worker-b", leaseSeconds: 30 },
+    );
+    expect(redelivered).toEqual({
+      accepted: false,
+      reason: "worker lost during attempt 1; attempt 2 queued",
+    });
+    // A second redelivery of the old job changes nothing more.
+    const again = await startAttempt(
+      engine,
+      { runId: run.id, stepId: "s", attempt: 1 },
+      { id: "worker-c", leaseSeconds: 30 },
+    );
+    expect(again.accepted).toBe(false);
+    const second = await startAttempt(
+      engine,
+      { runId: run.id, stepId: "s", attempt: 2 },
       { id: "worker-b", leaseSeconds: 30 },
     );
     if (!second.accepted) throw new Error(second.reason);

@@ -129,6 +129,10 @@ const httpExecutor = z.strictObject({
   timeoutSeconds: z.number().positive().max(86_400).optional(),
 });
 
+/** Variables through which a step could run other code than its allowlisted program. */
+const loaderVariable =
+  /^(PATH|IFS|ENV|BASH_ENV|SHELLOPTS|PS4|PROMPT_COMMAND|LD_.*|DYLD_.*|NODE_OPTIONS|NODE_PATH|PYTHON.*|PERL5.*|PERLLIB|RUBYOPT|RUBYLIB|JAVA_TOOL_OPTIONS|_JAVA_OPTIONS|GIT_.*|HOME)$/i;
+
 const commandExecutor = z.strictObject({
   type: z.literal("command"),
   command: z
@@ -140,7 +144,11 @@ const commandExecutor = z.strictObject({
       z
         .string()
         .regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, "must be an environment variable name")
-        .refine(notReserved, reservedMessage),
+        .refine(notReserved, reservedMessage)
+        .refine(
+          (name) => !loaderVariable.test(name),
+          "may not set a variable that changes which code runs (PATH, LD_*, NODE_OPTIONS, PYTHON*, …)",
+        ),
       z.string().max(65_536),
     )
     .optional(),

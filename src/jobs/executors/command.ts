@@ -25,7 +25,9 @@ export const runCommand: ExecutorFn<"command"> = (executor, ctx) => {
   return new Promise((resolve, reject) => {
     const child = spawn(program!, [...prefix, ...executor.args], {
       cwd: entry.cwd,
-      env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...entry.env, ...executor.env },
+      // The allowlist entry's env and PATH win over the step's, and spec.ts refuses variables that
+      // change what runs (PATH, LD_PRELOAD, NODE_OPTIONS…): a step picks arguments, not programs.
+      env: { ...executor.env, PATH: process.env.PATH ?? "/usr/bin:/bin", ...entry.env },
       shell: false,
       detached: true, // its own process group, so aborting also stops what it started
       stdio: ["ignore", "pipe", "pipe"],

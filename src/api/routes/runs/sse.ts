@@ -77,6 +77,11 @@ export function streamRunEvents(
   }, hub.heartbeatMs ?? HEARTBEAT_MS);
   hub.streams.set(close, () => res.writableLength);
   res.on("close", close);
+  // The client may have gone while the run was being looked up: 'close' has then fired already.
+  if (res.destroyed || request.raw.destroyed) {
+    close();
+    return;
+  }
 
   /** Resolves when the socket can take more, or false when it closed first. */
   const drained = () =>
