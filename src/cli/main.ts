@@ -10,6 +10,7 @@ import { pino } from "pino";
 import { startApiServer } from "../api/server.ts";
 import { type Config, ConfigError, loadConfig } from "../config/index.ts";
 import { runMigrations } from "../db/migrate.ts";
+import { KILL_GRACE_MS } from "../jobs/executors/command.ts";
 import { startWorker } from "../jobs/worker.ts";
 
 const EXIT_CONFIG = 78;
@@ -31,16 +32,24 @@ function createLogger(config: Config, role: string) {
   return pino({ level: config.log.level, base: { role, pid: process.pid } });
 }
 
-/** Runs until SIGTERM/SIGINT, then `stop()`; a second signal, or a stuck stop, exits at once. */
-function untilSignal(log: pino.Logger, graceSeconds: number, stop: () => Promise<void>): void {
+/**
+ * Runs until SIGTERM/SIGINT, then `stop()`; a second signal, or a stuck stop, exits at once.
+ * Returns a function that starts the same shutdown for another reason.
+ */
+function untilSignal(
+  log: pino.Logger,
+  graceSeconds: number,
+  stop: () => Promise<void>,
+  options: { ignoreSigint?: boolean } = {},
+): (reason: string) => void {
   let stopping = false;
-  const onSignal = (signal: NodeJS.Signals) => {
+  const shutdown = (reason: string) => {
     if (stopping) {
-      log.warn({ signal }, "second signal: exiting now");
+      log.warn({ reason }, "second signal: exiting now");
       process.exit(1);
     }
     stopping = true;
-    log.info({ signal }, "shutting down");
+    log.info({ reason }, "shutting down");
     const deadline = setTimeout(
       () => {
         log.error("shutdown did not finish in time: exiting");
@@ -57,8 +66,12 @@ function untilSignal(log: pino.Logger, graceSeconds: number, stop: () => Promise
       },
     );
   };
-  process.on("SIGTERM", onSignal);
-  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", () => shutdown("SIGTERM"));
+  process.on("SIGINT", () => {
+    if (options.ignoreSigint) log.info("SIGINT ignored: the supervising process stops this one");
+    else shutdown("SIGINT");
+  });
+  return shutdown;
 }
 
 async function runApi(role: string): Promise<void> {
@@ -77,11 +90,17 @@ async function runApi(role: string): Promise<void> {
 async function runUp(): Promise<void> {
   const config = loadConfigOrExit();
   const log = createLogger(config, "up");
+  process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
+  // The API first: it applies migrations before any worker touches the database.
+  const server = await startApiServer(config, { logger: log, onGeneratedRootKey: printRootKey });
   const children = new Set<ChildProcess>();
+  const timers = new Set<NodeJS.Timeout>();
   let stopping = false;
   const launch = (queue: string, restarts: number) => {
-    const child = spawn(process.execPath, [process.argv[1]!, "worker", "--queues", queue], {
-      stdio: ["ignore", "inherit", "inherit"],
+    // Supervised children ignore the terminal's Ctrl-C (this process stops them with SIGTERM, once)
+    // and stop by themselves if this process dies (their stdin closes).
+    const child = spawn(process.execPath, [process.argv[1]!, "worker", "--queues", queue, "--supervised"], {
+      stdio: ["pipe", "inherit", "inherit"],
       env: process.env,
     });
     children.add(child);
@@ -90,16 +109,21 @@ async function runUp(): Promise<void> {
       if (stopping) return;
       const delay = Math.min(30_000, 500 * 2 ** Math.min(restarts, 6));
       log.warn({ queue, code, signal, restartInMs: delay }, "worker process exited; restarting");
-      setTimeout(() => launch(queue, restarts + 1), delay).unref();
+      const timer = setTimeout(() => {
+        timers.delete(timer);
+        if (!stopping) launch(queue, restarts + 1);
+      }, delay);
+      timers.add(timer);
     });
   };
   for (const [queue, pool] of Object.entries(config.queues)) {
     const count = Math.max(pool.min, queue === "default" ? 1 : 0);
     for (let i = 0; i < count; i++) launch(queue, 0);
   }
-  const server = await startApiServer(config, { logger: log, onGeneratedRootKey: printRootKey });
-  untilSignal(log, Math.max(config.server.shutdownGraceSeconds, config.worker.graceSeconds), async () => {
+  const workerStop = config.worker.graceSeconds + KILL_GRACE_MS / 1000 + 5;
+  untilSignal(log, Math.max(config.server.shutdownGraceSeconds, workerStop) + 5, async () => {
     stopping = true;
+    for (const t of timers) clearTimeout(t);
     const exits = [...children].map((c) => new Promise((r) => c.once("exit", r)));
     for (const c of children) c.kill("SIGTERM");
     await Promise.all([server.close(), ...exits]);
@@ -147,7 +171,8 @@ export function buildProgram(): Command {
     .description("Run a worker process for one or more queues")
     .option("--queues <names>", "comma-separated queue names", "default")
     .option("--concurrency <n>", "attempts run at once (default: the first queue's configured concurrency)")
-    .action(async (opts: { queues: string; concurrency?: string }) => {
+    .option("--supervised", "run under `flowline up`: ignore SIGINT, stop when stdin closes")
+    .action(async (opts: { queues: string; concurrency?: string; supervised?: boolean }) => {
       const config = loadConfigOrExit();
       const queues = opts.queues
         .split(",")
@@ -164,8 +189,22 @@ export function buildProgram(): Command {
         process.exit(2);
       }
       const log = createLogger(config, "worker");
+      process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
       const worker = await startWorker({ config, queues, concurrency, log });
-      untilSignal(log, config.worker.graceSeconds, () => worker.close());
+      // Aborted commands get KILL_GRACE_MS after SIGTERM before SIGKILL; hand-backs follow that.
+      const stop = untilSignal(
+        log,
+        config.worker.graceSeconds + KILL_GRACE_MS / 1000 + 5,
+        () => worker.close(),
+        {
+          ignoreSigint: opts.supervised === true,
+        },
+      );
+      if (opts.supervised) {
+        process.stdin.on("end", () => stop("parent gone"));
+        process.stdin.on("error", () => stop("parent gone"));
+        process.stdin.resume();
+      }
     });
   program
     .command("workers")

@@ -234,7 +234,8 @@ export interface ListRunsFilter {
   status?: RunStatus;
   kind?: RunKind;
   limit: number;
-  before?: { createdAt: Date; id: string };
+  /** The id of the last run of the previous page. */
+  before?: string;
 }
 
 export async function listRuns(deps: EngineDeps, tenantId: string, filter: ListRunsFilter) {
@@ -245,7 +246,12 @@ export async function listRuns(deps: EngineDeps, tenantId: string, filter: ListR
       ${filter.workflow ? sql`and w.name = ${filter.workflow}` : sql``}
       ${filter.status ? sql`and r.status = ${filter.status}` : sql``}
       ${filter.kind ? sql`and r.kind = ${filter.kind}` : sql``}
-      ${filter.before ? sql`and (r.created_at, r.id) < (${filter.before.createdAt}, ${filter.before.id})` : sql``}
+      ${
+        // Compared in the database: created_at has microseconds, which a JSON timestamp would lose.
+        filter.before
+          ? sql`and (r.created_at, r.id) < (select c.created_at, c.id from runs c where c.id = ${filter.before})`
+          : sql``
+      }
     order by r.created_at desc, r.id desc
     limit ${filter.limit + 1}`;
   return { items: rows.slice(0, filter.limit), hasMore: rows.length > filter.limit };

@@ -207,8 +207,7 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
     async (request) => {
       const caller = callerOf(request);
       const q = request.query;
-      const raw = decodeCursor(q.cursor, (v) => /^\d{4}-\d\d-\d\dT[\d:.]+Z\|[0-9a-f-]{36}$/.test(v));
-      const before = raw ? { createdAt: new Date(raw.split("|")[0]!), id: raw.split("|")[1]! } : undefined;
+      const before = decodeCursor(q.cursor, (v) => /^[0-9a-f-]{36}$/.test(v));
       const page = await listRuns(engine, caller.tenantId, {
         limit: q.limit,
         ...(q.workflow ? { workflow: q.workflow } : {}),
@@ -219,7 +218,7 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
       const last = page.items.at(-1);
       return {
         items: page.items.map((r) => presentRun(r)),
-        nextCursor: page.hasMore && last ? encodeCursor(`${last.created_at.toISOString()}|${last.id}`) : null,
+        nextCursor: page.hasMore && last ? encodeCursor(last.id) : null,
       };
     },
   );
