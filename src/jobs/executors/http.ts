@@ -36,6 +36,10 @@ for (const [net, bits] of [
 privateRanges.addAddress("::", "ipv6");
 privateRanges.addAddress("::1", "ipv6");
 privateRanges.addSubnet("fc00::", 7, "ipv6");
+// NAT64 and 6to4 embed IPv4 addresses, including private and metadata ones.
+privateRanges.addSubnet("64:ff9b::", 96, "ipv6");
+privateRanges.addSubnet("64:ff9b:1::", 48, "ipv6");
+privateRanges.addSubnet("2002::", 16, "ipv6");
 
 /** `::ffff:7f00:1` and friends are IPv4 in disguise. */
 function normalise(address: string): { address: string; family: "ipv4" | "ipv6" } {
