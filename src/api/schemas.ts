@@ -5,6 +5,12 @@ export const isoDate = z.iso.datetime({ offset: true }).describe("RFC 3339 times
 export const toIso = (d: Date): string => d.toISOString();
 export const toIsoOrNull = (d: Date | null | undefined): string | null => (d ? d.toISOString() : null);
 
+/** A query flag: exactly "true" or "false" (z.coerce.boolean would read "false" as true). */
+export const booleanQuery = z
+  .enum(["true", "false"])
+  .transform((v) => v === "true")
+  .describe("true or false");
+
 export const nameParams = z.strictObject({
   name: z
     .string()

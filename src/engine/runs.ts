@@ -181,12 +181,18 @@ export async function submitRun(
 }
 
 /** Cancels a run and everything still to do in it. Idempotent: a finished run is answered as is. */
-export async function cancelRun(deps: EngineDeps, tenantId: string, runId: string): Promise<RunRow> {
+export async function cancelRun(
+  deps: EngineDeps,
+  tenantId: string,
+  runId: string,
+): Promise<RunRow & { workflow_name: string }> {
   const after = new AfterCommit();
   const run = await deps.db.sql.begin(async (sql) => {
     const run = await lockRun(sql, runId, tenantId);
     if (!run) throw notFound("Run");
-    if (isTerminalRun(run.status)) return run;
+    const [wf] = await sql<{ name: string }[]>`select name from workflows where id = ${run.workflow_id}`;
+    const name = wf!.name;
+    if (isTerminalRun(run.status)) return { ...run, workflow_name: name };
     const steps = await sql<{ step_id: string; status: string }[]>`
       update step_runs s set status = 'cancelled', finished_at = now(), lease_token = null, updated_at = now()
       from (select step_id, status from step_runs where run_id = ${runId}
@@ -206,7 +212,7 @@ export async function cancelRun(deps: EngineDeps, tenantId: string, runId: strin
     after.runs.add(run.id);
     const running = steps.filter((s) => s.status === "running").map((s) => s.step_id);
     if (running.length > 0) after.cancels.push({ runId, stepIds: running });
-    return updated!;
+    return { ...updated!, workflow_name: name };
   });
   await after.flush(deps);
   deps.log.info({ runId }, "run cancelled");

@@ -5,6 +5,7 @@
  */
 import type { Redis } from "ioredis";
 import type { ControlBus, ControlMessage, EventNotifier } from "../domain/ports.ts";
+import { redisKeys } from "./keys.ts";
 
 export class RedisEventBus implements EventNotifier, ControlBus {
   private readonly runListeners = new Map<string, Set<() => void>>();
@@ -21,10 +22,10 @@ export class RedisEventBus implements EventNotifier, ControlBus {
   ) {}
 
   private get eventsChannel() {
-    return `${this.prefix}:events`;
+    return redisKeys(this.prefix).eventsChannel();
   }
   private get controlChannel() {
-    return `${this.prefix}:control`;
+    return redisKeys(this.prefix).controlChannel();
   }
 
   async notify(runIds: Iterable<string>): Promise<void> {

@@ -8,6 +8,10 @@ export interface RedisKeys {
   rateLimitNamespace(): string;
   /** BullMQ's own prefix for its queues. */
   queuePrefix(): string;
+  /** Pub/sub channel: "run R has new events" (comma-separated run ids). */
+  eventsChannel(): string;
+  /** Pub/sub channel: control messages for workers (cancel). */
+  controlChannel(): string;
   /** Pattern matching every key of this prefix (for cleanup in tests and tools). */
   all(): string;
 }
@@ -17,6 +21,8 @@ export function redisKeys(prefix: string): RedisKeys {
     prefix,
     rateLimitNamespace: () => `${prefix}:rl:`,
     queuePrefix: () => `${prefix}:q`,
+    eventsChannel: () => `${prefix}:events`,
+    controlChannel: () => `${prefix}:control`,
     all: () => `${prefix}:*`,
   };
 }

@@ -65,11 +65,10 @@ export function spawnWorker(
       log: { level: "info" },
     }),
   );
-  const worker_ = spawnFlowline(
+  return spawnFlowline(
     ["worker", "--queues", "default", "--concurrency", "4", ...args],
     cleanEnv({ FLOWLINE_CONFIG: file }),
   );
-  return worker_;
 }
 
 export async function stopProcess(p: Spawned): Promise<void> {

@@ -15,6 +15,7 @@ import {
 import { callerOf } from "../../plugins/auth.ts";
 import { problemResponses } from "../../problem.ts";
 import {
+  booleanQuery,
   decodeCursor,
   encodeCursor,
   isoDate,
@@ -255,10 +256,7 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
       },
     },
     async (request) => {
-      const caller = callerOf(request);
-      const run = await cancelRun(engine, caller.tenantId, request.params.id);
-      const { run: withName } = await getRun(engine, caller.tenantId, run.id);
-      return presentRun(withName);
+      return presentRun(await cancelRun(engine, callerOf(request).tenantId, request.params.id));
     },
   );
 
@@ -272,7 +270,7 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
         params: idParams,
         querystring: z.strictObject({
           step: z.string().max(63).optional().describe("Only this step's lines"),
-          follow: z.enum(["true", "false"]).optional(),
+          follow: booleanQuery.optional(),
           after: z.coerce.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional(),
           limit: z.coerce.number().int().min(1).max(5000).default(1000),
         }),
@@ -300,7 +298,7 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
       const include = (e: { type: string; step_id: string | null }) =>
         e.type === "step.log" && (q.step === undefined || e.step_id === q.step);
       const after = q.after ?? 0;
-      if (q.follow === "true") {
+      if (q.follow) {
         const { run } = await runEvents(engine, caller.tenantId, request.params.id, after, 0);
         streamRunEvents(hub, request, reply, run.id, after, {
           terminalAtStart: isTerminalRun(run.status),

@@ -9,6 +9,7 @@ import { validateWorkflowDefinition } from "../../../domain/workflow/validate.ts
 import { callerOf } from "../../plugins/auth.ts";
 import { problemResponses } from "../../problem.ts";
 import {
+  booleanQuery,
   decodeCursor,
   encodeCursor,
   isoDate,
@@ -50,11 +51,6 @@ const workflowSummary = z
     archivedAt: isoDate.nullable(),
   })
   .meta({ id: "WorkflowSummary" });
-
-const booleanQuery = z
-  .enum(["true", "false"])
-  .transform((v) => v === "true")
-  .describe("true or false");
 
 /**
  * The PUT body is validated by the domain (shape and semantics, every issue with its path), not
