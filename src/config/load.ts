@@ -64,6 +64,7 @@ export const ENVIRONMENT_VARIABLES: readonly EnvironmentVariable[] = [
   { name: "FLOWLINE_RATE_LIMIT_ENABLED", path: ["rateLimit", "enabled"], type: "boolean" },
   { name: "LOG_LEVEL", path: ["log", "level"], type: "string" },
   { name: "FLOWLINE_HANDLERS", path: ["worker", "handlersModule"], type: "string" },
+  { name: "FLOWLINE_WEBHOOK_SECRET", path: ["webhooks", "secret"], type: "string" },
 ];
 
 /**
@@ -71,6 +72,13 @@ export const ENVIRONMENT_VARIABLES: readonly EnvironmentVariable[] = [
  * suite's own service addresses live under this prefix.
  */
 const NON_CONFIG_PREFIXES = ["FLOWLINE_TEST_"];
+
+/**
+ * Variables Kubernetes (and Docker links) inject for a Service named `flowline-…`, e.g.
+ * `FLOWLINE_API_SERVICE_HOST` or `FLOWLINE_API_PORT_80_TCP_ADDR`: not typos, so not refused.
+ */
+const SERVICE_LINK =
+  /^FLOWLINE_[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)$/;
 
 /** Values never echoed back in an error message: they may hold secrets. */
 const SECRET_KEYS = new Set(["auth.bootstrapKey", "database.url", "redis.url"]);
@@ -299,7 +307,7 @@ function readEnvironment(env: NodeJS.ProcessEnv, issues: SourcedIssue[]): Enviro
   const known = [CONFIG_FILE_VARIABLE, ...ENVIRONMENT_VARIABLES.map((variable) => variable.name)];
   for (const name of Object.keys(env).sort()) {
     if (!name.startsWith("FLOWLINE_") || known.includes(name)) continue;
-    if (NON_CONFIG_PREFIXES.some((prefix) => name.startsWith(prefix))) continue;
+    if (NON_CONFIG_PREFIXES.some((prefix) => name.startsWith(prefix)) || SERVICE_LINK.test(name)) continue;
     if (nonEmpty(env[name]) === undefined) continue;
     const unprefixed = name.slice("FLOWLINE_".length);
     const suggestion = known.includes(unprefixed) ? unprefixed : closest(name, known);

@@ -148,6 +148,11 @@ const queueSchema = section({
   /** Bounds on the number of worker processes the autoscaler keeps for this queue. */
   min: intAtLeast(0).default(1),
   max: intAtLeast(1).default(4),
+  /**
+   * The autoscaler sizes the pool so that each process has at most this many steps to do
+   * (waiting, retries whose delay has passed, and running); defaults to `concurrency`.
+   */
+  targetBacklogPerProcess: intAtLeast(1).optional(),
 });
 
 const QUEUE_RULE = `lowercase letters, digits, "_" and "-", starting with a letter or digit, at most 63 characters`;
@@ -188,8 +193,32 @@ const workerSchema = section({
 });
 
 const supervisorSchema = section({
+  /** The active supervisor's Redis lease; a standby takes over within about this long. */
   leaseSeconds: intAtLeast(2).default(15),
   reconcileIntervalSeconds: intAtLeast(1).default(5),
+  /** How often cron schedules are checked for a due fire. */
+  scheduleIntervalSeconds: intAtLeast(1).default(5),
+  /** How often retention deletes old events and finished runs. */
+  retentionIntervalSeconds: intAtLeast(60).default(3600),
+});
+
+const autoscalerSchema = section({
+  /** How often `flowline workers` measures backlogs and resizes pools. */
+  intervalSeconds: intAtLeast(1).default(2),
+  /** A pool shrinks only after its backlog has allowed fewer processes for this long. */
+  cooldownSeconds: intAtLeast(0).default(60),
+  /** Crashed worker processes are restarted with exponential backoff up to this delay. */
+  maxRestartDelaySeconds: intAtLeast(1).default(30),
+});
+
+const webhooksSchema = section({
+  /** Attempts per delivery (exponential backoff between them) before it is marked failed. */
+  maxAttempts: intBetween(1, 50).default(8),
+  timeoutSeconds: intBetween(1, 120).default(10),
+  /** Delay before the second attempt; each further attempt doubles it (capped at one hour). */
+  initialRetryDelayMs: intBetween(10, 3_600_000).default(2000),
+  /** Signs deliveries whose `notify` entry has no `secret` of its own (HMAC-SHA256). */
+  secret: nonEmptyString().optional(),
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -222,6 +251,8 @@ export const configSchema = section({
   retention: retentionSchema.prefault({}),
   worker: workerSchema.prefault({}),
   supervisor: supervisorSchema.prefault({}),
+  autoscaler: autoscalerSchema.prefault({}),
+  webhooks: webhooksSchema.prefault({}),
 }).superRefine((config, ctx) => {
   for (const [tag, queue] of Object.entries(config.tags)) {
     if (!Object.hasOwn(config.queues, queue)) {

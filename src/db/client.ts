@@ -12,6 +12,11 @@ export interface DbOptions {
   connectTimeoutSeconds: number;
   statementTimeoutMs: number;
   applicationName?: string;
+  /**
+   * Ends a transaction whose client went silent for this long (a frozen process holding locks).
+   * Set for processes whose authority is a lease, so a frozen holder cannot commit after waking.
+   */
+  idleInTransactionTimeoutMs?: number;
 }
 
 export interface DbHandle {
@@ -35,6 +40,9 @@ export function createDb(options: DbOptions): DbHandle {
     connection: {
       statement_timeout: options.statementTimeoutMs,
       application_name: options.applicationName ?? "flowline",
+      ...(options.idleInTransactionTimeoutMs
+        ? { idle_in_transaction_session_timeout: options.idleInTransactionTimeoutMs }
+        : {}),
     },
   });
   // drizzle rewires its client's type parsers and serializers (timestamps as strings, JSON left

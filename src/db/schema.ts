@@ -170,6 +170,8 @@ export const stepRuns = pgTable(
     /** Worker lease: a running attempt whose lease expired is recovered by the reconciler. */
     leaseExpiresAt: ts("lease_expires_at"),
     nextAttemptAt: ts("next_attempt_at"),
+    /** Id of the BullMQ job that carries the current attempt; the reconciler checks it exists. */
+    jobId: text("job_id"),
     reusedFromRunId: uuid("reused_from_run_id"),
     compensationStatus: text("compensation_status"),
     queuedAt: ts("queued_at"),
@@ -280,3 +282,57 @@ export const scheduleFires = pgTable(
   },
   (t) => [primaryKey({ columns: [t.workflowId, t.scheduleKey, t.fireAt] })],
 );
+
+/**
+ * Run-level events (`run.*`) waiting to be turned into webhook deliveries. Written by
+ * `appendEvents` in the same transaction as the event, so none is missed whatever the commit
+ * order of concurrent transactions; the supervisor drains it.
+ */
+export const notificationOutbox = pgTable("notification_outbox", {
+  eventId: bigint("event_id", { mode: "number" }).primaryKey(),
+  tenantId: text("tenant_id").notNull(),
+  runId: uuid("run_id")
+    .notNull()
+    .references(() => runs.id, { onDelete: "cascade" }),
+  type: text("type").notNull(),
+  createdAt: createdAt(),
+});
+
+/** One webhook call per (event, url), retried with backoff until delivered or out of attempts. */
+export const webhookDeliveries = pgTable(
+  "webhook_deliveries",
+  {
+    id: bigint("id", { mode: "number" }).primaryKey().generatedAlwaysAsIdentity(),
+    tenantId: text("tenant_id").notNull(),
+    runId: uuid("run_id")
+      .notNull()
+      .references(() => runs.id, { onDelete: "cascade" }),
+    eventId: bigint("event_id", { mode: "number" }).notNull(),
+    eventType: text("event_type").notNull(),
+    url: text("url").notNull(),
+    /** pending | delivered | failed */
+    status: text("status").notNull().default("pending"),
+    attempts: integer("attempts").notNull().default(0),
+    nextAttemptAt: ts("next_attempt_at").notNull().defaultNow(),
+    responseStatus: integer("response_status"),
+    lastError: text("last_error"),
+    createdAt: createdAt(),
+    deliveredAt: ts("delivered_at"),
+  },
+  (t) => [
+    uniqueIndex("webhook_deliveries_event_url_idx").on(t.eventId, t.url),
+    index("webhook_deliveries_due_idx").on(t.nextAttemptAt).where(sql`${t.status} = 'pending'`),
+  ],
+);
+
+/**
+ * The newest supervisor fencing token that has acted. A supervisor writes its token when it becomes
+ * active; writes that must come from the active supervisor only (cron fires) check it in their
+ * transaction, so a former leader that wakes up after a takeover is refused by Postgres itself.
+ */
+export const supervisorFences = pgTable("supervisor_fences", {
+  name: text("name").primaryKey(),
+  fence: bigint("fence", { mode: "number" }).notNull(),
+  holder: text("holder").notNull(),
+  updatedAt: ts("updated_at").notNull().defaultNow(),
+});

@@ -18,9 +18,18 @@ export interface StepJob {
   jobSuffix?: string;
 }
 
+/**
+ * The job id of an attempt: deterministic, so enqueueing the same attempt twice is a no-op. The
+ * engine records it on the step; only the recorded job may start the attempt.
+ */
+export const stepJobId = (job: Pick<StepJob, "runId" | "stepId" | "attempt" | "jobSuffix">): string =>
+  `${job.runId}.${job.stepId}.${job.attempt}${job.jobSuffix ? `.${job.jobSuffix}` : ""}`;
+
 export interface StepDispatcher {
   /** Enqueues jobs; a job whose (run, step, attempt) was enqueued before is not duplicated. */
   dispatch(jobs: readonly StepJob[]): Promise<void>;
+  /** Of these jobs, the ids that still exist and have not finished (waiting, delayed or active). */
+  liveJobs(jobs: ReadonlyArray<{ queue: string; jobId: string }>): Promise<Set<string>>;
 }
 
 /** Announces that a run has new events (the events themselves are read from Postgres). */

@@ -31,7 +31,8 @@ export async function queueSteps(
 ): Promise<void> {
   if (stepIds.length === 0) return;
   await sql`
-    update step_runs set status = 'queued', attempt = 1, queued_at = now(), updated_at = now()
+    update step_runs set status = 'queued', attempt = 1, queued_at = now(), updated_at = now(),
+      job_id = ${`${run.id}.`} || step_id || '.1'
     where run_id = ${run.id} and step_id in ${sql(stepIds as string[])} and status = 'pending'`;
   for (const stepId of stepIds) {
     const resolved = resolveStep(loaded.spec, loaded.steps.get(stepId)!, deps.config.tags, run.priority);

@@ -4,13 +4,23 @@
  * a late result from a worker that lost its lease changes nothing.
  */
 import { randomUUID } from "node:crypto";
-import { appendEvents, lockRun, type NewEvent, type StepRow, stepOutputs } from "../db/repositories/runs.ts";
+import {
+  appendEvents,
+  lockRun,
+  type NewEvent,
+  type RunRow,
+  type Sql,
+  type StepRow,
+  stepOutputs,
+} from "../db/repositories/runs.ts";
+import { type StepJob, stepJobId } from "../domain/ports.ts";
 import { backoffDelayMs } from "../domain/retry.ts";
 import { resolveStep } from "../domain/workflow/resolve.ts";
 import type { Executor } from "../domain/workflow/spec.ts";
 import { collectTemplateRefs } from "../domain/workflow/templates.ts";
 import { advanceRun } from "./advance.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
+import type { LoadedSpec } from "./specs.ts";
 
 export interface AttemptRef {
   runId: string;
@@ -32,7 +42,7 @@ export type StartResult = { accepted: true; attempt: StartedAttempt } | { accept
 
 export async function startAttempt(
   deps: EngineDeps,
-  job: AttemptRef,
+  job: AttemptRef & { jobId?: string },
   worker: { id: string; leaseSeconds: number },
 ): Promise<StartResult> {
   const after = new AfterCommit();
@@ -45,57 +55,17 @@ export async function startAttempt(
     if (!step) return { accepted: false, reason: "step not found" };
     if (step.attempt !== job.attempt)
       return { accepted: false, reason: `attempt ${job.attempt} is not current` };
+    // Only the job the engine recorded may start the attempt: a stray duplicate (a job the
+    // reconciler replaced, say) must not take over an attempt that is running elsewhere.
+    if (job.jobId && step.job_id && job.jobId !== step.job_id)
+      return { accepted: false, reason: `job ${job.jobId} was superseded by ${step.job_id}` };
     const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
     const events: NewEvent[] = [];
     const attempt = job.attempt;
     if (step.status === "running") {
       // BullMQ redelivered the job: its previous holder lost the job lock (killed or frozen).
-      await sql`
-        update step_attempts set status = 'failed', finished_at = now(),
-          error = ${sql.json({ message: "worker lost (no heartbeat); attempt abandoned" })}
-        where run_id = ${job.runId} and step_id = ${job.stepId} and attempt = ${attempt}`;
-      if (attempt >= step.max_attempts) {
-        const error = { message: `worker lost during attempt ${attempt}; no attempts left` };
-        await sql`
-          update step_runs set status = 'failed', error = ${sql.json(error)}, finished_at = now(),
-            lease_token = null, updated_at = now()
-          where run_id = ${job.runId} and step_id = ${job.stepId}`;
-        events.push({ type: "step.failed", stepId: job.stepId, attempt, data: { error } });
-        await advanceRun(
-          deps,
-          sql,
-          run,
-          loaded,
-          { stepId: job.stepId, status: "failed", error },
-          after,
-          events,
-        );
-        return { accepted: false, reason: "attempts exhausted after worker loss" };
-      }
-      // The next attempt gets a job of its own (run.step.N+1), so that if this worker dies too,
-      // that job's redelivery finds its attempt current and the step moves on again.
-      const next = attempt + 1;
-      await sql`
-        update step_runs set status = 'queued', attempt = ${next}, lease_token = null, worker_id = null,
-          queued_at = now(), updated_at = now()
-        where run_id = ${job.runId} and step_id = ${job.stepId}`;
-      events.push({
-        type: "step.retrying",
-        stepId: job.stepId,
-        attempt: next,
-        data: { attempt: next, delayMs: 0, reason: "worker lost" },
-      });
-      await appendEvents(sql, run.tenant_id, run.id, events);
-      after.runs.add(run.id);
-      after.jobs.push({
-        tenantId: run.tenant_id,
-        runId: run.id,
-        stepId: job.stepId,
-        attempt: next,
-        queue: step.queue,
-        priority: step.priority,
-      });
-      return { accepted: false, reason: `worker lost during attempt ${attempt}; attempt ${next} queued` };
+      const outcome = await abandonAttempt(deps, sql, run, loaded, step, "no heartbeat", after);
+      return { accepted: false, reason: `worker lost during attempt ${attempt}; ${outcome}` };
     } else if (step.status !== "queued" && step.status !== "retrying") {
       return { accepted: false, reason: `step is ${step.status}` };
     }
@@ -158,6 +128,86 @@ export async function renewLease(
       and lease_token = ${ref.token} and status = 'running'
     returning 1`;
   return rows.length > 0;
+}
+
+/**
+ * Gives up on a running attempt whose worker is gone (its job lock or its lease expired): the
+ * attempt is recorded as failed and the next one is queued as a job of its own, or, with no
+ * attempts left, the step fails and the run advances. The caller holds the run lock.
+ */
+export async function abandonAttempt(
+  deps: EngineDeps,
+  sql: Sql,
+  run: RunRow,
+  loaded: LoadedSpec,
+  step: StepRow,
+  why: string,
+  after: AfterCommit,
+): Promise<string> {
+  const attempt = step.attempt;
+  const events: NewEvent[] = [];
+  await sql`
+    update step_attempts set status = 'failed', finished_at = now(),
+      error = ${sql.json({ message: `worker lost (${why}); attempt abandoned` })}
+    where run_id = ${run.id} and step_id = ${step.step_id} and attempt = ${attempt}`;
+  deps.log.warn(
+    { runId: run.id, stepId: step.step_id, attempt, workerId: step.worker_id, why },
+    "worker lost",
+  );
+  if (attempt >= step.max_attempts) {
+    const error = { message: `worker lost during attempt ${attempt} (${why}); no attempts left` };
+    await sql`
+      update step_runs set status = 'failed', error = ${sql.json(error)}, finished_at = now(),
+        lease_token = null, updated_at = now()
+      where run_id = ${run.id} and step_id = ${step.step_id}`;
+    events.push({ type: "step.failed", stepId: step.step_id, attempt, data: { attempt, error } });
+    await advanceRun(
+      deps,
+      sql,
+      run,
+      loaded,
+      { stepId: step.step_id, status: "failed", error },
+      after,
+      events,
+    );
+    return "attempts exhausted";
+  }
+  // The next attempt gets a job of its own (run.step.N+1), so that if this worker dies too,
+  // that job's redelivery finds its attempt current and the step moves on again.
+  const next = attempt + 1;
+  const job = jobFor(run, step, next);
+  await sql`
+    update step_runs set status = 'queued', attempt = ${next}, lease_token = null, worker_id = null,
+      job_id = ${stepJobId(job)}, queued_at = now(), updated_at = now()
+    where run_id = ${run.id} and step_id = ${step.step_id}`;
+  events.push({
+    type: "step.retrying",
+    stepId: step.step_id,
+    attempt: next,
+    data: { attempt: next, delayMs: 0, reason: `worker lost (${why})` },
+  });
+  await appendEvents(sql, run.tenant_id, run.id, events);
+  after.runs.add(run.id);
+  after.jobs.push(job);
+  return `attempt ${next} queued`;
+}
+
+/** The job carrying `attempt` of a step. */
+export function jobFor(
+  run: Pick<RunRow, "id" | "tenant_id">,
+  step: Pick<StepRow, "step_id" | "queue" | "priority">,
+  attempt: number,
+  extra: { delayMs?: number; jobSuffix?: string } = {},
+): StepJob {
+  return {
+    tenantId: run.tenant_id,
+    runId: run.id,
+    stepId: step.step_id,
+    attempt,
+    queue: step.queue,
+    priority: step.priority,
+    ...extra,
+  };
 }
 
 export type FinishResult =
@@ -233,23 +283,16 @@ export async function failAttempt(
     if (options.retryable && ref.attempt < step.max_attempts) {
       const next = ref.attempt + 1;
       const delayMs = backoffDelayMs(resolved.retry, next);
+      const job = jobFor(run, step, next, { delayMs });
       await sql`
         update step_runs set status = 'retrying', attempt = ${next}, error = ${sql.json(error as never)},
-          lease_token = null, next_attempt_at = now() + make_interval(secs => ${delayMs / 1000}), updated_at = now()
+          lease_token = null, job_id = ${stepJobId(job)}, next_attempt_at = now() + make_interval(secs => ${delayMs / 1000}), updated_at = now()
         where run_id = ${ref.runId} and step_id = ${ref.stepId}`;
       await appendEvents(sql, run.tenant_id, run.id, [
         { type: "step.retrying", stepId: ref.stepId, attempt: next, data: { attempt: next, delayMs, error } },
       ]);
       after.runs.add(run.id);
-      after.jobs.push({
-        tenantId: run.tenant_id,
-        runId: run.id,
-        stepId: ref.stepId,
-        attempt: next,
-        queue: step.queue,
-        priority: step.priority,
-        delayMs,
-      });
+      after.jobs.push(job);
       return { accepted: true, retry: { attempt: next, delayMs } };
     }
     await sql`
@@ -324,11 +367,13 @@ export async function handBackAttempt(
   ref: AttemptRef & { token: string },
 ): Promise<boolean> {
   const after = new AfterCommit();
+  const suffix = `h${Date.now()}`;
   const ok = await deps.db.sql.begin(async (sql) => {
     const run = await lockRun(sql, ref.runId);
     if (!run) return false;
     const [step] = await sql<StepRow[]>`
-      update step_runs set status = 'queued', lease_token = null, worker_id = null, queued_at = now(), updated_at = now()
+      update step_runs set status = 'queued', lease_token = null, worker_id = null, queued_at = now(),
+        job_id = run_id || '.' || step_id || '.' || attempt || '.' || ${suffix}, updated_at = now()
       where run_id = ${ref.runId} and step_id = ${ref.stepId} and attempt = ${ref.attempt}
         and lease_token = ${ref.token} and status = 'running'
       returning *`;
@@ -345,15 +390,7 @@ export async function handBackAttempt(
       },
     ]);
     after.runs.add(run.id);
-    after.jobs.push({
-      tenantId: run.tenant_id,
-      runId: run.id,
-      stepId: ref.stepId,
-      attempt: ref.attempt,
-      queue: step.queue,
-      priority: step.priority,
-      jobSuffix: `h${Date.now()}`,
-    });
+    after.jobs.push(jobFor(run, step, ref.attempt, { jobSuffix: suffix }));
     return true;
   });
   await after.flush(deps);

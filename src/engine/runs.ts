@@ -9,6 +9,7 @@ import {
   type NewEvent,
   type RunRow,
   readEvents,
+  type Sql,
   type StepRow,
 } from "../db/repositories/runs.ts";
 import { workflowsRepository } from "../db/repositories/workflows.ts";
@@ -105,6 +106,7 @@ export async function submitRun(
   deps: EngineDeps,
   input: SubmitRunInput,
   idempotency?: { key: string; hash: string },
+  options: { guard?: (sql: Sql) => Promise<void> } = {},
 ): Promise<{ run: RunRow; created: boolean }> {
   const wf = await loadWorkflow(deps, input.tenantId, input.workflow);
   const loaded = loadedSpec(wf.workflowId, wf.version, wf.spec);
@@ -112,6 +114,7 @@ export async function submitRun(
   const priority = input.priority ?? wf.spec.defaults?.priority ?? 5;
   const after = new AfterCommit();
   const result = await deps.db.sql.begin(async (sql) => {
+    await options.guard?.(sql);
     if (idempotency) {
       const claimed = await sql`
         insert into idempotency_keys (tenant_id, key, request_hash, expires_at)

@@ -12,6 +12,15 @@ export interface RedisKeys {
   eventsChannel(): string;
   /** Pub/sub channel: control messages for workers (cancel). */
   controlChannel(): string;
+  /** The active supervisor's lease, and its fencing counter. */
+  supervisorLease(): string;
+  supervisorFence(): string;
+  /** Sorted set of online worker ids, scored by the time (ms) their registration expires. */
+  workers(): string;
+  /** One worker's registration (JSON), refreshed by its heartbeat. */
+  worker(id: string): string;
+  /** Hash queue → JSON of the autoscaler's latest decision for that queue. */
+  scalerTargets(): string;
   /** Pattern matching every key of this prefix (for cleanup in tests and tools). */
   all(): string;
 }
@@ -23,6 +32,11 @@ export function redisKeys(prefix: string): RedisKeys {
     queuePrefix: () => `${prefix}:q`,
     eventsChannel: () => `${prefix}:events`,
     controlChannel: () => `${prefix}:control`,
+    supervisorLease: () => `${prefix}:supervisor:lease`,
+    supervisorFence: () => `${prefix}:supervisor:fence`,
+    workers: () => `${prefix}:workers`,
+    worker: (id) => `${prefix}:worker:${id}`,
+    scalerTargets: () => `${prefix}:scaler:targets`,
     all: () => `${prefix}:*`,
   };
 }

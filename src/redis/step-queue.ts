@@ -5,7 +5,7 @@
 import { Queue } from "bullmq";
 import type { Redis } from "ioredis";
 import { z } from "zod";
-import type { StepDispatcher, StepJob } from "../domain/ports.ts";
+import { type StepDispatcher, type StepJob, stepJobId } from "../domain/ports.ts";
 import { redisKeys } from "./keys.ts";
 
 export const STEP_JOB_NAME = "step";
@@ -18,9 +18,7 @@ export const stepJobPayload = z.object({
 });
 export type StepJobPayload = z.infer<typeof stepJobPayload>;
 
-/** Deterministic: enqueueing the same attempt twice is a no-op in BullMQ. */
-export const stepJobId = (job: Pick<StepJob, "runId" | "stepId" | "attempt" | "jobSuffix">): string =>
-  `${job.runId}.${job.stepId}.${job.attempt}${job.jobSuffix ? `.${job.jobSuffix}` : ""}`;
+export { stepJobId };
 
 /** Flowline priorities are 1–10, higher first; BullMQ's are 1.., lower first. */
 export const bullPriority = (priority: number): number => 11 - Math.min(10, Math.max(1, priority));
@@ -72,6 +70,24 @@ export class BullStepDispatcher implements StepDispatcher {
         ),
       ),
     );
+  }
+
+  async liveJobs(jobs: ReadonlyArray<{ queue: string; jobId: string }>): Promise<Set<string>> {
+    const live = new Set<string>();
+    for (let i = 0; i < jobs.length; i += 500) {
+      const batch = jobs.slice(i, i + 500);
+      const pipeline = this.connection.pipeline();
+      // A job is a hash under BullMQ's key prefix; `finishedOn` is set once it completed or failed.
+      for (const { queue, jobId } of batch)
+        pipeline.hmget(this.queue(queue).toKey(jobId), "timestamp", "finishedOn");
+      const results = (await pipeline.exec()) ?? [];
+      results.forEach(([error, value], n) => {
+        if (error) throw error;
+        const [timestamp, finishedOn] = value as [string | null, string | null];
+        if (timestamp !== null && finishedOn === null) live.add(batch[n]!.jobId);
+      });
+    }
+    return live;
   }
 
   async close(): Promise<void> {

@@ -85,7 +85,7 @@ describe("fencing", () => {
     expect(done.steps[0]).toMatchObject({ output: { from: "b" }, attempt: 2, workerId: "worker-b" });
     const events = await eventsOf(ctx, run.id);
     expect(events.filter((e) => e.type === "step.succeeded")).toHaveLength(1);
-    expect(events.find((e) => e.type === "step.retrying")?.data.reason).toBe("worker lost");
+    expect(events.find((e) => e.type === "step.retrying")?.data.reason).toBe("worker lost (no heartbeat)");
   });
 });
 

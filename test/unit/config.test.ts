@@ -61,7 +61,18 @@ describe("defaults", () => {
     expect(config.tags).toEqual({});
     expect(config.retention).toEqual({ eventsDays: 30, runsDays: 90 });
     expect(config.worker).toEqual({ stallSeconds: 30, graceSeconds: 30 });
-    expect(config.supervisor).toEqual({ leaseSeconds: 15, reconcileIntervalSeconds: 5 });
+    expect(config.supervisor).toEqual({
+      leaseSeconds: 15,
+      reconcileIntervalSeconds: 5,
+      scheduleIntervalSeconds: 5,
+      retentionIntervalSeconds: 3600,
+    });
+    expect(config.autoscaler).toEqual({
+      intervalSeconds: 2,
+      cooldownSeconds: 60,
+      maxRestartDelaySeconds: 30,
+    });
+    expect(config.webhooks).toMatchObject({ maxAttempts: 8, timeoutSeconds: 10 });
   });
 
   it("parseConfig fills defaults inside partially given sections", () => {
@@ -229,6 +240,23 @@ describe("environment", () => {
     expect(error.message).toContain("unknown environment variable FLOWLINE_PORT (did you mean PORT?)");
     expect(error.message).toContain(
       "unknown environment variable FLOWLINE_HANDLRES (did you mean FLOWLINE_HANDLERS?)",
+    );
+  });
+
+  it("leaves the service variables Kubernetes injects for flowline-* Services alone", () => {
+    const env = {
+      FLOWLINE_API_SERVICE_HOST: "10.0.0.1",
+      FLOWLINE_API_SERVICE_PORT: "80",
+      FLOWLINE_API_SERVICE_PORT_HTTP: "80",
+      FLOWLINE_API_PORT: "tcp://10.0.0.1:80",
+      FLOWLINE_API_PORT_80_TCP: "tcp://10.0.0.1:80",
+      FLOWLINE_API_PORT_80_TCP_ADDR: "10.0.0.1",
+      FLOWLINE_API_PORT_80_TCP_PORT: "80",
+      FLOWLINE_API_PORT_80_TCP_PROTO: "tcp",
+    };
+    expect(() => loadConfig({ cwd: tempDir(), env })).not.toThrow();
+    expect(() => loadConfig({ cwd: tempDir(), env: { ...env, FLOWLINE_API_PORTS: "80" } })).toThrow(
+      /FLOWLINE_API_PORTS/,
     );
   });
 

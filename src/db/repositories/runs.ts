@@ -43,6 +43,8 @@ export interface StepRow {
   lease_token: string | null;
   timeout_seconds: number | null;
   lease_expires_at: Date | null;
+  next_attempt_at: Date | null;
+  job_id: string | null;
   queued_at: Date | null;
   started_at: Date | null;
   finished_at: Date | null;
@@ -83,13 +85,22 @@ export async function appendEvents(sql: Sql, tenantId: string, runId: string, ev
     data: e.data ?? {},
   }));
   // One parameter for the whole batch; ordinality keeps ids in the order the events were given.
-  const inserted = await sql<{ id: number }[]>`
+  const inserted = await sql<{ id: number; type: string }[]>`
     insert into events (tenant_id, run_id, step_id, type, attempt, data)
     select ${tenantId}, ${runId}, e.value->>'step_id', e.value->>'type', (e.value->>'attempt')::int,
       coalesce(e.value->'data', '{}'::jsonb)
     from jsonb_array_elements(${sql.json(rows as Json)}) with ordinality as e(value, n)
     order by e.n
-    returning id`;
+    returning id, type`;
+  // Run-level events also go to the notification outbox (webhooks), in this same transaction.
+  const runLevel = inserted.filter((r) => r.type.startsWith("run."));
+  if (runLevel.length > 0) {
+    await sql`
+      insert into notification_outbox (event_id, tenant_id, run_id, type)
+      select x.id, ${tenantId}, ${runId}, x.type
+      from jsonb_to_recordset(${sql.json(runLevel.map((r) => ({ id: Number(r.id), type: r.type })) as Json)})
+        as x(id bigint, type text)`;
+  }
   return Math.max(...inserted.map((r) => Number(r.id)));
 }
 

@@ -1,0 +1,351 @@
+/**
+ * Webhook notifications end to end: runs executed by a real worker process, the outbox drained
+ * and deliveries sent by calling the supervisor's duties directly, a local HTTP receiver.
+ */
+import { createHmac, timingSafeEqual } from "node:crypto";
+import { once } from "node:events";
+import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { pino } from "pino";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { EngineDeps } from "../../src/engine/deps.ts";
+import { deliverDueWebhooks, queueWebhookDeliveries } from "../../src/jobs/supervisor/webhooks.ts";
+import { createTestContext, type TestContext } from "../helpers/context.ts";
+import {
+  engineSettings,
+  putWorkflow,
+  spawnWorker,
+  startRun,
+  stopProcess,
+  waitForRun,
+} from "../helpers/engine.ts";
+import type { Spawned } from "../helpers/processes.ts";
+
+const CONFIG_SECRET = "config-wide-secret";
+
+interface Received {
+  path: string;
+  headers: IncomingHttpHeaders;
+  body: string;
+}
+
+/** A receiver whose answer per path is scripted: a list of statuses, the last one repeating. */
+class Receiver {
+  readonly requests: Received[] = [];
+  readonly scripts = new Map<string, number[]>();
+  delayMs = 0;
+  private server!: Server;
+  base = "";
+
+  async start() {
+    this.server = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on("data", (c: Buffer) => chunks.push(c));
+      req.on("end", async () => {
+        const path = req.url ?? "";
+        this.requests.push({ path, headers: req.headers, body: Buffer.concat(chunks).toString("utf8") });
+        const script = this.scripts.get(path) ?? [200];
+        const status = script.length > 1 ? script.shift()! : script[0]!;
+        if (this.delayMs > 0) await new Promise((r) => setTimeout(r, this.delayMs));
+        res.writeHead(status, { "content-type": "text/plain" }).end(`answer ${status}`);
+      });
+    });
+    this.server.listen(0, "127.0.0.1");
+    await once(this.server, "listening");
+    this.base = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+  }
+
+  at(path: string): Received[] {
+    return this.requests.filter((r) => r.path === path);
+  }
+
+  async stop() {
+    this.server.closeAllConnections();
+    this.server.close();
+    await once(this.server, "close");
+  }
+}
+
+let ctx: TestContext;
+let worker: Spawned;
+let deps: EngineDeps;
+const receiver = new Receiver();
+
+beforeAll(async () => {
+  await receiver.start();
+  ctx = await createTestContext((base) => ({
+    ...engineSettings(base),
+    http: { allowedHosts: ["127.0.0.1"], allowPrivateNetworks: true },
+    webhooks: { maxAttempts: 3, timeoutSeconds: 5, initialRetryDelayMs: 20, secret: CONFIG_SECRET },
+  }));
+  deps = ctx.app.flowline.engine;
+  worker = spawnWorker(ctx);
+  await worker.waitFor(/worker started/);
+});
+afterAll(async () => {
+  if (worker) await stopProcess(worker);
+  await ctx?.close();
+  await receiver.stop();
+});
+
+interface DeliveryRow {
+  id: string;
+  run_id: string;
+  event_id: string;
+  event_type: string;
+  url: string;
+  status: string;
+  attempts: number;
+  response_status: number | null;
+  last_error: string | null;
+  delivered_at: Date | null;
+}
+
+async function deliveriesOf(runId: string): Promise<DeliveryRow[]> {
+  return ctx.db.sql<DeliveryRow[]>`select * from webhook_deliveries where run_id = ${runId} order by id`;
+}
+
+/** Runs both duties, as the supervisor would, until `done` holds. */
+async function pumpUntil(
+  done: () => Promise<boolean>,
+  options: { limit?: number; deps?: EngineDeps } = {},
+): Promise<void> {
+  const using = options.deps ?? deps;
+  const deadline = Date.now() + 20_000;
+  while (!(await done())) {
+    if (Date.now() > deadline) throw new Error("webhook deliveries did not reach the expected state");
+    await queueWebhookDeliveries(using, options.limit);
+    await deliverDueWebhooks(using, options.limit === undefined ? {} : { limit: options.limit });
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+const settled = (runId: string, count: number) => async () => {
+  const rows = await deliveriesOf(runId);
+  return rows.length === count && rows.every((r) => r.status !== "pending");
+};
+
+async function runToEnd(name: string) {
+  const run = await waitForRun(ctx, (await startRun(ctx, name)).id);
+  return run;
+}
+
+function verifySignature(header: string | undefined, body: string, secret: string): boolean {
+  const match = /^t=(\d+),v1=([0-9a-f]{64})$/.exec(header ?? "");
+  if (!match) return false;
+  const expected = createHmac("sha256", secret).update(`${match[1]}.${body}`).digest();
+  return timingSafeEqual(expected, Buffer.from(match[2]!, "hex"));
+}
+
+describe("webhook notifications", () => {
+  it("delivers run.succeeded once, signed with the entry's secret or else the configured one", async () => {
+    await putWorkflow(ctx, "hooked", {
+      notify: [
+        { on: ["run.succeeded"], webhook: `${receiver.base}/own-secret`, secret: "entry-secret" },
+        { on: ["run.succeeded"], webhook: `${receiver.base}/config-secret` },
+      ],
+      steps: [{ id: "a", run: { type: "noop", output: { ok: true } } }],
+    });
+    const run = await runToEnd("hooked");
+    expect(run.status).toBe("succeeded");
+    await pumpUntil(settled(run.id, 2));
+
+    const rows = await deliveriesOf(run.id);
+    expect(rows.map((r) => [r.status, r.attempts, r.response_status, r.event_type])).toEqual([
+      ["delivered", 1, 200, "run.succeeded"],
+      ["delivered", 1, 200, "run.succeeded"],
+    ]);
+    expect(rows.every((r) => r.delivered_at !== null)).toBe(true);
+
+    // More passes send nothing again.
+    await queueWebhookDeliveries(deps);
+    await deliverDueWebhooks(deps);
+    const [own] = receiver.at("/own-secret");
+    const [viaConfig] = receiver.at("/config-secret");
+    expect(receiver.at("/own-secret")).toHaveLength(1);
+    expect(receiver.at("/config-secret")).toHaveLength(1);
+
+    expect(own!.headers).toMatchObject({
+      "content-type": "application/json",
+      "user-agent": "flowline-webhooks",
+      "flowline-event": "run.succeeded",
+      "flowline-delivery": rows[0]!.id,
+    });
+    expect(verifySignature(own!.headers["flowline-signature"] as string, own!.body, "entry-secret")).toBe(
+      true,
+    );
+    expect(verifySignature(own!.headers["flowline-signature"] as string, own!.body, CONFIG_SECRET)).toBe(
+      false,
+    );
+    expect(
+      verifySignature(viaConfig!.headers["flowline-signature"] as string, viaConfig!.body, CONFIG_SECRET),
+    ).toBe(true);
+
+    const body = JSON.parse(own!.body);
+    expect(body).toEqual({
+      id: Number(rows[0]!.id),
+      type: "run.succeeded",
+      occurredAt: expect.any(String),
+      event: {
+        id: Number(rows[0]!.event_id),
+        type: "run.succeeded",
+        runId: run.id,
+        data: expect.any(Object),
+      },
+      run: { id: run.id, workflow: { name: "hooked", version: 1 }, status: "succeeded" },
+    });
+    expect(new Date(body.occurredAt).toISOString()).toBe(body.occurredAt);
+  });
+
+  it("retries a failing receiver with backoff and records the delivery on the third attempt", async () => {
+    receiver.scripts.set("/flaky", [500, 500, 200]);
+    await putWorkflow(ctx, "flaky-receiver", {
+      notify: [{ on: ["run.succeeded"], webhook: `${receiver.base}/flaky` }],
+      steps: [{ id: "a", run: { type: "noop" } }],
+    });
+    const run = await runToEnd("flaky-receiver");
+    await pumpUntil(settled(run.id, 1));
+
+    const [row] = await deliveriesOf(run.id);
+    expect(row).toMatchObject({
+      status: "delivered",
+      attempts: 3,
+      response_status: 200,
+      last_error: "HTTP 500",
+    });
+    const calls = receiver.at("/flaky");
+    expect(calls).toHaveLength(3);
+    // The same delivery id on every attempt, so receivers can deduplicate.
+    expect(new Set(calls.map((c) => c.headers["flowline-delivery"]))).toEqual(new Set([row!.id]));
+  });
+
+  it("gives up after maxAttempts against a receiver that always fails", async () => {
+    receiver.scripts.set("/broken", [503]);
+    await putWorkflow(ctx, "broken-receiver", {
+      notify: [{ on: ["run.succeeded"], webhook: `${receiver.base}/broken` }],
+      steps: [{ id: "a", run: { type: "noop" } }],
+    });
+    const run = await runToEnd("broken-receiver");
+    await pumpUntil(settled(run.id, 1));
+
+    const [row] = await deliveriesOf(run.id);
+    expect(row).toMatchObject({
+      status: "failed",
+      attempts: 3,
+      response_status: 503,
+      last_error: "HTTP 503",
+      delivered_at: null,
+    });
+    expect(receiver.at("/broken")).toHaveLength(3);
+    await deliverDueWebhooks(deps);
+    expect(receiver.at("/broken")).toHaveLength(3);
+  });
+
+  it("fires only for the event types listed in `on`", async () => {
+    await putWorkflow(ctx, "on-success", {
+      notify: [
+        { on: ["run.failed"], webhook: `${receiver.base}/failed-only` },
+        { on: ["run.succeeded"], webhook: `${receiver.base}/witness` },
+      ],
+      steps: [{ id: "a", run: { type: "noop" } }],
+    });
+    const ok = await runToEnd("on-success");
+    expect(ok.status).toBe("succeeded");
+    await pumpUntil(settled(ok.id, 1));
+    expect((await deliveriesOf(ok.id)).map((r) => r.url)).toEqual([`${receiver.base}/witness`]);
+    expect(receiver.at("/failed-only")).toHaveLength(0);
+    // Every run-level event of the run has left the outbox.
+    const [left] = await ctx.db
+      .sql`select count(*)::int as n from notification_outbox where run_id = ${ok.id}`;
+    expect(left!.n).toBe(0);
+
+    await putWorkflow(ctx, "on-failure", {
+      notify: [{ on: ["run.failed"], webhook: `${receiver.base}/failed-only` }],
+      steps: [{ id: "x", run: { type: "handler", name: "test.fail", input: {} } }],
+    });
+    const failed = await runToEnd("on-failure");
+    expect(failed.status).toBe("failed");
+    await pumpUntil(settled(failed.id, 1));
+    const calls = receiver.at("/failed-only");
+    expect(calls).toHaveLength(1);
+    expect(JSON.parse(calls[0]!.body)).toMatchObject({
+      type: "run.failed",
+      run: { id: failed.id, status: "failed" },
+    });
+  });
+
+  it("never delivers one event twice with two callers draining and delivering at once", async () => {
+    await putWorkflow(ctx, "busy", {
+      notify: [
+        { on: ["run.queued", "run.started", "run.succeeded"], webhook: `${receiver.base}/busy` },
+        { on: ["run.succeeded"], webhook: `${receiver.base}/busy-2` },
+      ],
+      steps: [{ id: "a", run: { type: "noop" } }],
+    });
+    const runs = await Promise.all(Array.from({ length: 6 }, () => runToEnd("busy")));
+    receiver.delayMs = 20;
+    try {
+      const allSettled = async () => {
+        for (const run of runs) if (!(await settled(run.id, 4)())) return false;
+        return true;
+      };
+      // Small batches, so the two callers interleave on the outbox and on the deliveries.
+      await Promise.all([pumpUntil(allSettled, { limit: 3 }), pumpUntil(allSettled, { limit: 3 })]);
+    } finally {
+      receiver.delayMs = 0;
+    }
+    const calls = [...receiver.at("/busy"), ...receiver.at("/busy-2")];
+    expect(calls).toHaveLength(runs.length * 4);
+    const deliveryIds = calls.map((c) => c.headers["flowline-delivery"]);
+    expect(new Set(deliveryIds).size).toBe(calls.length);
+    const eventsPerUrl = calls.map((c) => `${c.path} ${JSON.parse(c.body).event.id}`);
+    expect(new Set(eventsPerUrl).size).toBe(calls.length);
+    for (const run of runs) {
+      const rows = await deliveriesOf(run.id);
+      expect(rows.map((r) => [r.status, r.attempts])).toEqual(
+        Array.from({ length: 4 }, () => ["delivered", 1]),
+      );
+    }
+  });
+
+  it("sends unsigned when no secret is set anywhere, warning once per workflow", async () => {
+    const lines: string[] = [];
+    const unsignedDeps: EngineDeps = {
+      ...deps,
+      config: { ...deps.config, webhooks: { ...deps.config.webhooks, secret: undefined } },
+      log: pino({ level: "warn" }, { write: (line: string) => lines.push(line) }),
+    };
+    await putWorkflow(ctx, "unsigned", {
+      notify: [{ on: ["run.succeeded"], webhook: `${receiver.base}/unsigned` }],
+      steps: [{ id: "a", run: { type: "noop" } }],
+    });
+    const runs = [await runToEnd("unsigned"), await runToEnd("unsigned")];
+    const done = async () => (await settled(runs[0]!.id, 1)()) && (await settled(runs[1]!.id, 1)());
+    await pumpUntil(done, { deps: unsignedDeps });
+    const calls = receiver.at("/unsigned");
+    expect(calls).toHaveLength(2);
+    expect(calls.every((c) => c.headers["flowline-signature"] === undefined)).toBe(true);
+    const warnings = lines.map((l) => JSON.parse(l)).filter((l) => /unsigned/.test(l.msg));
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toMatchObject({ workflow: "unsigned", url: `${receiver.base}/unsigned` });
+    expect(lines.join("\n")).not.toContain(CONFIG_SECRET);
+  });
+
+  it("refuses metadata and link-local addresses at once, without a request or a retry", async () => {
+    await putWorkflow(ctx, "metadata", {
+      notify: [
+        { on: ["run.succeeded"], webhook: "http://169.254.169.254/latest/meta-data/" },
+        { on: ["run.succeeded"], webhook: "http://[::ffff:169.254.169.254]/latest/meta-data/" },
+      ],
+      steps: [{ id: "a", run: { type: "noop" } }],
+    });
+    const run = await runToEnd("metadata");
+    await pumpUntil(settled(run.id, 2));
+    const rows = await deliveriesOf(run.id);
+    expect(rows).toHaveLength(2);
+    for (const row of rows) {
+      expect(row).toMatchObject({ status: "failed", attempts: 1, response_status: null });
+      expect(row.last_error).toMatch(/^refused: .*link-local or a cloud metadata endpoint/);
+    }
+  });
+});
