@@ -25,6 +25,7 @@ import { createEngineDeps, type EngineDeps } from "../engine/deps.ts";
 import { createRedis } from "../redis/connection.ts";
 import { RedisEventBus } from "../redis/event-bus.ts";
 import { redisKeys } from "../redis/keys.ts";
+import { WorkerRegistry } from "../redis/registry.ts";
 import { BullStepDispatcher } from "../redis/step-queue.ts";
 import { registerAuth } from "./plugins/auth.ts";
 import { registerBodyParsers } from "./plugins/body-parsers.ts";
@@ -32,6 +33,7 @@ import { registerMetrics } from "./plugins/metrics.ts";
 import { problemFromFlowlineError, toFlowlineError } from "./problem.ts";
 import { healthRoutes } from "./routes/health/index.ts";
 import { keyRoutes } from "./routes/keys/index.ts";
+import { queueOverview, queueRoutes, registerQueueMetrics } from "./routes/queues/index.ts";
 import { runRoutes } from "./routes/runs/index.ts";
 import { coalesceReads, type SseHub } from "./routes/runs/sse.ts";
 import { workflowRoutes } from "./routes/workflows/index.ts";
@@ -133,7 +135,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
   await app.register(swaggerUi, { routePrefix: "/docs", uiConfig: { deepLinking: true } });
 
-  registerMetrics(app);
+  const metrics = registerMetrics(app);
 
   await app.register(rateLimit, {
     global: true,
@@ -196,6 +198,14 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(healthRoutes, { db: deps.db, redis: deps.redis });
   await app.register(runRoutes, { prefix: "/v1", engine, hub });
   await app.register(keyRoutes, { prefix: "/v1", keys });
+  const queueSources = {
+    config,
+    sql: deps.db.sql,
+    dispatcher,
+    registry: new WorkerRegistry(deps.redis, config.redis.prefix),
+  };
+  await app.register(queueRoutes, { prefix: "/v1", ...queueSources });
+  registerQueueMetrics(metrics, () => queueOverview(queueSources));
   await app.register(workflowRoutes, {
     prefix: "/v1",
     workflows: workflowsRepository(deps.db.db),
