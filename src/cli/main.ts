@@ -4,17 +4,17 @@
  * and runs one role.
  */
 
-import { type ChildProcess, spawn } from "node:child_process";
 import { Command, CommanderError } from "commander";
 import { pino } from "pino";
 import { startApiServer } from "../api/server.ts";
 import { type Config, ConfigError, loadConfig } from "../config/index.ts";
 import { runMigrations } from "../db/migrate.ts";
+import { startAutoscaler } from "../jobs/autoscaler.ts";
 import { KILL_GRACE_MS } from "../jobs/executors/command.ts";
+import { startSupervisor } from "../jobs/supervisor/index.ts";
 import { startWorker } from "../jobs/worker.ts";
 
 const EXIT_CONFIG = 78;
-const EXIT_NOT_YET = 2;
 
 function loadConfigOrExit(): Config {
   try {
@@ -83,9 +83,9 @@ async function runApi(role: string): Promise<void> {
 }
 
 /**
- * `up`: the API in this process and one worker child per configured queue (at least its `min`,
- * and at least one for `default`), restarted with backoff when they crash. The autoscaler replaces
- * this fixed pool when it lands.
+ * `up`: the whole system on one machine — the API and a supervisor in this process, and the
+ * autoscaled worker pools as child processes. Ctrl-C / SIGTERM stops everything: the pools drain
+ * their workers, the supervisor hands its lease over, the API closes its streams.
  */
 async function runUp(): Promise<void> {
   const config = loadConfigOrExit();
@@ -93,55 +93,21 @@ async function runUp(): Promise<void> {
   process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
   // The API first: it applies migrations before any worker touches the database.
   const server = await startApiServer(config, { logger: log, onGeneratedRootKey: printRootKey });
-  const children = new Set<ChildProcess>();
-  const timers = new Set<NodeJS.Timeout>();
-  let stopping = false;
-  const launch = (queue: string, restarts: number) => {
-    // Supervised children ignore the terminal's Ctrl-C (this process stops them with SIGTERM, once)
-    // and stop by themselves if this process dies (their stdin closes).
-    const child = spawn(process.execPath, [process.argv[1]!, "worker", "--queues", queue, "--supervised"], {
-      stdio: ["pipe", "inherit", "inherit"],
-      env: process.env,
-    });
-    children.add(child);
-    child.on("exit", (code, signal) => {
-      children.delete(child);
-      if (stopping) return;
-      const delay = Math.min(30_000, 500 * 2 ** Math.min(restarts, 6));
-      log.warn({ queue, code, signal, restartInMs: delay }, "worker process exited; restarting");
-      const timer = setTimeout(() => {
-        timers.delete(timer);
-        if (!stopping) launch(queue, restarts + 1);
-      }, delay);
-      timers.add(timer);
-    });
-  };
-  for (const [queue, pool] of Object.entries(config.queues)) {
-    const count = Math.max(pool.min, queue === "default" ? 1 : 0);
-    for (let i = 0; i < count; i++) launch(queue, 0);
-  }
-  const workerStop = config.worker.graceSeconds + KILL_GRACE_MS / 1000 + 5;
-  untilSignal(log, Math.max(config.server.shutdownGraceSeconds, workerStop) + 5, async () => {
-    stopping = true;
-    for (const t of timers) clearTimeout(t);
-    const exits = [...children].map((c) => new Promise((r) => c.once("exit", r)));
-    for (const c of children) c.kill("SIGTERM");
-    await Promise.all([server.close(), ...exits]);
+  const supervisor = await startSupervisor({ config, log: log.child({ role: "supervisor" }) });
+  const autoscaler = await startAutoscaler({ config, log: log.child({ role: "workers" }) });
+  untilSignal(log, workerStopSeconds(config) + 20, async () => {
+    await Promise.all([autoscaler.close(), supervisor.close(), server.close()]);
   });
 }
+
+/** How long a worker may take to stop: its grace, then a command's kill grace, then hand-backs. */
+const workerStopSeconds = (config: Config) => config.worker.graceSeconds + KILL_GRACE_MS / 1000 + 5;
 
 function printRootKey(key: string): void {
   process.stdout.write(
     `\nFlowline generated a root API key. It is shown only this once; store it now:\n\n    ${key}\n\n` +
       "Set FLOWLINE_BOOTSTRAP_KEY to choose the root key yourself.\n\n",
   );
-}
-
-function notYet(name: string): () => never {
-  return () => {
-    process.stderr.write(`flowline ${name}: not yet available\n`);
-    process.exit(EXIT_NOT_YET);
-  };
 }
 
 export function buildProgram(): Command {
@@ -152,7 +118,7 @@ export function buildProgram(): Command {
 
   program
     .command("up")
-    .description("Run the whole system on this machine: the API and a worker process per configured queue")
+    .description("Run the whole system on this machine: API, supervisor and autoscaled worker pools")
     .action(() => runUp());
   program
     .command("api")
@@ -192,14 +158,9 @@ export function buildProgram(): Command {
       process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
       const worker = await startWorker({ config, queues, concurrency, log });
       // Aborted commands get KILL_GRACE_MS after SIGTERM before SIGKILL; hand-backs follow that.
-      const stop = untilSignal(
-        log,
-        config.worker.graceSeconds + KILL_GRACE_MS / 1000 + 5,
-        () => worker.close(),
-        {
-          ignoreSigint: opts.supervised === true,
-        },
-      );
+      const stop = untilSignal(log, workerStopSeconds(config), () => worker.close(), {
+        ignoreSigint: opts.supervised === true,
+      });
       if (opts.supervised) {
         process.stdin.on("end", () => stop("parent gone"));
         process.stdin.on("error", () => stop("parent gone"));
@@ -208,14 +169,27 @@ export function buildProgram(): Command {
     });
   program
     .command("workers")
-    .description("Run autoscaled worker pools")
-    .allowUnknownOption()
-    .action(notYet("workers"));
+    .description("Run autoscaled worker pools: per configured queue, between its min and max processes")
+    .action(async () => {
+      const config = loadConfigOrExit();
+      const log = createLogger(config, "workers");
+      process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
+      const autoscaler = await startAutoscaler({ config, log });
+      untilSignal(log, workerStopSeconds(config) + 20, () => autoscaler.close());
+    });
   program
     .command("supervisor")
-    .description("Run the supervisor (schedules, reconciler, retention)")
-    .allowUnknownOption()
-    .action(notYet("supervisor"));
+    .description(
+      "Run a supervisor: schedules, reconciler, webhooks, retention (one is active at a time; others stand by)",
+    )
+    .action(async () => {
+      const config = loadConfigOrExit();
+      const log = createLogger(config, "supervisor");
+      process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
+      await runMigrations(config.database.url);
+      const supervisor = await startSupervisor({ config, log });
+      untilSignal(log, 10, () => supervisor.close());
+    });
   return program;
 }
 

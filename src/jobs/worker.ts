@@ -23,6 +23,7 @@ import { createEngineDeps } from "../engine/deps.ts";
 import { createRedis } from "../redis/connection.ts";
 import { RedisEventBus } from "../redis/event-bus.ts";
 import { redisKeys } from "../redis/keys.ts";
+import { WorkerRegistry } from "../redis/registry.ts";
 import { BullStepDispatcher, stepJobPayload } from "../redis/step-queue.ts";
 import { ExecutionError, execute } from "./executors/index.ts";
 import { loadHandlers } from "./handlers.ts";
@@ -42,6 +43,8 @@ export interface RunningWorker {
 }
 
 const LOG_FLUSH_MS = 200;
+/** Workers announce themselves this often; an announcement lives three times as long. */
+const ANNOUNCE_MS = 5000;
 const LOG_BATCH = 200;
 
 export async function startWorker(options: WorkerOptions): Promise<RunningWorker> {
@@ -60,7 +63,42 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   const deps = createEngineDeps({ db, config, dispatcher, notifier: bus, control: bus, log });
   const handlers = await loadHandlers(config.worker.handlersModule);
 
-  const running = new Map<string, { attempt: StartedAttempt; controller: AbortController }>();
+  const running = new Map<
+    string,
+    { attempt: StartedAttempt; controller: AbortController; startedAt: string }
+  >();
+  const registry = new WorkerRegistry(publisher, config.redis.prefix);
+  const startedAt = new Date().toISOString();
+  const announce = () =>
+    registry
+      .announce(
+        {
+          id,
+          pid: process.pid,
+          host: hostname(),
+          queues: [...options.queues],
+          concurrency: options.concurrency,
+          startedAt,
+          steps: [...running.values()].map((r) => ({
+            tenantId: r.attempt.tenantId,
+            runId: r.attempt.runId,
+            stepId: r.attempt.stepId,
+            attempt: r.attempt.attempt,
+            startedAt: r.startedAt,
+          })),
+        },
+        ANNOUNCE_MS * 3,
+      )
+      .catch((error) => log.warn({ err: (error as Error).message }, "worker announcement failed"));
+  const announcer = setInterval(announce, ANNOUNCE_MS);
+  // A step starting or ending is announced soon after (coalesced), not only on the next beat.
+  let announceSoon: NodeJS.Timeout | undefined;
+  const changed = () => {
+    announceSoon ??= setTimeout(() => {
+      announceSoon = undefined;
+      void announce();
+    }, 100);
+  };
   const stopControl = bus.onControl((message) => {
     if (message.type !== "cancel") return;
     for (const { attempt, controller } of running.values()) {
@@ -72,7 +110,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
 
   async function processJob(job: Job): Promise<void> {
     const payload = stepJobPayload.parse(job.data);
-    const started = await startAttempt(deps, payload, { id, leaseSeconds });
+    const started = await startAttempt(deps, { ...payload, jobId: job.id }, { id, leaseSeconds });
     if (!started.accepted) {
       log.info({ ...payload, reason: started.reason }, "job skipped");
       return;
@@ -87,7 +125,8 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     const stepLog = log.child({ runId: ref.runId, stepId: ref.stepId, attempt: ref.attempt });
     const controller = new AbortController();
     const key = `${ref.runId}.${ref.stepId}`;
-    running.set(key, { attempt, controller });
+    running.set(key, { attempt, controller, startedAt: new Date().toISOString() });
+    changed();
 
     const timeout = setTimeout(
       () =>
@@ -188,6 +227,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     } finally {
       clearInterval(heartbeat);
       running.delete(key);
+      changed();
     }
   }
 
@@ -209,6 +249,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       log.error({ jobId: job?.id, err: error.message }, "job failed in the worker"),
     );
   }
+  await announce();
   log.info({ queues: options.queues, concurrency: options.concurrency }, "worker started");
 
   let closing: Promise<void> | undefined;
@@ -229,6 +270,9 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
           await closed;
         }
         stopControl();
+        clearInterval(announcer);
+        clearTimeout(announceSoon);
+        await registry.remove(id).catch(() => {});
         await dispatcher.close();
         await Promise.allSettled([publisher.quit(), subscriber.quit(), db.close()]);
         log.info("worker stopped");

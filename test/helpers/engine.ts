@@ -40,18 +40,14 @@ export function engineSettings(base: Record<string, unknown>): Record<string, un
   };
 }
 
-/** Starts a real worker process with the same configuration as the test's API. */
-export function spawnWorker(
-  ctx: TestContext,
-  args: string[] = [],
-  workerOverrides: Record<string, unknown> = {},
-): Spawned {
+/** Writes a config file with the test's database, Redis prefix and engine settings, plus `extra`. */
+export function configFileFor(ctx: TestContext, extra: Record<string, unknown> = {}): string {
   const file = join(
     tmpdir(),
     `flowline-test-${ctx.config.redis.prefix.replace(/\W/g, "")}-${Math.random().toString(36).slice(2)}.yaml`,
   );
-  const { database, redis, commands, http, queues, tags } = ctx.config;
-  const worker = { ...ctx.config.worker, ...workerOverrides };
+  const { database, redis, commands, http, queues, tags, worker, supervisor, autoscaler, webhooks } =
+    ctx.config;
   writeFileSync(
     file,
     stringify({
@@ -62,13 +58,32 @@ export function spawnWorker(
       worker,
       queues,
       tags,
+      supervisor,
+      autoscaler,
+      webhooks,
       log: { level: "info" },
+      ...extra,
     }),
   );
+  return file;
+}
+
+/** Starts a real worker process with the same configuration as the test's API. */
+export function spawnWorker(
+  ctx: TestContext,
+  args: string[] = [],
+  workerOverrides: Record<string, unknown> = {},
+): Spawned {
+  const file = configFileFor(ctx, { worker: { ...ctx.config.worker, ...workerOverrides } });
   return spawnFlowline(
     ["worker", "--queues", "default", "--concurrency", "4", ...args],
     cleanEnv({ FLOWLINE_CONFIG: file }),
   );
+}
+
+/** Starts a real supervisor process with the same configuration as the test's API. */
+export function spawnSupervisor(ctx: TestContext, extra: Record<string, unknown> = {}): Spawned {
+  return spawnFlowline(["supervisor"], cleanEnv({ FLOWLINE_CONFIG: configFileFor(ctx, extra) }));
 }
 
 export async function stopProcess(p: Spawned): Promise<void> {

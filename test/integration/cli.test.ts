@@ -69,6 +69,7 @@ describe("flowline CLI", () => {
     const up = spawnFlowline(["up"], env);
     await up.waitFor(/api listening/);
     await up.waitFor(/worker started/);
+    await up.waitFor(/supervisor is now active/);
     const base = `http://127.0.0.1:${port}`;
     const headers = { authorization: `Bearer ${key}`, "content-type": "application/json" };
     const put = await fetch(`${base}/v1/workflows/up-demo`, {
@@ -123,6 +124,8 @@ describe("flowline CLI", () => {
     const output = `${up.stdout()}\n${up.stderr()}`.slice(-4000);
     expect(code, output).toBe(0);
     expect(up.stdout(), output).toMatch(/worker stopped/);
+    expect(up.stdout(), output).toMatch(/supervisor stopped/);
+    expect(workerPids(up.stdout()).filter(alive), output).toEqual([]);
     // The stream was ended by the server, not left hanging.
     for (;;) {
       const { done } = await reader.read().catch(() => ({ done: true }));
@@ -142,14 +145,36 @@ describe("flowline CLI", () => {
     expect(typo.stderr()).toMatch(/FLOWLINE_PROT/);
   });
 
-  it("migrate is idempotent; roles that are not built yet exit 2", async () => {
+  it("migrate is idempotent; supervisor and workers start and stop cleanly on SIGTERM", async () => {
     const first = spawnFlowline(["migrate"], cleanEnv(baseEnv));
     expect((await first.exited).code).toBe(0);
     expect(first.stdout()).toMatch(/migrations applied/);
-    for (const role of ["workers", "supervisor"]) {
-      const p = spawnFlowline([role], cleanEnv(baseEnv));
-      expect((await p.exited).code).toBe(2);
-      expect(p.stderr()).toMatch(/not yet available/);
-    }
+    const supervisor = spawnFlowline(["supervisor"], cleanEnv({ ...baseEnv, LOG_LEVEL: "info" }));
+    await supervisor.waitFor(/supervisor started/);
+    const workers = spawnFlowline(["workers"], cleanEnv({ ...baseEnv, LOG_LEVEL: "info" }));
+    await workers.waitFor(/worker started/);
+    supervisor.child.kill("SIGTERM");
+    workers.child.kill("SIGTERM");
+    expect((await supervisor.exited).code, supervisor.stdout()).toBe(0);
+    expect((await workers.exited).code, workers.stdout()).toBe(0);
+    expect(workerPids(workers.stdout()).length).toBeGreaterThanOrEqual(1);
+    expect(workerPids(workers.stdout()).filter(alive)).toEqual([]);
   });
 });
+
+/** Pids of the worker processes whose "worker started" line appears in `output`. */
+function workerPids(output: string): number[] {
+  return output
+    .split("\n")
+    .filter((line) => line.includes('"worker started"'))
+    .map((line) => JSON.parse(line).pid as number);
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
