@@ -12,9 +12,10 @@ import { createDb } from "../src/db/client.ts";
 import { runMigrations } from "../src/db/migrate.ts";
 import { workflowsRepository } from "../src/db/repositories/workflows.ts";
 import { validateWorkflowDefinition } from "../src/domain/workflow/validate.ts";
-import { createEngineDeps } from "../src/engine/deps.ts";
+import { createEngineDeps } from "../src/engine/create.ts";
 import { submitRun } from "../src/engine/runs.ts";
 import { startWorker } from "../src/jobs/worker.ts";
+import { RedisAssetLocks } from "../src/redis/asset-locks.ts";
 import { createRedis, deleteByPattern } from "../src/redis/connection.ts";
 import { RedisEventBus } from "../src/redis/event-bus.ts";
 import { BullStepDispatcher } from "../src/redis/step-queue.ts";
@@ -59,7 +60,15 @@ async function main() {
   await redis.connect();
   const bus = new RedisEventBus(redis, null, prefix);
   const dispatcher = new BullStepDispatcher(redis, prefix);
-  const engine = createEngineDeps({ db, config, dispatcher, notifier: bus, control: bus, log });
+  const engine = createEngineDeps({
+    db,
+    config,
+    dispatcher,
+    notifier: bus,
+    control: bus,
+    locks: new RedisAssetLocks(redis, prefix),
+    log,
+  });
   const workflows = workflowsRepository(db.db);
   await db.sql`insert into tenants (id) values ('default') on conflict do nothing`;
   const put = async (spec: unknown) => {

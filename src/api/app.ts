@@ -21,7 +21,9 @@ import { keysRepository } from "../db/repositories/keys.ts";
 import { readEvents } from "../db/repositories/runs.ts";
 import { workflowsRepository } from "../db/repositories/workflows.ts";
 import { FlowlineError } from "../domain/errors.ts";
-import { createEngineDeps, type EngineDeps } from "../engine/deps.ts";
+import { createEngineDeps } from "../engine/create.ts";
+import type { EngineDeps } from "../engine/deps.ts";
+import { RedisAssetLocks } from "../redis/asset-locks.ts";
 import { createRedis } from "../redis/connection.ts";
 import { RedisEventBus } from "../redis/event-bus.ts";
 import { redisKeys } from "../redis/keys.ts";
@@ -31,8 +33,10 @@ import { registerAuth } from "./plugins/auth.ts";
 import { registerBodyParsers } from "./plugins/body-parsers.ts";
 import { registerMetrics } from "./plugins/metrics.ts";
 import { problemFromFlowlineError, toFlowlineError } from "./problem.ts";
+import { assetRoutes } from "./routes/assets/index.ts";
 import { healthRoutes } from "./routes/health/index.ts";
 import { keyRoutes } from "./routes/keys/index.ts";
+import { planRoutes } from "./routes/plans/index.ts";
 import { queueOverview, queueRoutes, registerQueueMetrics } from "./routes/queues/index.ts";
 import { runRoutes } from "./routes/runs/index.ts";
 import { coalesceReads, type SseHub } from "./routes/runs/sse.ts";
@@ -174,6 +178,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     dispatcher,
     notifier: bus,
     control: bus,
+    locks: new RedisAssetLocks(deps.redis, config.redis.prefix),
     log: app.log as unknown as EngineDeps["log"],
   });
   const hub: SseHub = {
@@ -197,6 +202,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 
   await app.register(healthRoutes, { db: deps.db, redis: deps.redis });
   await app.register(runRoutes, { prefix: "/v1", engine, hub });
+  await app.register(assetRoutes, { prefix: "/v1", engine });
+  await app.register(planRoutes, { prefix: "/v1", engine });
   await app.register(keyRoutes, { prefix: "/v1", keys });
   const queueSources = {
     config,

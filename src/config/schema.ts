@@ -211,6 +211,15 @@ const autoscalerSchema = section({
   maxRestartDelaySeconds: intAtLeast(1).default(30),
 });
 
+const assetsSchema = section({
+  /**
+   * An asset lock's lease. The supervisor renews the locks of active runs; if it is gone longer
+   * than this, a lock may pass to another run, and the fencing token then refuses the first
+   * run's late materialization.
+   */
+  lockTtlSeconds: intAtLeast(2).default(60),
+});
+
 const webhooksSchema = section({
   /** Attempts per delivery (exponential backoff between them) before it is marked failed. */
   maxAttempts: intBetween(1, 50).default(8),
@@ -253,6 +262,7 @@ export const configSchema = section({
   supervisor: supervisorSchema.prefault({}),
   autoscaler: autoscalerSchema.prefault({}),
   webhooks: webhooksSchema.prefault({}),
+  assets: assetsSchema.prefault({}),
 }).superRefine((config, ctx) => {
   for (const [tag, queue] of Object.entries(config.tags)) {
     if (!Object.hasOwn(config.queues, queue)) {

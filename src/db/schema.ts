@@ -122,6 +122,10 @@ export const runs = pgTable(
     request: jsonb("request").notNull().default({}),
     /** The plan with a reason per step. */
     plan: jsonb("plan"),
+    /** Asset locks this run needs (lock keys); it waits in `queued` until it holds them all. */
+    locksWanted: jsonb("locks_wanted").notNull().default([]),
+    /** Asset locks granted: lock key → fencing token, presented with every materialization. */
+    locksHeld: jsonb("locks_held").notNull().default({}),
     error: jsonb("error"),
     /** Incremented by every state change; lets writers detect lost updates cheaply. */
     revision: integer("revision").notNull().default(0),
@@ -336,3 +340,18 @@ export const supervisorFences = pgTable("supervisor_fences", {
   holder: text("holder").notNull(),
   updatedAt: ts("updated_at").notNull().defaultNow(),
 });
+
+/**
+ * The newest fencing token that has written for each asset lock (an asset, or an asset's
+ * partition: `key@partition`). A materialization carrying an older token is refused.
+ */
+export const assetFences = pgTable(
+  "asset_fences",
+  {
+    tenantId: text("tenant_id").notNull(),
+    lockKey: text("lock_key").notNull(),
+    fencingToken: bigint("fencing_token", { mode: "number" }).notNull(),
+    updatedAt: ts("updated_at").notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.tenantId, t.lockKey] })],
+);

@@ -42,3 +42,23 @@ export type ControlMessage = { type: "cancel"; runId: string; stepIds?: string[]
 export interface ControlBus {
   publish(message: ControlMessage): Promise<void>;
 }
+
+/** A granted lock and its fencing token (larger for every grant of the same lock). */
+export interface LockGrant {
+  token: string;
+  fence: number;
+}
+
+/**
+ * Per-tenant named locks with fencing tokens (asset materialization locks). Implemented on Redis;
+ * the store that receives a lock holder's writes checks the fencing token.
+ */
+export interface LockService {
+  acquire(tenantId: string, lockKey: string, token: string, ttlMs: number): Promise<LockGrant | null>;
+  renew(tenantId: string, lockKey: string, token: string, ttlMs: number): Promise<boolean>;
+  release(tenantId: string, lockKey: string, token: string): Promise<boolean>;
+  /** The current holder's token, or null. */
+  holder(tenantId: string, lockKey: string): Promise<string | null>;
+  /** Makes the next grant's fence larger than `atLeast` (after the lock store lost its counters). */
+  raiseFence(tenantId: string, lockKey: string, atLeast: number): Promise<void>;
+}

@@ -59,8 +59,12 @@ export function progressAfter(
   return { ready, transitions };
 }
 
-/** The outcome of a run whose steps are all terminal. */
+/**
+ * The outcome of a run whose steps are all terminal: failed if a step failed or was cancelled.
+ * Skipped steps alone do not fail a run: a plan skips steps on purpose (fresh assets, steps outside
+ * a subgraph), and a step skipped because of a failure comes with that failed step.
+ */
 export function outcomeOf(statuses: Iterable<StepStatus>): "succeeded" | "failed" {
-  for (const s of statuses) if (!satisfied(s)) return "failed";
+  for (const s of statuses) if (s === "failed" || s === "cancelled") return "failed";
   return "succeeded";
 }

@@ -116,6 +116,7 @@ export async function advanceRun(
     };
     await setRunStatus(sql, run.id, "failed", { finished: true, error });
     events.push({ type: "run.failed", data: { error } });
+    after.ended.push(run);
   } else {
     await queueSteps(deps, sql, run, loaded, progress.ready, after, events);
     if (pending <= 0 && progress.ready.length === 0) {
@@ -131,6 +132,7 @@ export async function advanceRun(
             }
           : undefined;
       await setRunStatus(sql, run.id, outcome, { finished: true, ...(error ? { error } : {}) });
+      after.ended.push(run);
       events.push({
         type: outcome === "succeeded" ? "run.succeeded" : "run.failed",
         data: error ? { error } : {},

@@ -18,6 +18,7 @@ import { backoffDelayMs } from "../domain/retry.ts";
 import { resolveStep } from "../domain/workflow/resolve.ts";
 import type { Executor } from "../domain/workflow/spec.ts";
 import { collectTemplateRefs } from "../domain/workflow/templates.ts";
+import { assetLockKey } from "./admission.ts";
 import { advanceRun } from "./advance.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
 import type { LoadedSpec } from "./specs.ts";
@@ -210,6 +211,64 @@ export function jobFor(
   };
 }
 
+/**
+ * Checks and advances the fencing token of each asset lock the step writes: a token older than
+ * the newest that has written is refused. Returns what was refused (nothing is written then:
+ * the caller's transaction fails the step).
+ */
+async function claimAssetWrites(sql: Sql, run: RunRow, assets: readonly string[]): Promise<string[]> {
+  const refused: string[] = [];
+  for (const asset of assets) {
+    const lockKey = assetLockKey(asset, run.partition_key);
+    const fence = run.locks_held?.[lockKey];
+    if (fence === undefined) {
+      refused.push(`the run holds no lock for ${lockKey}`);
+      continue;
+    }
+    const [row] = await sql<{ fencing_token: string }[]>`
+      insert into asset_fences (tenant_id, lock_key, fencing_token) values (${run.tenant_id}, ${lockKey}, ${fence})
+      on conflict (tenant_id, lock_key) do update set fencing_token = excluded.fencing_token, updated_at = now()
+        where asset_fences.fencing_token <= excluded.fencing_token
+      returning fencing_token`;
+    if (!row) {
+      const [newest] = await sql<{ fencing_token: string }[]>`
+        select fencing_token from asset_fences where tenant_id = ${run.tenant_id} and lock_key = ${lockKey}`;
+      refused.push(`${lockKey} fencing token ${fence} < ${newest?.fencing_token ?? "?"}`);
+    }
+  }
+  return refused;
+}
+
+/** One materialization per asset the step provides, with the run's fencing token. */
+async function recordMaterializations(
+  sql: Sql,
+  run: RunRow,
+  stepId: string,
+  assets: readonly string[],
+  output: unknown,
+): Promise<NewEvent[]> {
+  const events: NewEvent[] = [];
+  for (const asset of assets) {
+    const fence = run.locks_held[assetLockKey(asset, run.partition_key)]!;
+    await sql`
+      insert into assets (tenant_id, key, fencing_token, last_materialized_at)
+      values (${run.tenant_id}, ${asset}, ${fence}, now())
+      on conflict (tenant_id, key) do update set last_materialized_at = now(),
+        fencing_token = greatest(assets.fencing_token, excluded.fencing_token)`;
+    const [m] = await sql<{ id: string }[]>`
+      insert into materializations (tenant_id, asset_key, run_id, step_id, partition_key, fencing_token, metadata)
+      values (${run.tenant_id}, ${asset}, ${run.id}, ${stepId}, ${run.partition_key}, ${fence},
+        ${sql.json((output ?? null) as never)})
+      returning id`;
+    events.push({
+      type: "asset.materialized",
+      stepId,
+      data: { asset, partition: run.partition_key, fencingToken: fence, materializationId: Number(m!.id) },
+    });
+  }
+  return events;
+}
+
 export type FinishResult =
   | { accepted: true; retry?: { attempt: number; delayMs: number } }
   | { accepted: false };
@@ -224,6 +283,33 @@ export async function completeAttempt(
   const result = await deps.db.sql.begin(async (sql): Promise<FinishResult> => {
     const run = await lockRun(sql, ref.runId);
     if (!run) return { accepted: false };
+    const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
+    const provides = loaded.steps.get(ref.stepId)?.provides ?? [];
+    if (provides.length > 0) {
+      const [current] = await sql`
+        select 1 from step_runs where run_id = ${ref.runId} and step_id = ${ref.stepId}
+          and attempt = ${ref.attempt} and lease_token = ${ref.token} and status = 'running'`;
+      if (!current) return { accepted: false };
+      const refused = await claimAssetWrites(sql, run, provides);
+      if (refused.length > 0) {
+        const message = `asset lock lost: ${refused.join("; ")}; this run's materialization is refused`;
+        deps.log.warn(
+          { runId: run.id, stepId: ref.stepId, refused },
+          "materialization refused (stale fencing token)",
+        );
+        await failAttemptLocked(
+          deps,
+          sql,
+          run,
+          loaded,
+          ref,
+          { message, code: "lock_lost" },
+          { retryable: false },
+          after,
+        );
+        return { accepted: false };
+      }
+    }
     const rows = await sql`
       update step_runs set status = 'succeeded', output = ${sql.json((output ?? null) as never)},
         finished_at = now(), progress = 1, lease_token = null, updated_at = now()
@@ -234,7 +320,6 @@ export async function completeAttempt(
     await sql`
       update step_attempts set status = 'succeeded', finished_at = now()
       where run_id = ${ref.runId} and step_id = ${ref.stepId} and attempt = ${ref.attempt}`;
-    const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
     const events: NewEvent[] = [
       {
         type: "step.succeeded",
@@ -243,6 +328,8 @@ export async function completeAttempt(
         data: { attempt: ref.attempt, output },
       },
     ];
+    if (provides.length > 0)
+      events.push(...(await recordMaterializations(sql, run, ref.stepId, provides, output)));
     await advanceRun(deps, sql, run, loaded, { stepId: ref.stepId, status: "succeeded" }, after, events);
     return { accepted: true };
   });
@@ -271,6 +358,27 @@ export async function failAttempt(
   const result = await deps.db.sql.begin(async (sql): Promise<FinishResult> => {
     const run = await lockRun(sql, ref.runId);
     if (!run) return { accepted: false };
+    const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
+    return failAttemptLocked(deps, sql, run, loaded, ref, error, options, after);
+  });
+  if (!result.accepted)
+    deps.log.warn({ runId: ref.runId, stepId: ref.stepId, attempt: ref.attempt }, "stale failure refused");
+  await after.flush(deps);
+  return result;
+}
+
+/** `failAttempt` inside a transaction that holds the run lock. */
+async function failAttemptLocked(
+  deps: EngineDeps,
+  sql: Sql,
+  run: RunRow,
+  loaded: LoadedSpec,
+  ref: AttemptRef & { token: string },
+  error: AttemptError,
+  options: { retryable: boolean },
+  after: AfterCommit,
+): Promise<FinishResult> {
+  {
     const [step] = await sql<StepRow[]>`
       select * from step_runs where run_id = ${ref.runId} and step_id = ${ref.stepId}
         and attempt = ${ref.attempt} and lease_token = ${ref.token} and status = 'running'`;
@@ -278,7 +386,6 @@ export async function failAttempt(
     await sql`
       update step_attempts set status = 'failed', finished_at = now(), error = ${sql.json(error as never)}
       where run_id = ${ref.runId} and step_id = ${ref.stepId} and attempt = ${ref.attempt}`;
-    const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
     const resolved = resolveStep(loaded.spec, loaded.steps.get(ref.stepId)!, deps.config.tags, run.priority);
     if (options.retryable && ref.attempt < step.max_attempts) {
       const next = ref.attempt + 1;
@@ -309,11 +416,7 @@ export async function failAttempt(
     ];
     await advanceRun(deps, sql, run, loaded, { stepId: ref.stepId, status: "failed", error }, after, events);
     return { accepted: true };
-  });
-  if (!result.accepted)
-    deps.log.warn({ runId: ref.runId, stepId: ref.stepId, attempt: ref.attempt }, "stale failure refused");
-  await after.flush(deps);
-  return result;
+  }
 }
 
 /** step.log / step.progress events from a running attempt; dropped if the attempt is no longer current. */

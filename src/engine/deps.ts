@@ -1,8 +1,9 @@
 import type { Logger } from "pino";
 import type { Config } from "../config/index.ts";
 import type { DbHandle } from "../db/client.ts";
-import type { ControlBus, EventNotifier, StepDispatcher, StepJob } from "../domain/ports.ts";
-import { SpecCache } from "./specs.ts";
+import type { RunRow } from "../db/repositories/runs.ts";
+import type { ControlBus, EventNotifier, LockService, StepDispatcher, StepJob } from "../domain/ports.ts";
+import type { SpecCache } from "./specs.ts";
 
 /** The explicit bundle of dependencies every engine operation receives. */
 export interface EngineDeps {
@@ -11,12 +12,11 @@ export interface EngineDeps {
   dispatcher: StepDispatcher;
   notifier: EventNotifier;
   control: ControlBus;
+  locks: LockService;
   log: Logger;
   specs: SpecCache;
-}
-
-export function createEngineDeps(deps: Omit<EngineDeps, "specs">): EngineDeps {
-  return { ...deps, specs: new SpecCache(deps.db) };
+  /** After runs ended: free their locks and start what waited for them (see admission.ts). */
+  runsEnded(runs: ReadonlyArray<Pick<RunRow, "id" | "tenant_id" | "locks_held">>): Promise<void>;
 }
 
 /** Work that may only happen once the transaction that decided it has committed. */
@@ -24,6 +24,8 @@ export class AfterCommit {
   readonly jobs: StepJob[] = [];
   readonly runs = new Set<string>();
   readonly cancels: Array<{ runId: string; stepIds?: string[] }> = [];
+  /** Runs that reached a terminal state: their asset locks are freed and waiting runs admitted. */
+  readonly ended: Array<Pick<RunRow, "id" | "tenant_id" | "locks_held">> = [];
 
   async flush(deps: EngineDeps): Promise<void> {
     // Dispatch first: a failure here leaves steps `queued` in Postgres, which the reconciler
@@ -38,6 +40,9 @@ export class AfterCommit {
       await deps.notifier
         .notify(this.runs)
         .catch((error) => deps.log.warn({ err: error }, "event notification failed"));
+    }
+    if (this.ended.length > 0) {
+      await deps.runsEnded(this.ended).catch((error) => deps.log.warn({ err: error }, "after run end"));
     }
   }
 }

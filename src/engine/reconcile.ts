@@ -161,6 +161,7 @@ async function closeFinishedRuns(deps: EngineDeps, minAgeSeconds: number, batch:
         { type: outcome === "succeeded" ? "run.succeeded" : "run.failed", data: error ? { error } : {} },
       ]);
       after.runs.add(id);
+      after.ended.push(run);
       deps.log.warn({ runId: id, outcome }, "run had only finished steps; closed");
       return true;
     });

@@ -14,12 +14,18 @@ import {
 } from "../db/repositories/runs.ts";
 import { workflowsRepository } from "../db/repositories/workflows.ts";
 import { FlowlineError, notFound } from "../domain/errors.ts";
+import { planRun } from "../domain/planner.ts";
 import { isTerminalRun, type RunKind, type RunStatus } from "../domain/status.ts";
 import { canonicalJson } from "../domain/workflow/canonical.ts";
 import { resolveStep } from "../domain/workflow/resolve.ts";
-import { queueSteps } from "./advance.ts";
+import { insertRun, type TakenLocks } from "./create-run.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
 import { loadedSpec } from "./specs.ts";
+
+/** Gives back locks taken by a transaction that then failed. */
+export async function releaseTaken(deps: EngineDeps, taken: TakenLocks): Promise<void> {
+  for (const t of taken) await deps.locks.release(t.tenantId, t.lockKey, t.token).catch(() => false);
+}
 
 export interface SubmitRunInput {
   tenantId: string;
@@ -109,73 +115,63 @@ export async function submitRun(
   options: { guard?: (sql: Sql) => Promise<void> } = {},
 ): Promise<{ run: RunRow; created: boolean }> {
   const wf = await loadWorkflow(deps, input.tenantId, input.workflow);
-  const loaded = loadedSpec(wf.workflowId, wf.version, wf.spec);
+  const loaded = await deps.specs.load(wf.workflowId, wf.version);
   const params = mergeParams(deps, wf.spec.params, input.params);
   const priority = input.priority ?? wf.spec.defaults?.priority ?? 5;
   const after = new AfterCommit();
-  const result = await deps.db.sql.begin(async (sql) => {
-    await options.guard?.(sql);
-    if (idempotency) {
-      const claimed = await sql`
+  const taken: TakenLocks = [];
+  const result = await deps.db.sql
+    .begin(async (sql) => {
+      await options.guard?.(sql);
+      if (idempotency) {
+        const claimed = await sql`
         insert into idempotency_keys (tenant_id, key, request_hash, expires_at)
         values (${input.tenantId}, ${idempotency.key}, ${idempotency.hash}, now() + make_interval(hours => ${IDEMPOTENCY_TTL_HOURS}))
         on conflict (tenant_id, key) do update set request_hash = excluded.request_hash, run_id = null,
           created_at = now(), expires_at = excluded.expires_at
           where idempotency_keys.expires_at < now()
         returning 1`;
-      if (claimed.length === 0) {
-        const [existing] = await sql<{ request_hash: string; run_id: string | null }[]>`
+        if (claimed.length === 0) {
+          const [existing] = await sql<{ request_hash: string; run_id: string | null }[]>`
           select request_hash, run_id from idempotency_keys where tenant_id = ${input.tenantId} and key = ${idempotency.key}`;
-        if (!existing || existing.request_hash !== idempotency.hash) {
-          throw new FlowlineError(
-            "idempotency_conflict",
-            "This Idempotency-Key was used with a different request",
-          );
+          if (!existing || existing.request_hash !== idempotency.hash) {
+            throw new FlowlineError(
+              "idempotency_conflict",
+              "This Idempotency-Key was used with a different request",
+            );
+          }
+          const [run] = await sql<RunRow[]>`select * from runs where id = ${existing.run_id}`;
+          if (!run)
+            throw new FlowlineError("conflict", "The request with this Idempotency-Key did not create a run");
+          return { run, created: false };
         }
-        const [run] = await sql<RunRow[]>`select * from runs where id = ${existing.run_id}`;
-        if (!run)
-          throw new FlowlineError("conflict", "The request with this Idempotency-Key did not create a run");
-        return { run, created: false };
       }
-    }
-    const [inserted] = await sql<RunRow[]>`
-      insert into runs (tenant_id, workflow_id, workflow_version, kind, status, trigger, params, priority,
-        request, pending_steps, started_at)
-      values (${input.tenantId}, ${wf.workflowId}, ${wf.version}, 'workflow', 'running', ${input.trigger ?? "api"},
-        ${sql.json(params as never)}, ${priority}, ${sql.json({ params: input.params ?? {}, priority: input.priority ?? null } as never)},
-        ${wf.spec.steps.length}, now())
-      returning *`;
-    const run = inserted!;
-    if (idempotency) {
-      await sql`update idempotency_keys set run_id = ${run.id} where tenant_id = ${input.tenantId} and key = ${idempotency.key}`;
-    }
-    const rows = wf.spec.steps.map((s) => {
-      const r = resolveStep(wf.spec, s, deps.config.tags, priority);
-      return {
-        step_id: s.id,
-        unmet_needs: loaded.graph.parents(s.id).length,
-        max_attempts: r.retry.maxAttempts,
-        queue: r.queue,
-        priority: r.priority,
-        timeout_seconds: r.timeoutSeconds,
-        plan_reason: "selected",
-      };
+      const plan = planRun(loaded.spec, { kind: "workflow" }, { graph: loaded.graph });
+      const { run } = await insertRun(
+        deps,
+        sql,
+        {
+          tenantId: input.tenantId,
+          loaded,
+          kind: "workflow",
+          trigger: input.trigger ?? "api",
+          params,
+          priority,
+          request: { params: input.params ?? {}, priority: input.priority ?? null },
+          plan,
+        },
+        after,
+        taken,
+      );
+      if (idempotency) {
+        await sql`update idempotency_keys set run_id = ${run.id} where tenant_id = ${input.tenantId} and key = ${idempotency.key}`;
+      }
+      return { run, created: true };
+    })
+    .catch(async (error) => {
+      await releaseTaken(deps, taken);
+      throw error;
     });
-    await sql`
-      insert into step_runs (run_id, step_id, status, unmet_needs, max_attempts, queue, priority, timeout_seconds, plan_reason)
-      select ${run.id}, x.step_id, 'pending', x.unmet_needs, x.max_attempts, x.queue, x.priority, x.timeout_seconds, x.plan_reason
-      from jsonb_to_recordset(${sql.json(rows as never)})
-        as x(step_id text, unmet_needs int, max_attempts int, queue text, priority smallint, timeout_seconds int, plan_reason text)`;
-    const events: NewEvent[] = [
-      { type: "run.queued", data: { workflow: wf.name, version: wf.version, kind: "workflow" } },
-      { type: "run.started", data: {} },
-    ];
-    const roots = wf.spec.steps.filter((s) => loaded.graph.parents(s.id).length === 0).map((s) => s.id);
-    await queueSteps(deps, sql, run, loaded, roots, after, events);
-    await appendEvents(sql, run.tenant_id, run.id, events);
-    after.runs.add(run.id);
-    return { run, created: true };
-  });
   if (result.created) {
     deps.log.info({ runId: result.run.id, workflow: wf.name, version: wf.version }, "run started");
     await after.flush(deps);
@@ -213,6 +209,7 @@ export async function cancelRun(
       where id = ${runId} returning *`;
     await appendEvents(sql, run.tenant_id, run.id, events);
     after.runs.add(run.id);
+    after.ended.push(run);
     const running = steps.filter((s) => s.status === "running").map((s) => s.step_id);
     if (running.length > 0) after.cancels.push({ runId, stepIds: running });
     return { ...updated!, workflow_name: name };

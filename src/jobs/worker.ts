@@ -19,7 +19,8 @@ import {
   type StartedAttempt,
   startAttempt,
 } from "../engine/attempts.ts";
-import { createEngineDeps } from "../engine/deps.ts";
+import { createEngineDeps } from "../engine/create.ts";
+import { RedisAssetLocks } from "../redis/asset-locks.ts";
 import { createRedis } from "../redis/connection.ts";
 import { RedisEventBus } from "../redis/event-bus.ts";
 import { redisKeys } from "../redis/keys.ts";
@@ -60,7 +61,15 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   const bus = new RedisEventBus(publisher, subscriber, config.redis.prefix);
   await bus.start();
   const dispatcher = new BullStepDispatcher(publisher, config.redis.prefix);
-  const deps = createEngineDeps({ db, config, dispatcher, notifier: bus, control: bus, log });
+  const deps = createEngineDeps({
+    db,
+    config,
+    dispatcher,
+    notifier: bus,
+    control: bus,
+    locks: new RedisAssetLocks(publisher, config.redis.prefix),
+    log,
+  });
   const handlers = await loadHandlers(config.worker.handlersModule);
 
   const running = new Map<

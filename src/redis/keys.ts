@@ -21,6 +21,9 @@ export interface RedisKeys {
   worker(id: string): string;
   /** Hash queue → JSON of the autoscaler's latest decision for that queue. */
   scalerTargets(): string;
+  /** An asset lock (`lockKey` is an asset key, or `asset@partition`), and its fencing counter. */
+  assetLock(tenantId: string, lockKey: string): string;
+  assetFence(tenantId: string, lockKey: string): string;
   /** Pattern matching every key of this prefix (for cleanup in tests and tools). */
   all(): string;
 }
@@ -37,6 +40,8 @@ export function redisKeys(prefix: string): RedisKeys {
     workers: () => `${prefix}:workers`,
     worker: (id) => `${prefix}:worker:${id}`,
     scalerTargets: () => `${prefix}:scaler:targets`,
+    assetLock: (tenantId, lockKey) => `${prefix}:lock:asset:${tenantId}:${lockKey}`,
+    assetFence: (tenantId, lockKey) => `${prefix}:fence:asset:${tenantId}:${lockKey}`,
     all: () => `${prefix}:*`,
   };
 }

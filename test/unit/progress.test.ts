@@ -72,6 +72,9 @@ describe("progress after a step finishes", () => {
   it("judges the outcome of a finished run", () => {
     expect(outcomeOf(["succeeded", "reused"])).toBe("succeeded");
     expect(outcomeOf(["succeeded", "skipped", "failed"])).toBe("failed");
+    expect(outcomeOf(["succeeded", "cancelled"])).toBe("failed");
+    // Steps a plan skipped on purpose (fresh assets, outside a subgraph) do not fail the run.
+    expect(outcomeOf(["succeeded", "skipped", "reused"])).toBe("succeeded");
   });
 });
 

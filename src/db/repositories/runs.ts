@@ -19,6 +19,15 @@ export interface RunRow {
   params: Record<string, unknown>;
   priority: number;
   parent_run_id: string | null;
+  backfill_id: string | null;
+  partition_key: string | null;
+  concurrency_key: string | null;
+  plan: unknown;
+  request: unknown;
+  /** Asset lock keys the run needs to start. */
+  locks_wanted: string[];
+  /** Asset lock key → fencing token, once started. */
+  locks_held: Record<string, number>;
   pending_steps: number;
   error: unknown;
   created_at: Date;
@@ -45,6 +54,8 @@ export interface StepRow {
   lease_expires_at: Date | null;
   next_attempt_at: Date | null;
   job_id: string | null;
+  plan_reason: string | null;
+  reused_from_run_id: string | null;
   queued_at: Date | null;
   started_at: Date | null;
   finished_at: Date | null;

@@ -17,8 +17,12 @@ import type { Config } from "../../config/index.ts";
 import { createDb } from "../../db/client.ts";
 import { assertFence, claimFence, StaleFenceError } from "../../db/repositories/fences.ts";
 import type { Sql } from "../../db/repositories/runs.ts";
-import { createEngineDeps, type EngineDeps } from "../../engine/deps.ts";
+import { admitQueuedRuns, renewAssetLocks } from "../../engine/admission.ts";
+import { createEngineDeps } from "../../engine/create.ts";
+import type { EngineDeps } from "../../engine/deps.ts";
 import { reconcile } from "../../engine/reconcile.ts";
+import { autoMaterialize } from "../../engine/requests.ts";
+import { RedisAssetLocks } from "../../redis/asset-locks.ts";
 import { createRedis } from "../../redis/connection.ts";
 import { RedisEventBus } from "../../redis/event-bus.ts";
 import { redisKeys } from "../../redis/keys.ts";
@@ -56,6 +60,21 @@ export function supervisorDuties(deps: EngineDeps, guard: (sql: Sql) => Promise<
           // BullMQ's stall check normally recovers a dead worker's step first; this is the backstop.
           leaseGraceSeconds: Math.max(2, Math.ceil(worker.stallSeconds / 2)),
         }),
+    },
+    {
+      // Keeps active runs' asset locks alive and starts queued runs whose slots or locks freed up
+      // (runs ending do that themselves; this catches what a crash or lost message left).
+      name: "admission",
+      intervalMs: Math.min(5000, (deps.config.assets.lockTtlSeconds * 1000) / 3),
+      run: async () => {
+        await renewAssetLocks(deps);
+        return admitQueuedRuns(deps);
+      },
+    },
+    {
+      name: "auto-materialize",
+      intervalMs: supervisor.scheduleIntervalSeconds * 1000,
+      run: (stillActive) => autoMaterialize(deps, stillActive),
     },
     {
       name: "schedules",
@@ -97,7 +116,15 @@ export async function startSupervisor(options: { config: Config; log: Logger }):
   await redis.connect();
   const bus = new RedisEventBus(redis, null, config.redis.prefix);
   const dispatcher = new BullStepDispatcher(redis, config.redis.prefix);
-  const deps = createEngineDeps({ db, config, dispatcher, notifier: bus, control: bus, log });
+  const deps = createEngineDeps({
+    db,
+    config,
+    dispatcher,
+    notifier: bus,
+    control: bus,
+    locks: new RedisAssetLocks(redis, config.redis.prefix),
+    log,
+  });
   const keys = redisKeys(config.redis.prefix);
   const leases = new RedisLeases(redis);
 

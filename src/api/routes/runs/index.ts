@@ -1,6 +1,6 @@
 import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
 import { z } from "zod";
-import type { RunRow, StepRow } from "../../../db/repositories/runs.ts";
+import type { StepRow } from "../../../db/repositories/runs.ts";
 import { isTerminalRun, runKinds, runStatuses } from "../../../domain/status.ts";
 import type { EngineDeps } from "../../../engine/deps.ts";
 import {
@@ -24,25 +24,8 @@ import {
   toIso,
   toIsoOrNull,
 } from "../../schemas.ts";
+import { presentRun, runSchema } from "./present.ts";
 import { type SseHub, streamRunEvents } from "./sse.ts";
-
-const runSchema = z
-  .object({
-    id: z.uuid(),
-    kind: z.enum(runKinds),
-    status: z.enum(runStatuses),
-    workflow: z.object({ name: z.string(), version: z.number().int() }),
-    params: z.record(z.string(), z.unknown()),
-    priority: z.number().int(),
-    trigger: z.string(),
-    parentRunId: z.uuid().nullable(),
-    error: z.unknown().nullable(),
-    createdAt: isoDate,
-    startedAt: isoDate.nullable(),
-    finishedAt: isoDate.nullable(),
-    links: z.object({ self: z.string(), events: z.string() }),
-  })
-  .meta({ id: "Run" });
 
 const stepSchema = z
   .object({
@@ -51,6 +34,8 @@ const stepSchema = z
     attempt: z.number().int(),
     maxAttempts: z.number().int(),
     queue: z.string(),
+    planReason: z.string().nullable().describe("Why the plan runs, reuses or skips it"),
+    reusedFromRunId: z.uuid().nullable(),
     output: z.unknown().nullable(),
     error: z.unknown().nullable(),
     progress: z.number().nullable(),
@@ -108,24 +93,6 @@ const planSchema = z
 const idParams = z.strictObject({ id: z.uuid() });
 const idempotencyKeyPattern = /^[\x21-\x7e]{1,255}$/;
 
-function presentRun(run: RunRow & { workflow_name?: string }, workflowName?: string) {
-  return {
-    id: run.id,
-    kind: run.kind,
-    status: run.status,
-    workflow: { name: run.workflow_name ?? workflowName ?? "", version: run.workflow_version },
-    params: run.params,
-    priority: run.priority,
-    trigger: run.trigger,
-    parentRunId: run.parent_run_id,
-    error: run.error ?? null,
-    createdAt: toIso(run.created_at),
-    startedAt: toIsoOrNull(run.started_at),
-    finishedAt: toIsoOrNull(run.finished_at),
-    links: { self: `/v1/runs/${run.id}`, events: `/v1/runs/${run.id}/events` },
-  };
-}
-
 function presentStep(step: StepRow) {
   return {
     id: step.step_id,
@@ -133,6 +100,8 @@ function presentStep(step: StepRow) {
     attempt: step.attempt,
     maxAttempts: step.max_attempts,
     queue: step.queue,
+    planReason: step.plan_reason ?? null,
+    reusedFromRunId: step.reused_from_run_id ?? null,
     output: step.output ?? null,
     error: step.error ?? null,
     progress: step.progress,

@@ -1,0 +1,200 @@
+/**
+ * Admission: a run starts (`queued` → `running`) only when
+ *  - its workflow's `concurrency.limit` (per rendered `concurrency.key`) has a free slot, counted in
+ *    Postgres under an advisory lock, and no earlier run of that workflow and key is still waiting
+ *    (first in, first out);
+ *  - it holds the lock of every asset (or asset partition) its plan materializes, and no earlier
+ *    queued run of the tenant waits for one of them.
+ * A run that cannot start waits in `queued`; runs ending, and the supervisor every few seconds,
+ * admit waiting runs in submission order.
+ *
+ * Asset locks are Redis leases (token = the run id) renewed by the supervisor while the run is
+ * active. Every grant carries a fencing token that is stored on the run and presented with each
+ * materialization; Postgres refuses a token older than the newest one that has written, so a run
+ * that lost its lock (supervisor gone past the lease, Redis failover) can never record late.
+ */
+import type { RunRow, Sql } from "../db/repositories/runs.ts";
+import { appendEvents, lockRun } from "../db/repositories/runs.ts";
+import type { WorkflowSpec } from "../domain/workflow/spec.ts";
+import { queueSteps } from "./advance.ts";
+import { AfterCommit, type EngineDeps } from "./deps.ts";
+import type { LoadedSpec } from "./specs.ts";
+
+/** The lock that guards materializing `asset` (in one partition, when given). */
+export const assetLockKey = (asset: string, partition?: string | null): string =>
+  partition ? `${asset}@${partition}` : asset;
+
+export type AdmitRun = Pick<
+  RunRow,
+  "id" | "tenant_id" | "workflow_id" | "created_at" | "concurrency_key" | "locks_wanted"
+>;
+
+export type Admission = { ok: true; held: Record<string, number> } | { ok: false; reason: string };
+
+/**
+ * Decides inside `sql`'s transaction whether `run` may start now, taking its asset locks if so.
+ * Locks taken are added to `taken` so a caller whose transaction fails can release them.
+ */
+export async function tryAdmit(
+  deps: EngineDeps,
+  sql: Sql,
+  run: AdmitRun,
+  spec: WorkflowSpec,
+  taken: Array<{ tenantId: string; lockKey: string; token: string }>,
+): Promise<Admission> {
+  const limit = spec.concurrency?.limit;
+  if (limit !== undefined) {
+    const slot = `flowline:concurrency:${run.workflow_id}:${run.concurrency_key ?? ""}`;
+    await sql`select pg_advisory_xact_lock(hashtextextended(${slot}, 0))`;
+    const [row] = await sql<{ active: string; earlier: string }[]>`
+      select
+        count(*) filter (where status in ('running', 'paused', 'rolling_back')) as active,
+        count(*) filter (where status = 'queued' and (created_at, id) < (${run.created_at}, ${run.id}::uuid)) as earlier
+      from runs
+      where workflow_id = ${run.workflow_id} and concurrency_key is not distinct from ${run.concurrency_key}
+        and id <> ${run.id}
+        and status in ('running', 'paused', 'rolling_back', 'queued')`;
+    if (Number(row!.earlier) > 0) return { ok: false, reason: "earlier runs of this workflow are waiting" };
+    if (Number(row!.active) >= limit)
+      return { ok: false, reason: `concurrency limit of ${limit} active run(s) reached` };
+  }
+
+  const wanted = run.locks_wanted;
+  if (wanted.length === 0) return { ok: true, held: {} };
+  const [earlier] = await sql<{ id: string }[]>`
+    select id from runs
+    where tenant_id = ${run.tenant_id} and status = 'queued' and id <> ${run.id}
+      and (created_at, id) < (${run.created_at}, ${run.id}::uuid)
+      and locks_wanted ?| ${wanted as string[]}
+    limit 1`;
+  if (earlier)
+    return { ok: false, reason: `run ${earlier.id}, submitted earlier, waits for the same assets` };
+
+  const fences = new Map(
+    (
+      await sql<{ lock_key: string; fencing_token: string }[]>`
+        select lock_key, fencing_token from asset_fences
+        where tenant_id = ${run.tenant_id} and lock_key in ${sql(wanted as string[])}`
+    ).map((r) => [r.lock_key, Number(r.fencing_token)]),
+  );
+  const ttlMs = deps.config.assets.lockTtlSeconds * 1000;
+  const held: Record<string, number> = {};
+  const mine: Array<{ tenantId: string; lockKey: string; token: string }> = [];
+  for (const lockKey of wanted) {
+    let grant = await deps.locks.acquire(run.tenant_id, lockKey, run.id, ttlMs);
+    const newest = fences.get(lockKey) ?? 0;
+    if (grant && grant.fence <= newest) {
+      // The lock store lost its counter (Redis flushed or failed over): move it past Postgres.
+      await deps.locks.release(run.tenant_id, lockKey, run.id);
+      await deps.locks.raiseFence(run.tenant_id, lockKey, newest);
+      grant = await deps.locks.acquire(run.tenant_id, lockKey, run.id, ttlMs);
+    }
+    if (!grant) {
+      const holder = await deps.locks.holder(run.tenant_id, lockKey);
+      for (const t of mine) await deps.locks.release(t.tenantId, t.lockKey, t.token);
+      return {
+        ok: false,
+        reason: `asset ${lockKey} is being materialized${holder ? ` by run ${holder}` : ""}`,
+      };
+    }
+    held[lockKey] = grant.fence;
+    mine.push({ tenantId: run.tenant_id, lockKey, token: run.id });
+  }
+  taken.push(...mine);
+  return { ok: true, held };
+}
+
+/** Moves an admitted run to `running` and queues its ready steps (the run row is locked). */
+export async function startAdmittedRun(
+  deps: EngineDeps,
+  sql: Sql,
+  run: RunRow,
+  loaded: LoadedSpec,
+  held: Record<string, number>,
+  after: AfterCommit,
+): Promise<RunRow> {
+  const [started] = await sql<RunRow[]>`
+    update runs set status = 'running', started_at = coalesce(started_at, now()), updated_at = now(),
+      revision = revision + 1, locks_held = ${sql.json(held)}
+    where id = ${run.id} returning *`;
+  const events = [
+    { type: "run.started" as const, data: Object.keys(held).length > 0 ? { locks: held } : {} },
+  ];
+  const ready = await sql<{ step_id: string }[]>`
+    select step_id from step_runs where run_id = ${run.id} and status = 'pending' and unmet_needs = 0`;
+  await queueSteps(
+    deps,
+    sql,
+    started!,
+    loaded,
+    ready.map((r) => r.step_id),
+    after,
+    events,
+  );
+  await appendEvents(sql, run.tenant_id, run.id, events);
+  after.runs.add(run.id);
+  return started!;
+}
+
+/**
+ * Starts waiting runs that can start now, oldest first. Called when runs end (their slots and
+ * locks free up) and periodically by the supervisor. Returns how many started.
+ */
+export async function admitQueuedRuns(deps: EngineDeps, limit = 100): Promise<number> {
+  const waiting = await deps.db.sql<{ id: string }[]>`
+    select id from runs where status = 'queued' order by created_at, id limit ${limit}`;
+  let started = 0;
+  for (const { id } of waiting) {
+    const after = new AfterCommit();
+    const taken: Array<{ tenantId: string; lockKey: string; token: string }> = [];
+    try {
+      const admitted = await deps.db.sql.begin(async (sql) => {
+        const run = await lockRun(sql, id);
+        if (run?.status !== "queued") return false;
+        const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
+        const admission = await tryAdmit(deps, sql, run, loaded.spec, taken);
+        if (!admission.ok) return false;
+        await startAdmittedRun(deps, sql, run, loaded, admission.held, after);
+        deps.log.info({ runId: id, locks: admission.held }, "queued run started");
+        return true;
+      });
+      if (admitted) started++;
+    } catch (error) {
+      for (const t of taken) await deps.locks.release(t.tenantId, t.lockKey, t.token).catch(() => false);
+      deps.log.warn({ err: error, runId: id }, "could not admit a queued run");
+      continue;
+    }
+    await after.flush(deps);
+  }
+  return started;
+}
+
+/** Renews the asset locks of active runs (supervisor duty). Returns the locks it could not renew. */
+export async function renewAssetLocks(deps: EngineDeps): Promise<number> {
+  const active = await deps.db.sql<Pick<RunRow, "id" | "tenant_id" | "locks_held">[]>`
+    select id, tenant_id, locks_held from runs
+    where status in ('running', 'paused', 'rolling_back') and locks_held <> '{}'::jsonb`;
+  const ttlMs = deps.config.assets.lockTtlSeconds * 1000;
+  let lost = 0;
+  for (const run of active) {
+    for (const lockKey of Object.keys(run.locks_held)) {
+      if (await deps.locks.renew(run.tenant_id, lockKey, run.id, ttlMs)) continue;
+      lost++;
+      // Its materializations will be refused if another run has written since (fencing).
+      deps.log.warn({ runId: run.id, lock: lockKey }, "run lost an asset lock (lease expired)");
+    }
+  }
+  return lost;
+}
+
+/** Frees a finished run's asset locks (after its final state committed). */
+export async function releaseAssetLocks(
+  deps: EngineDeps,
+  run: Pick<RunRow, "id" | "tenant_id" | "locks_held">,
+): Promise<void> {
+  for (const lockKey of Object.keys(run.locks_held ?? {})) {
+    await deps.locks
+      .release(run.tenant_id, lockKey, run.id)
+      .catch((error) => deps.log.warn({ err: error, runId: run.id, lock: lockKey }, "lock release failed"));
+  }
+}

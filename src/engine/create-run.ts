@@ -1,0 +1,146 @@
+/**
+ * Creating a run from a plan: the one path all request kinds share (workflow runs,
+ * materializations and backfills, subgraphs, retries). Inside the caller's transaction it writes
+ * the run, one step row per step of the workflow (to run: `pending`; reused from the parent:
+ * `reused` with the parent's output; skipped: `skipped` with the plan's reason), their events,
+ * and then tries to admit the run (concurrency slot, asset locks); an admitted run starts at once,
+ * another waits in `queued`.
+ */
+import type { NewEvent, RunRow, Sql } from "../db/repositories/runs.ts";
+import { appendEvents } from "../db/repositories/runs.ts";
+import { FlowlineError } from "../domain/errors.ts";
+import type { Plan } from "../domain/planner.ts";
+import type { RunKind } from "../domain/status.ts";
+import { resolveStep } from "../domain/workflow/resolve.ts";
+import { renderTemplates, TemplateError } from "../domain/workflow/templates.ts";
+import { assetLockKey, startAdmittedRun, tryAdmit } from "./admission.ts";
+import type { AfterCommit, EngineDeps } from "./deps.ts";
+import type { LoadedSpec } from "./specs.ts";
+
+export interface NewRun {
+  tenantId: string;
+  loaded: LoadedSpec;
+  kind: RunKind;
+  trigger: string;
+  params: Record<string, unknown>;
+  priority: number;
+  /** The request as submitted, kept for audit and retries. */
+  request: unknown;
+  plan: Plan;
+  parent?: { runId: string; outputs: ReadonlyMap<string, unknown> };
+  /** Outputs standing in for skipped `fresh` steps (their assets' last materialization metadata). */
+  materializedOutputs?: ReadonlyMap<string, unknown>;
+  partitionKey?: string;
+  backfillId?: string;
+}
+
+export interface CreatedRun {
+  run: RunRow;
+  /** Why it waits in `queued`, when it does. */
+  waiting?: string;
+}
+
+/** Locks a failed transaction must give back (they were taken before it failed). */
+export type TakenLocks = Array<{ tenantId: string; lockKey: string; token: string }>;
+
+/** The rendered `concurrency.key`, or null for the workflow-wide pool. */
+export function concurrencyKeyOf(loaded: LoadedSpec, params: Record<string, unknown>): string | null {
+  const template = loaded.spec.concurrency?.key;
+  if (!template) return null;
+  try {
+    const value = renderTemplates(template, { params, steps: {} });
+    return typeof value === "string" ? value : JSON.stringify(value);
+  } catch (error) {
+    if (!(error instanceof TemplateError)) throw error;
+    throw new FlowlineError("validation_failed", `concurrency.key: ${error.message}`, {
+      issues: [
+        {
+          location: "body",
+          path: ["params"],
+          message: `concurrency.key cannot be rendered: ${error.message}`,
+        },
+      ],
+    });
+  }
+}
+
+export async function insertRun(
+  deps: EngineDeps,
+  sql: Sql,
+  input: NewRun,
+  after: AfterCommit,
+  taken: TakenLocks,
+): Promise<CreatedRun> {
+  const { loaded, plan } = input;
+  const locksWanted = plan.assets.map((asset) => assetLockKey(asset, input.partitionKey));
+  const [inserted] = await sql<RunRow[]>`
+    insert into runs (tenant_id, workflow_id, workflow_version, kind, status, trigger, params, priority,
+      request, plan, parent_run_id, backfill_id, partition_key, concurrency_key, locks_wanted,
+      pending_steps, created_at)
+    values (${input.tenantId}, ${loaded.workflowId}, ${loaded.version}, ${input.kind}, 'queued', ${input.trigger},
+      ${sql.json(input.params as never)}, ${input.priority}, ${sql.json((input.request ?? {}) as never)},
+      ${sql.json(plan.steps.map((s) => ({ stepId: s.stepId, action: s.action, reason: s.reason })) as never)},
+      ${input.parent?.runId ?? null}, ${input.backfillId ?? null}, ${input.partitionKey ?? null},
+      ${concurrencyKeyOf(loaded, input.params)}, ${sql.json(locksWanted)}, ${plan.toRun.length}, clock_timestamp())
+    returning *`;
+  const run = inserted!;
+
+  const rows = plan.steps.map((p) => {
+    const spec = loaded.steps.get(p.stepId)!;
+    const resolved = resolveStep(loaded.spec, spec, deps.config.tags, input.priority);
+    const output =
+      p.action === "reuse"
+        ? (input.parent?.outputs.get(p.stepId) ?? null)
+        : (input.materializedOutputs?.get(p.stepId) ?? null);
+    return {
+      step_id: p.stepId,
+      status: p.action === "run" ? "pending" : p.action === "reuse" ? "reused" : "skipped",
+      unmet_needs: p.unmetNeeds,
+      max_attempts: resolved.retry.maxAttempts,
+      queue: resolved.queue,
+      priority: resolved.priority,
+      timeout_seconds: resolved.timeoutSeconds,
+      plan_reason: p.reason,
+      output,
+      reused_from: p.action === "reuse" ? (input.parent?.runId ?? null) : null,
+      finished: p.action !== "run",
+    };
+  });
+  await sql`
+    insert into step_runs (run_id, step_id, status, unmet_needs, max_attempts, queue, priority, timeout_seconds,
+      plan_reason, output, reused_from_run_id, finished_at)
+    select ${run.id}, x.step_id, x.status::step_status, x.unmet_needs, x.max_attempts, x.queue, x.priority,
+      x.timeout_seconds, x.plan_reason, x.output, x.reused_from, case when x.finished then now() end
+    from jsonb_to_recordset(${sql.json(rows as never)})
+      as x(step_id text, status text, unmet_needs int, max_attempts int, queue text, priority smallint,
+        timeout_seconds int, plan_reason text, output jsonb, reused_from uuid, finished boolean)`;
+
+  const admission = await tryAdmit(deps, sql, run, loaded.spec, taken);
+  const events: NewEvent[] = [
+    {
+      type: "run.queued",
+      data: {
+        workflow: loaded.spec.name,
+        version: loaded.version,
+        kind: input.kind,
+        plan: { run: plan.toRun.length, reuse: plan.toReuse.length, skip: plan.toSkip.length },
+        ...(input.partitionKey ? { partition: input.partitionKey } : {}),
+        ...(admission.ok ? {} : { waiting: admission.reason }),
+      },
+    },
+  ];
+  for (const p of plan.steps) {
+    if (p.action === "reuse")
+      events.push({
+        type: "step.reused",
+        stepId: p.stepId,
+        data: { fromRunId: input.parent?.runId, reason: p.reason },
+      });
+    else if (p.action === "skip")
+      events.push({ type: "step.skipped", stepId: p.stepId, data: { reason: p.reason } });
+  }
+  await appendEvents(sql, run.tenant_id, run.id, events);
+  after.runs.add(run.id);
+  if (!admission.ok) return { run, waiting: admission.reason };
+  return { run: await startAdmittedRun(deps, sql, run, loaded, admission.held, after) };
+}
