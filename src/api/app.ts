@@ -36,6 +36,7 @@ import { problemFromFlowlineError, toFlowlineError } from "./problem.ts";
 import { assetRoutes } from "./routes/assets/index.ts";
 import { healthRoutes } from "./routes/health/index.ts";
 import { keyRoutes } from "./routes/keys/index.ts";
+import { controlRoutes } from "./routes/control/index.ts";
 import { planRoutes } from "./routes/plans/index.ts";
 import { queueOverview, queueRoutes, registerQueueMetrics } from "./routes/queues/index.ts";
 import { runRoutes } from "./routes/runs/index.ts";
@@ -204,6 +205,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(runRoutes, { prefix: "/v1", engine, hub });
   await app.register(assetRoutes, { prefix: "/v1", engine });
   await app.register(planRoutes, { prefix: "/v1", engine });
+  await app.register(controlRoutes, { prefix: "/v1", engine });
   await app.register(keyRoutes, { prefix: "/v1", keys });
   const queueSources = {
     config,

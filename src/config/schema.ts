@@ -153,6 +153,11 @@ const queueSchema = section({
    * (waiting, retries whose delay has passed, and running); defaults to `concurrency`.
    */
   targetBacklogPerProcess: intAtLeast(1).optional(),
+  /**
+   * At most `max` steps of this queue start per `durationMs`, across all worker processes (BullMQ's
+   * limiter, kept in Redis). For APIs with a request quota.
+   */
+  rateLimit: section({ max: intAtLeast(1), durationMs: intAtLeast(1) }).optional(),
 });
 
 const QUEUE_RULE = `lowercase letters, digits, "_" and "-", starting with a letter or digit, at most 63 characters`;

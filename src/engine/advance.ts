@@ -19,6 +19,15 @@ import { resolveStep } from "../domain/workflow/resolve.ts";
 import type { AfterCommit, EngineDeps } from "./deps.ts";
 import type { LoadedSpec } from "./specs.ts";
 
+/** A step routed to a queue no configured pool serves waits until one does: say so, loudly. */
+export function unservedWarning(deps: EngineDeps, queue: string): { warning?: string } {
+  if (Object.hasOwn(deps.config.queues, queue)) return {};
+  deps.log.warn({ queue }, "step queued on a queue that no configured pool serves");
+  return {
+    warning: `queue "${queue}" has no configured worker pool; the step waits until a worker serves it (see GET /v1/queues)`,
+  };
+}
+
 /** Queues steps (status, attempt 1, event) and schedules their jobs after commit. */
 export async function queueSteps(
   deps: EngineDeps,
@@ -29,14 +38,21 @@ export async function queueSteps(
   after: AfterCommit,
   events: NewEvent[],
 ): Promise<void> {
-  if (stepIds.length === 0) return;
+  // A paused run dispatches nothing new: ready steps stay `pending` (with no unmet needs) until
+  // the run is resumed, which queues them then.
+  if (stepIds.length === 0 || run.status === "paused") return;
   await sql`
     update step_runs set status = 'queued', attempt = 1, queued_at = now(), updated_at = now(),
       job_id = ${`${run.id}.`} || step_id || '.1'
     where run_id = ${run.id} and step_id in ${sql(stepIds as string[])} and status = 'pending'`;
   for (const stepId of stepIds) {
     const resolved = resolveStep(loaded.spec, loaded.steps.get(stepId)!, deps.config.tags, run.priority);
-    events.push({ type: "step.queued", stepId, attempt: 1, data: { queue: resolved.queue, attempt: 1 } });
+    events.push({
+      type: "step.queued",
+      stepId,
+      attempt: 1,
+      data: { queue: resolved.queue, attempt: 1, ...unservedWarning(deps, resolved.queue) },
+    });
     after.jobs.push({
       tenantId: run.tenant_id,
       runId: run.id,

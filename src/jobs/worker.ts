@@ -250,6 +250,14 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
         stalledInterval: Math.max(1000, Math.floor((leaseSeconds * 1000) / 2)),
         // Redelivery after a stall is how a killed worker's step moves on; Postgres counts attempts.
         maxStalledCount: 1000,
+        ...(config.queues[queue]?.rateLimit
+          ? {
+              limiter: {
+                max: config.queues[queue]!.rateLimit!.max,
+                duration: config.queues[queue]!.rateLimit!.durationMs,
+              },
+            }
+          : {}),
       }),
   );
   for (const w of workers) {

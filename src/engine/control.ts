@@ -1,0 +1,104 @@
+/**
+ * Pause and resume. A paused run dispatches no new steps: running attempts finish (their results
+ * are recorded and their children become ready, but stay `pending`), queued jobs that reach a
+ * worker are refused (the step stays `queued`). Resume queues what became ready meanwhile and
+ * gives every waiting step that lost its job a fresh one. Both are idempotent; any other state
+ * is a 409.
+ */
+import {
+  appendEvents,
+  lockRun,
+  type NewEvent,
+  type RunRow,
+  type Sql,
+  type StepRow,
+} from "../db/repositories/runs.ts";
+import { FlowlineError, notFound } from "../domain/errors.ts";
+import { stepJobId } from "../domain/ports.ts";
+import { queueSteps } from "./advance.ts";
+import { jobFor } from "./attempts.ts";
+import { AfterCommit, type EngineDeps } from "./deps.ts";
+
+type RunWithName = RunRow & { workflow_name: string };
+
+async function withName(sql: Sql, run: RunRow): Promise<RunWithName> {
+  const [wf] = await sql<{ name: string }[]>`select name from workflows where id = ${run.workflow_id}`;
+  return { ...run, workflow_name: wf!.name };
+}
+
+export async function pauseRun(deps: EngineDeps, tenantId: string, runId: string): Promise<RunWithName> {
+  const after = new AfterCommit();
+  const run = await deps.db.sql.begin(async (sql) => {
+    const run = await lockRun(sql, runId, tenantId);
+    if (!run) throw notFound("Run");
+    if (run.status === "paused") return withName(sql, run);
+    if (run.status !== "running")
+      throw new FlowlineError("conflict", `Run is ${run.status}: only a running run can be paused`);
+    const [paused] = await sql<RunRow[]>`
+      update runs set status = 'paused', updated_at = now(), revision = revision + 1
+      where id = ${runId} returning *`;
+    await appendEvents(sql, run.tenant_id, run.id, [{ type: "run.paused", data: {} }]);
+    after.runs.add(run.id);
+    return withName(sql, paused!);
+  });
+  await after.flush(deps);
+  deps.log.info({ runId }, "run paused");
+  return run;
+}
+
+export async function resumeRun(deps: EngineDeps, tenantId: string, runId: string): Promise<RunWithName> {
+  // Jobs of waiting steps may have reached a worker while the run was paused and been refused:
+  // find out which are gone before taking the lock (a job cannot come back once gone).
+  const waiting = await deps.db.sql<Pick<StepRow, "step_id" | "queue" | "job_id" | "attempt">[]>`
+    select step_id, queue, job_id, attempt from step_runs
+    where run_id = ${runId} and status in ('queued', 'retrying')`;
+  const live = await deps.dispatcher.liveJobs(
+    waiting.map((s) => ({
+      queue: s.queue,
+      jobId: s.job_id ?? stepJobId({ runId, stepId: s.step_id, attempt: s.attempt }),
+    })),
+  );
+  const after = new AfterCommit();
+  const run = await deps.db.sql.begin(async (sql) => {
+    const run = await lockRun(sql, runId, tenantId);
+    if (!run) throw notFound("Run");
+    if (run.status === "running") return withName(sql, run);
+    if (run.status !== "paused")
+      throw new FlowlineError("conflict", `Run is ${run.status}: only a paused run can be resumed`);
+    const [resumed] = await sql<RunRow[]>`
+      update runs set status = 'running', updated_at = now(), revision = revision + 1
+      where id = ${runId} returning *`;
+    const events: NewEvent[] = [{ type: "run.resumed", data: {} }];
+    const steps = await sql<StepRow[]>`
+      select * from step_runs where run_id = ${runId} and status in ('queued', 'retrying')`;
+    for (const step of steps) {
+      if (step.job_id && live.has(step.job_id)) continue;
+      const delayMs = step.next_attempt_at ? Math.max(0, step.next_attempt_at.getTime() - Date.now()) : 0;
+      const job = jobFor(resumed!, step, step.attempt, {
+        jobSuffix: `p${Date.now()}`,
+        ...(delayMs ? { delayMs } : {}),
+      });
+      await sql`update step_runs set job_id = ${stepJobId(job)}, updated_at = now()
+        where run_id = ${runId} and step_id = ${step.step_id}`;
+      after.jobs.push(job);
+    }
+    const ready = await sql<{ step_id: string }[]>`
+      select step_id from step_runs where run_id = ${runId} and status = 'pending' and unmet_needs = 0`;
+    const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
+    await queueSteps(
+      deps,
+      sql,
+      resumed!,
+      loaded,
+      ready.map((r) => r.step_id),
+      after,
+      events,
+    );
+    await appendEvents(sql, run.tenant_id, run.id, events);
+    after.runs.add(run.id);
+    return withName(sql, resumed!);
+  });
+  await after.flush(deps);
+  deps.log.info({ runId }, "run resumed");
+  return run;
+}
