@@ -8,10 +8,24 @@ export const migrationsFolder = fileURLToPath(new URL("../../drizzle", import.me
 /** An arbitrary constant: the advisory lock that serialises concurrent migrators. */
 const MIGRATION_LOCK_ID = 7_316_004_221;
 
-/** Creates the database named in `url` if it does not exist yet. */
+/**
+ * Creates the database named in `url` if it does not exist yet. The database itself is tried
+ * first: managed services often let an application user into its own database only, not into the
+ * `postgres` maintenance database needed to create one.
+ */
 export async function ensureDatabase(url: string): Promise<{ created: boolean }> {
   const target = new URL(url);
   const name = decodeURIComponent(target.pathname.replace(/^\//, "")) || "postgres";
+  const direct = postgres(url, { max: 1, onnotice: () => {}, connect_timeout: 10 });
+  try {
+    await direct`select 1`;
+    return { created: false };
+  } catch (error) {
+    // 3D000: invalid_catalog_name, the database does not exist. Anything else is a real failure.
+    if ((error as { code?: string }).code !== "3D000") throw error;
+  } finally {
+    await direct.end({ timeout: 5 });
+  }
   const admin = new URL(url);
   admin.pathname = "/postgres";
   const sql = postgres(admin.toString(), { max: 1, onnotice: () => {}, connect_timeout: 10 });
