@@ -34,11 +34,12 @@ import { registerBodyParsers } from "./plugins/body-parsers.ts";
 import { registerMetrics } from "./plugins/metrics.ts";
 import { problemFromFlowlineError, toFlowlineError } from "./problem.ts";
 import { assetRoutes } from "./routes/assets/index.ts";
+import { controlRoutes } from "./routes/control/index.ts";
 import { healthRoutes } from "./routes/health/index.ts";
 import { keyRoutes } from "./routes/keys/index.ts";
-import { controlRoutes } from "./routes/control/index.ts";
 import { planRoutes } from "./routes/plans/index.ts";
 import { queueOverview, queueRoutes, registerQueueMetrics } from "./routes/queues/index.ts";
+import { rollbackRoutes } from "./routes/rollback/index.ts";
 import { runRoutes } from "./routes/runs/index.ts";
 import { coalesceReads, type SseHub } from "./routes/runs/sse.ts";
 import { workflowRoutes } from "./routes/workflows/index.ts";
@@ -206,6 +207,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(assetRoutes, { prefix: "/v1", engine });
   await app.register(planRoutes, { prefix: "/v1", engine });
   await app.register(controlRoutes, { prefix: "/v1", engine });
+  await app.register(rollbackRoutes, { prefix: "/v1", engine });
   await app.register(keyRoutes, { prefix: "/v1", keys });
   const queueSources = {
     config,

@@ -131,6 +131,8 @@ export const runs = pgTable(
     revision: integer("revision").notNull().default(0),
     /** Steps not yet in a terminal state; the run ends when it reaches 0. */
     pendingSteps: integer("pending_steps").notNull().default(0),
+    /** Rollbacks started (a failed rollback may be requested again); keeps their job ids apart. */
+    rollbacks: integer("rollbacks").notNull().default(0),
     createdAt: createdAt(),
     updatedAt: ts("updated_at").notNull().defaultNow(),
     startedAt: ts("started_at"),
@@ -177,7 +179,23 @@ export const stepRuns = pgTable(
     /** Id of the BullMQ job that carries the current attempt; the reconciler checks it exists. */
     jobId: text("job_id"),
     reusedFromRunId: uuid("reused_from_run_id"),
+    /**
+     * The step's compensation during a rollback (see engine/rollback.ts): null when it has none to
+     * run, else pending | queued | running | retrying | succeeded | failed | cancelled. The
+     * `compensation_*` columns below mirror the step's own attempt, lease and job columns, so a
+     * compensation attempt is fenced and recovered exactly like a step attempt.
+     */
     compensationStatus: text("compensation_status"),
+    compensationAttempt: integer("compensation_attempt").notNull().default(0),
+    compensationLeaseToken: text("compensation_lease_token"),
+    compensationLeaseExpiresAt: ts("compensation_lease_expires_at"),
+    compensationJobId: text("compensation_job_id"),
+    compensationWorkerId: text("compensation_worker_id"),
+    /** When the current compensation job is due (queued now, or after a retry's backoff). */
+    compensationDueAt: ts("compensation_due_at"),
+    compensationError: jsonb("compensation_error"),
+    compensationStartedAt: ts("compensation_started_at"),
+    compensationFinishedAt: ts("compensation_finished_at"),
     queuedAt: ts("queued_at"),
     startedAt: ts("started_at"),
     finishedAt: ts("finished_at"),
@@ -188,6 +206,9 @@ export const stepRuns = pgTable(
     index("step_runs_recovery_idx")
       .on(t.status, t.leaseExpiresAt)
       .where(sql`${t.status} in ('queued', 'running', 'retrying')`),
+    index("step_runs_compensation_idx")
+      .on(t.compensationStatus, t.compensationLeaseExpiresAt)
+      .where(sql`${t.compensationStatus} in ('queued', 'running', 'retrying')`),
   ],
 );
 

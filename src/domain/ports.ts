@@ -16,14 +16,22 @@ export interface StepJob {
   delayMs?: number;
   /** Makes the job id unique again for an attempt handed back by a stopping worker. */
   jobSuffix?: string;
+  /**
+   * `compensate`: the job runs attempt N of the step's compensation during a rollback, not of the
+   * step itself. Its attempts are counted apart from the step's (see engine/rollback.ts).
+   */
+  phase?: "compensate";
 }
 
 /**
  * The job id of an attempt: deterministic, so enqueueing the same attempt twice is a no-op. The
- * engine records it on the step; only the recorded job may start the attempt.
+ * engine records it on the step; only the recorded job may start the attempt. A compensation's
+ * attempt is `c<N>`, which no step attempt can be.
  */
-export const stepJobId = (job: Pick<StepJob, "runId" | "stepId" | "attempt" | "jobSuffix">): string =>
-  `${job.runId}.${job.stepId}.${job.attempt}${job.jobSuffix ? `.${job.jobSuffix}` : ""}`;
+export const stepJobId = (
+  job: Pick<StepJob, "runId" | "stepId" | "attempt" | "jobSuffix" | "phase">,
+): string =>
+  `${job.runId}.${job.stepId}.${job.phase === "compensate" ? "c" : ""}${job.attempt}${job.jobSuffix ? `.${job.jobSuffix}` : ""}`;
 
 export interface StepDispatcher {
   /** Enqueues jobs; a job whose (run, step, attempt) was enqueued before is not duplicated. */

@@ -2,7 +2,7 @@
  * What happens after a step reaches a terminal state — pure, so every rule is unit-tested:
  * which children become ready, which steps are skipped or cancelled, and whether the run ends.
  */
-import { downstreamClosure, type Graph } from "./dag.ts";
+import { downstreamClosure, type Graph, topologicalOrder } from "./dag.ts";
 import { isTerminalStep, type RunStatus, type StepStatus } from "./status.ts";
 
 export type FailurePolicy = "fail" | "continue" | "rollback";
@@ -17,8 +17,8 @@ export interface Progress {
   ready: string[];
   /** Steps to move to skipped or cancelled. */
   transitions: Transition[];
-  /** Set when the run must stop taking new work and end. */
-  runOutcome?: Extract<RunStatus, "succeeded" | "failed">;
+  /** Set when the run must stop taking new work and end (or, for `rollback`, undo what succeeded). */
+  runOutcome?: Extract<RunStatus, "succeeded" | "failed" | "rolling_back">;
 }
 
 const satisfied = (s: StepStatus | undefined) => s === "succeeded" || s === "reused";
@@ -49,12 +49,12 @@ export function progressAfter(
     return { ready, transitions };
   }
   if (finished.status === "failed") {
-    // fail (and, until compensation exists, rollback): stop everything else.
+    // fail and rollback: stop everything else; rollback then compensates what succeeded.
     for (const id of graph.nodes) {
       if (id !== finished.stepId && !isTerminalStep(statusOf(id)))
         transitions.push({ stepId: id, to: "cancelled" });
     }
-    return { ready, transitions, runOutcome: "failed" };
+    return { ready, transitions, runOutcome: finished.onFailure === "rollback" ? "rolling_back" : "failed" };
   }
   return { ready, transitions };
 }
@@ -67,4 +67,62 @@ export function progressAfter(
 export function outcomeOf(statuses: Iterable<StepStatus>): "succeeded" | "failed" {
   for (const s of statuses) if (s === "failed" || s === "cancelled") return "failed";
   return "succeeded";
+}
+
+/**
+ * A step's compensation during a rollback. Only steps that succeeded and define `compensate` have
+ * one; `pending` waits for its dependants' compensations, `cancelled` was stopped (the rollback
+ * failed elsewhere or the run was cancelled) before it finished.
+ */
+export const compensationStatuses = [
+  "pending",
+  "queued",
+  "running",
+  "retrying",
+  "succeeded",
+  "failed",
+  "cancelled",
+] as const;
+export type CompensationStatus = (typeof compensationStatuses)[number];
+
+/**
+ * Compensations that may start now, in reverse topological order: a pending compensation whose
+ * step's every descendant with a compensation (transitively, through steps without one) has
+ * finished compensating. `compensationOf` answers null for steps with nothing to compensate.
+ * One pass over the graph in reverse topological order, so O(V + E) per call.
+ */
+export function compensationsReady(
+  graph: Graph,
+  compensationOf: (stepId: string) => CompensationStatus | null,
+): string[] {
+  const order = topologicalOrder(graph).reverse();
+  /** Steps with a descendant whose compensation has not succeeded yet. */
+  const blocked = new Set<string>();
+  const ready: string[] = [];
+  for (const id of order) {
+    for (const child of graph.children(id)) {
+      const c = compensationOf(child);
+      if ((c !== null && c !== "succeeded") || blocked.has(child)) {
+        blocked.add(id);
+        break;
+      }
+    }
+    if (compensationOf(id) === "pending" && !blocked.has(id)) ready.push(id);
+  }
+  return ready;
+}
+
+/**
+ * How a rollback ends once nothing is in flight: `rolled_back` when every compensation succeeded,
+ * `failed` when one failed for good, undefined while some are still to run or running.
+ */
+export function rollbackOutcome(
+  compensations: Iterable<CompensationStatus>,
+): Extract<RunStatus, "rolled_back" | "failed"> | undefined {
+  let outcome: "rolled_back" | "failed" | undefined = "rolled_back";
+  for (const c of compensations) {
+    if (c === "failed") return "failed";
+    if (c !== "succeeded") outcome = undefined;
+  }
+  return outcome;
 }

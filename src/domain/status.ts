@@ -33,7 +33,8 @@ export type RunKind = (typeof runKinds)[number];
 const runTransitions: Record<RunStatus, readonly RunStatus[]> = {
   queued: ["running", "cancelled", "failed"],
   running: ["paused", "succeeded", "failed", "cancelled", "rolling_back"],
-  paused: ["running", "cancelled", "failed"],
+  // A step with `onFailure: rollback` may fail for good while its run is paused.
+  paused: ["running", "cancelled", "failed", "rolling_back"],
   succeeded: ["rolling_back"],
   failed: ["rolling_back"],
   cancelled: [],

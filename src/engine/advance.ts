@@ -1,7 +1,7 @@
 /**
  * Applies the consequences of a step reaching a terminal state, inside the caller's transaction
  * (which holds the run-row lock): queue ready children, skip or cancel what the failure policy
- * says, and end the run when nothing is left.
+ * says, and end the run when nothing is left — or, for `onFailure: rollback`, start its rollback.
  */
 import {
   appendEvents,
@@ -17,6 +17,7 @@ import { outcomeOf, type Progress, progressAfter } from "../domain/progress.ts";
 import type { StepStatus } from "../domain/status.ts";
 import { resolveStep } from "../domain/workflow/resolve.ts";
 import type { AfterCommit, EngineDeps } from "./deps.ts";
+import { beginRollback } from "./rollback.ts";
 import type { LoadedSpec } from "./specs.ts";
 
 /** A step routed to a queue no configured pool serves waits until one does: say so, loudly. */
@@ -124,15 +125,20 @@ export async function advanceRun(
   if (cancelledRunning.length > 0) after.cancels.push({ runId: run.id, stepIds: cancelledRunning });
 
   const pending = await decrementPending(sql, run.id, terminalCount);
-  if (progress.runOutcome === "failed") {
+  if (progress.runOutcome === "failed" || progress.runOutcome === "rolling_back") {
     const error = {
       stepId: finished.stepId,
       message: `step "${finished.stepId}" failed`,
       cause: finished.error ?? null,
     };
-    await setRunStatus(sql, run.id, "failed", { finished: true, error });
-    events.push({ type: "run.failed", data: { error } });
-    after.ended.push(run);
+    if (progress.runOutcome === "rolling_back") {
+      // The run keeps its asset locks until the rollback ends (beginRollback's run is not `ended`).
+      await beginRollback(sql, run, loaded, { reason: error.message, error }, after, events);
+    } else {
+      await setRunStatus(sql, run.id, "failed", { finished: true, error });
+      events.push({ type: "run.failed", data: { error } });
+      after.ended.push(run);
+    }
   } else {
     await queueSteps(deps, sql, run, loaded, progress.ready, after, events);
     if (pending <= 0 && progress.ready.length === 0) {

@@ -7,7 +7,8 @@
  *    enqueue): a fresh job is enqueued and recorded;
  * 2. steps `running` whose lease expired (the worker died, froze or lost Postgres): the attempt is
  *    abandoned and the next one queued, or the step fails when no attempts are left;
- * 3. runs still `running` whose steps are all terminal: closed with their outcome.
+ * 3. runs still `running` whose steps are all terminal: closed with their outcome;
+ * 4. the same for the compensations of runs `rolling_back` (see rollback.ts).
  *
  * Every repair happens under the run lock and re-checks the state it saw, so it is safe to run
  * concurrently with workers (and with a second reconciler, though the supervisor lease prevents that).
@@ -24,6 +25,7 @@ import { stepJobId } from "../domain/ports.ts";
 import { outcomeOf } from "../domain/progress.ts";
 import { abandonAttempt, jobFor } from "./attempts.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
+import { reconcileCompensations } from "./rollback.ts";
 
 export interface ReconcileOptions {
   /** A queued step younger than this is left alone (its job may be on the way). */
@@ -38,6 +40,8 @@ export interface ReconcileReport {
   requeued: number;
   abandoned: number;
   closed: number;
+  /** Compensations re-enqueued or recovered, and rollbacks advanced. */
+  compensations: number;
 }
 
 export async function reconcile(deps: EngineDeps, options: ReconcileOptions): Promise<ReconcileReport> {
@@ -45,8 +49,9 @@ export async function reconcile(deps: EngineDeps, options: ReconcileOptions): Pr
   const requeued = await requeueLostJobs(deps, options.minAgeSeconds, batch);
   const abandoned = await recoverExpiredLeases(deps, options.leaseGraceSeconds, batch);
   const closed = await closeFinishedRuns(deps, options.minAgeSeconds, batch);
-  const report = { requeued, abandoned, closed };
-  if (requeued + abandoned + closed > 0) deps.log.info(report, "reconciler repaired runs");
+  const compensations = await reconcileCompensations(deps, options, batch);
+  const report = { requeued, abandoned, closed, compensations };
+  if (requeued + abandoned + closed + compensations > 0) deps.log.info(report, "reconciler repaired runs");
   return report;
 }
 

@@ -246,11 +246,17 @@ async function parentRunOf(deps: EngineDeps, tenantId: string, runId: string) {
     where r.id = ${runId} and r.tenant_id = ${tenantId}`;
   if (!run) return undefined;
   const steps = await deps.db.sql<
-    Array<Pick<StepRow, "step_id" | "status" | "output"> & { plan_reason: PlanReason | null }>
+    Array<
+      Pick<StepRow, "step_id" | "status" | "output" | "compensation_status"> & {
+        plan_reason: PlanReason | null;
+      }
+    >
   >`
-    select step_id, status, output, plan_reason from step_runs where run_id = ${runId}`;
+    select step_id, status, output, plan_reason, compensation_status from step_runs where run_id = ${runId}`;
   const parent: ParentRun = {
-    stepStatuses: new Map(steps.map((s) => [s.step_id, s.status])),
+    // A step a rollback compensated, or is about to, has had its effects undone: it counts as not
+    // done (nothing to reuse), whatever its own status says.
+    stepStatuses: new Map(steps.map((s) => [s.step_id, s.compensation_status ? "cancelled" : s.status])),
     runStatus: run.status,
     planReasons: new Map(steps.flatMap((s) => (s.plan_reason ? [[s.step_id, s.plan_reason] as const] : []))),
   };

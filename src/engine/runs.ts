@@ -20,6 +20,7 @@ import { canonicalJson } from "../domain/workflow/canonical.ts";
 import { resolveStep } from "../domain/workflow/resolve.ts";
 import { insertRun, type TakenLocks } from "./create-run.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
+import { stopCompensations } from "./rollback.ts";
 import { loadedSpec } from "./specs.ts";
 
 /** Gives back locks taken by a transaction that then failed. */
@@ -203,6 +204,12 @@ export async function cancelRun(
       stepId: s.step_id,
       data: { reason: "run cancelled" },
     }));
+    // A rollback in progress stops too: its running compensations are aborted like steps.
+    const compensations =
+      run.status === "rolling_back"
+        ? await stopCompensations(sql, runId, "run cancelled")
+        : { events: [], running: [] };
+    events.push(...compensations.events);
     events.push({ type: "run.cancelled", data: {} });
     const [updated] = await sql<RunRow[]>`
       update runs set status = 'cancelled', pending_steps = 0, finished_at = now(), updated_at = now(), revision = revision + 1
@@ -210,7 +217,10 @@ export async function cancelRun(
     await appendEvents(sql, run.tenant_id, run.id, events);
     after.runs.add(run.id);
     after.ended.push(run);
-    const running = steps.filter((s) => s.status === "running").map((s) => s.step_id);
+    const running = [
+      ...steps.filter((s) => s.status === "running").map((s) => s.step_id),
+      ...compensations.running,
+    ];
     if (running.length > 0) after.cancels.push({ runId, stepIds: running });
     return { ...updated!, workflow_name: name };
   });

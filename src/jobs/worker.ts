@@ -1,5 +1,6 @@
 /**
- * A worker process: BullMQ workers for the configured queues, each job one attempt of one step.
+ * A worker process: BullMQ workers for the configured queues, each job one attempt of one step
+ * (or, during a rollback, of its compensation).
  * The engine decides whether the attempt may start (and draws its lease token); the worker keeps
  * the lease alive, aborts on timeout, cancel or lost lease, and reports the result — which the
  * engine accepts only if the lease is still this worker's.
@@ -20,6 +21,14 @@ import {
   startAttempt,
 } from "../engine/attempts.ts";
 import { createEngineDeps } from "../engine/create.ts";
+import {
+  completeCompensation,
+  failCompensation,
+  handBackCompensation,
+  recordCompensationActivity,
+  renewCompensationLease,
+  startCompensation,
+} from "../engine/rollback.ts";
 import { RedisAssetLocks } from "../redis/asset-locks.ts";
 import { createRedis } from "../redis/connection.ts";
 import { RedisEventBus } from "../redis/event-bus.ts";
@@ -47,6 +56,33 @@ const LOG_FLUSH_MS = 200;
 /** Workers announce themselves this often; an announcement lives three times as long. */
 const ANNOUNCE_MS = 5000;
 const LOG_BATCH = 200;
+
+/** The engine calls behind one job: attempt N of a step, or of its compensation during a rollback. */
+interface AttemptOps {
+  start: typeof startAttempt;
+  renew: typeof renewLease;
+  complete: typeof completeAttempt;
+  fail: typeof failAttempt;
+  handBack: typeof handBackAttempt;
+  activity: typeof recordActivity;
+}
+const stepOps: AttemptOps = {
+  start: startAttempt,
+  renew: renewLease,
+  complete: completeAttempt,
+  fail: failAttempt,
+  handBack: handBackAttempt,
+  activity: recordActivity,
+};
+/** Compensations are fenced, leased and retried like step attempts, on their own columns. */
+const compensationOps: AttemptOps = {
+  start: startCompensation,
+  renew: renewCompensationLease,
+  complete: completeCompensation,
+  fail: failCompensation,
+  handBack: handBackCompensation,
+  activity: recordCompensationActivity,
+};
 
 export async function startWorker(options: WorkerOptions): Promise<RunningWorker> {
   const { config } = options;
@@ -118,10 +154,11 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   });
 
   async function processJob(job: Job): Promise<void> {
-    const payload = stepJobPayload.parse(job.data);
-    const started = await startAttempt(deps, { ...payload, jobId: job.id }, { id, leaseSeconds });
+    const { phase, ...payload } = stepJobPayload.parse(job.data);
+    const ops = phase === "compensate" ? compensationOps : stepOps;
+    const started = await ops.start(deps, { ...payload, jobId: job.id }, { id, leaseSeconds });
     if (!started.accepted) {
-      log.info({ ...payload, reason: started.reason }, "job skipped");
+      log.info({ ...payload, phase, reason: started.reason }, "job skipped");
       return;
     }
     const attempt = started.attempt;
@@ -131,9 +168,9 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       attempt: attempt.attempt,
       token: attempt.token,
     };
-    const stepLog = log.child({ runId: ref.runId, stepId: ref.stepId, attempt: ref.attempt });
+    const stepLog = log.child({ runId: ref.runId, stepId: ref.stepId, attempt: ref.attempt, phase });
     const controller = new AbortController();
-    const key = `${ref.runId}.${ref.stepId}`;
+    const key = `${ref.runId}.${ref.stepId}${phase ? `.${phase}` : ""}`;
     running.set(key, { attempt, controller, startedAt: new Date().toISOString() });
     changed();
 
@@ -144,7 +181,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     );
     const heartbeat = setInterval(
       () => {
-        renewLease(deps, ref, leaseSeconds).then(
+        ops.renew(deps, ref, leaseSeconds).then(
           (ours) => {
             if (!ours) controller.abort(new ExecutionError("lease lost", false, "lease_lost"));
           },
@@ -162,7 +199,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       logs = [];
       progress = undefined;
       flushing = flushing.then(() =>
-        recordActivity(deps, ref, batch).then(
+        ops.activity(deps, ref, batch).then(
           () => {},
           (error) => stepLog.warn({ err: error }, "could not record logs"),
         ),
@@ -211,18 +248,18 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       // Only the step's own outcome decides success or failure: an error while recording it
       // (Postgres unreachable) is thrown to BullMQ, which retries the job; fencing keeps that safe.
       if (outcome.ok) {
-        const result = await completeAttempt(deps, ref, outcome.output);
+        const result = await ops.complete(deps, ref, outcome.output);
         stepLog.info({ accepted: result.accepted }, "attempt succeeded");
         return;
       }
       const error = outcome.error;
       if (error.code === "shutdown") {
-        const handedBack = await handBackAttempt(deps, ref);
+        const handedBack = await ops.handBack(deps, ref);
         stepLog.info({ handedBack }, "attempt handed back");
       } else if (error.code === "cancelled" || error.code === "lease_lost") {
         stepLog.info({ reason: error.code }, "attempt aborted");
       } else {
-        const result = await failAttempt(
+        const result = await ops.fail(
           deps,
           ref,
           { message: error.message, code: error.code, ...error.details },

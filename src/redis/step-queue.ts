@@ -1,6 +1,7 @@
 /**
- * The one place BullMQ queues are built. A job carries only (run, step, attempt): everything else
- * is read from Postgres when the job starts, so a job can be re-created from Postgres at any time.
+ * The one place BullMQ queues are built. A job carries only (run, step, attempt, and `phase` for a
+ * compensation): everything else is read from Postgres when the job starts, so a job can be
+ * re-created from Postgres at any time.
  */
 import { Queue } from "bullmq";
 import type { Redis } from "ioredis";
@@ -15,6 +16,7 @@ export const stepJobPayload = z.object({
   runId: z.uuid(),
   stepId: z.string(),
   attempt: z.number().int().min(1),
+  phase: z.literal("compensate").optional(),
 });
 export type StepJobPayload = z.infer<typeof stepJobPayload>;
 
@@ -53,6 +55,7 @@ export class BullStepDispatcher implements StepDispatcher {
               runId: job.runId,
               stepId: job.stepId,
               attempt: job.attempt,
+              ...(job.phase ? { phase: job.phase } : {}),
             } satisfies StepJobPayload,
             opts: {
               jobId: stepJobId(job),

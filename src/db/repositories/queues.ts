@@ -2,6 +2,7 @@
  * Queue load as Postgres sees it (the source of truth, which survives a Redis flush): per queue,
  * the backlog (steps waiting, plus retries whose delay has passed), the steps running, and the age
  * of the oldest waiting step. Only runs that are `running` count: a paused run's steps wait.
+ * The compensations of runs `rolling_back` count alike: they are jobs on their step's queue.
  */
 import type { Sql } from "./runs.ts";
 
@@ -17,15 +18,23 @@ export async function queueLoad(sql: Sql): Promise<Map<string, QueueLoad>> {
   const rows = await sql<
     { queue: string; backlog: string; active: string; delayed: string; oldest: number | null }[]
   >`
-    select s.queue,
-      count(*) filter (where s.status = 'queued' or (s.status = 'retrying' and s.next_attempt_at <= now())) as backlog,
-      count(*) filter (where s.status = 'running') as active,
-      count(*) filter (where s.status = 'retrying' and s.next_attempt_at > now()) as delayed,
-      extract(epoch from now() - min(case when s.status = 'queued' then s.queued_at else s.next_attempt_at end)
-        filter (where s.status = 'queued' or (s.status = 'retrying' and s.next_attempt_at <= now())))::float8 as oldest
-    from step_runs s join runs r on r.id = s.run_id
-    where s.status in ('queued', 'retrying', 'running') and r.status = 'running'
-    group by s.queue`;
+    with work as (
+      select s.queue, s.status::text as status, s.queued_at, s.next_attempt_at
+      from step_runs s join runs r on r.id = s.run_id
+      where s.status in ('queued', 'retrying', 'running') and r.status = 'running'
+      union all
+      select s.queue, s.compensation_status, s.compensation_due_at, s.compensation_due_at
+      from step_runs s join runs r on r.id = s.run_id
+      where s.compensation_status in ('queued', 'retrying', 'running') and r.status = 'rolling_back'
+    )
+    select queue,
+      count(*) filter (where status = 'queued' or (status = 'retrying' and next_attempt_at <= now())) as backlog,
+      count(*) filter (where status = 'running') as active,
+      count(*) filter (where status = 'retrying' and next_attempt_at > now()) as delayed,
+      extract(epoch from now() - min(case when status = 'queued' then queued_at else next_attempt_at end)
+        filter (where status = 'queued' or (status = 'retrying' and next_attempt_at <= now())))::float8 as oldest
+    from work
+    group by queue`;
   return new Map(
     rows.map((r) => [
       r.queue,

@@ -3,6 +3,7 @@
  * the caller has already locked the run row (`lockRun`), which is what orders a run's events.
  */
 import type postgres from "postgres";
+import type { CompensationStatus } from "../../domain/progress.ts";
 import type { EventType, RunKind, RunStatus, StepStatus } from "../../domain/status.ts";
 
 export type Sql = postgres.Sql | postgres.TransactionSql;
@@ -29,6 +30,8 @@ export interface RunRow {
   /** Asset lock key → fencing token, once started. */
   locks_held: Record<string, number>;
   pending_steps: number;
+  /** Rollbacks started; see engine/rollback.ts. */
+  rollbacks: number;
   error: unknown;
   created_at: Date;
   updated_at: Date;
@@ -56,6 +59,17 @@ export interface StepRow {
   job_id: string | null;
   plan_reason: string | null;
   reused_from_run_id: string | null;
+  /** The step's compensation during a rollback; see engine/rollback.ts. */
+  compensation_status: CompensationStatus | null;
+  compensation_attempt: number;
+  compensation_lease_token: string | null;
+  compensation_lease_expires_at: Date | null;
+  compensation_job_id: string | null;
+  compensation_worker_id: string | null;
+  compensation_due_at: Date | null;
+  compensation_error: unknown;
+  compensation_started_at: Date | null;
+  compensation_finished_at: Date | null;
   queued_at: Date | null;
   started_at: Date | null;
   finished_at: Date | null;

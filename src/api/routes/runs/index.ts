@@ -1,6 +1,7 @@
 import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
 import { z } from "zod";
 import type { StepRow } from "../../../db/repositories/runs.ts";
+import { compensationStatuses } from "../../../domain/progress.ts";
 import { isTerminalRun, runKinds, runStatuses } from "../../../domain/status.ts";
 import type { EngineDeps } from "../../../engine/deps.ts";
 import {
@@ -44,6 +45,16 @@ const stepSchema = z
     queuedAt: isoDate.nullable(),
     startedAt: isoDate.nullable(),
     finishedAt: isoDate.nullable(),
+    compensation: z
+      .object({
+        status: z.enum(compensationStatuses),
+        attempt: z.number().int(),
+        error: z.unknown().nullable(),
+        startedAt: isoDate.nullable(),
+        finishedAt: isoDate.nullable(),
+      })
+      .nullable()
+      .describe("The step's compensation during a rollback; null when it has none to run"),
   })
   .meta({ id: "StepRun" });
 
@@ -110,6 +121,15 @@ function presentStep(step: StepRow) {
     queuedAt: toIsoOrNull(step.queued_at),
     startedAt: toIsoOrNull(step.started_at),
     finishedAt: toIsoOrNull(step.finished_at),
+    compensation: step.compensation_status
+      ? {
+          status: step.compensation_status,
+          attempt: step.compensation_attempt,
+          error: step.compensation_error ?? null,
+          startedAt: toIsoOrNull(step.compensation_started_at),
+          finishedAt: toIsoOrNull(step.compensation_finished_at),
+        }
+      : null,
   };
 }
 

@@ -57,6 +57,8 @@ export function streamRunEvents(
   res.write(`retry: ${RETRY_MS}\n\n`);
 
   let lastId = afterId;
+  /** The last event sent was the run's terminal one; the stream ends once nothing follows it. */
+  let ended = false;
   let closed = false;
   let pumping = false;
   let again = false;
@@ -113,14 +115,19 @@ export function streamRunEvents(
             if (closed) return;
             lastId = event.id;
             const writable = options.include && !options.include(event) ? true : res.write(frame(event));
-            if (terminalRunEvents.has(event.type)) {
+            // A finished run may be rolled back later (run.succeeded → run.rolling_back → …), so a
+            // terminal event ends the stream only when it is the last committed one.
+            ended = terminalRunEvents.has(event.type);
+            if (!writable && !(await drained())) return;
+          }
+          if (page.length < PAGE) {
+            if (ended) {
               res.write("event: end\ndata: {}\n\n");
               close();
               return;
             }
-            if (!writable && !(await drained())) return;
+            break;
           }
-          if (page.length < PAGE) break;
         }
       } while (again);
     } catch (error) {
