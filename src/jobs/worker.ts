@@ -13,14 +13,18 @@ import type { Config } from "../config/index.ts";
 import { createDb } from "../db/client.ts";
 import {
   completeAttempt,
+  type FinishResult,
   failAttempt,
   handBackAttempt,
   recordActivity,
   renewLease,
   type StartedAttempt,
+  type StartResult,
   startAttempt,
 } from "../engine/attempts.ts";
+import { type CompleteRequest, completeAttempts, type StartRequest, startAttempts } from "../engine/batch.ts";
 import { createEngineDeps } from "../engine/create.ts";
+import { GroupCommitter } from "../engine/group-commit.ts";
 import {
   completeCompensation,
   failCompensation,
@@ -107,6 +111,19 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     log,
   });
   const handlers = await loadHandlers(config.worker.handlersModule);
+  // Starts and completions of one run that arrive while a transaction for that run is in flight
+  // go together in the next one (group commit): one run-row lock per batch, not per step.
+  const starts = new GroupCommitter<StartRequest, StartResult>((runId, jobs) =>
+    startAttempts(deps, runId, jobs, { id, leaseSeconds }),
+  );
+  const completions = new GroupCommitter<CompleteRequest, FinishResult>((runId, items) =>
+    completeAttempts(deps, runId, items),
+  );
+  const batchedStepOps: AttemptOps = {
+    ...stepOps,
+    start: (_deps, job) => starts.submit(job.runId, job),
+    complete: (_deps, ref, output) => completions.submit(ref.runId, { ref, output }),
+  };
 
   const running = new Map<
     string,
@@ -155,7 +172,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
 
   async function processJob(job: Job): Promise<void> {
     const { phase, ...payload } = stepJobPayload.parse(job.data);
-    const ops = phase === "compensate" ? compensationOps : stepOps;
+    const ops = phase === "compensate" ? compensationOps : batchedStepOps;
     const started = await ops.start(deps, { ...payload, jobId: job.id }, { id, leaseSeconds });
     if (!started.accepted) {
       log.info({ ...payload, phase, reason: started.reason }, "job skipped");

@@ -1,0 +1,58 @@
+/**
+ * Group commit: requests for the same key (a run) that arrive while a transaction for that key is
+ * in flight wait and then go together in the next one. Under load this turns N lock-serialised
+ * transactions on one run row into a few, with no added delay when there is no load (a lone
+ * request starts at once). Different keys never wait for each other.
+ */
+export class GroupCommitter<Req, Res> {
+  private readonly waiting = new Map<
+    string,
+    Array<{ request: Req; resolve: (r: Res) => void; reject: (e: unknown) => void }>
+  >();
+  private readonly busy = new Set<string>();
+
+  constructor(
+    /** Handles a batch (in submission order); answers one result per request, in the same order. */
+    private readonly handle: (key: string, requests: Req[]) => Promise<Res[]>,
+    private readonly maxBatch = 256,
+  ) {}
+
+  submit(key: string, request: Req): Promise<Res> {
+    return new Promise<Res>((resolve, reject) => {
+      const queue = this.waiting.get(key) ?? [];
+      queue.push({ request, resolve, reject });
+      this.waiting.set(key, queue);
+      if (!this.busy.has(key)) void this.drain(key);
+    });
+  }
+
+  /** Requests waiting for their turn (not counting the batch in flight). */
+  pending(): number {
+    let n = 0;
+    for (const q of this.waiting.values()) n += q.length;
+    return n;
+  }
+
+  private async drain(key: string): Promise<void> {
+    this.busy.add(key);
+    try {
+      for (;;) {
+        const queue = this.waiting.get(key);
+        if (!queue || queue.length === 0) break;
+        const batch = queue.splice(0, this.maxBatch);
+        if (queue.length === 0) this.waiting.delete(key);
+        try {
+          const results = await this.handle(
+            key,
+            batch.map((b) => b.request),
+          );
+          for (const [i, b] of batch.entries()) b.resolve(results[i]!);
+        } catch (error) {
+          for (const b of batch) b.reject(error);
+        }
+      }
+    } finally {
+      this.busy.delete(key);
+    }
+  }
+}
