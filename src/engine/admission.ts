@@ -14,7 +14,7 @@
  * that lost its lock (supervisor gone past the lease, Redis failover) can never record late.
  */
 import type { RunRow, Sql } from "../db/repositories/runs.ts";
-import { appendEvents, lockRun } from "../db/repositories/runs.ts";
+import { appendEvents, lockRun, runColumns } from "../db/repositories/runs.ts";
 import type { WorkflowSpec } from "../domain/workflow/spec.ts";
 import { queueSteps } from "./advance.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
@@ -116,7 +116,7 @@ export async function startAdmittedRun(
   const [started] = await sql<RunRow[]>`
     update runs set status = 'running', started_at = coalesce(started_at, now()), updated_at = now(),
       revision = revision + 1, locks_held = ${sql.json(held)}
-    where id = ${run.id} returning *`;
+    where id = ${run.id} returning ${runColumns(sql)}`;
   const events = [
     { type: "run.started" as const, data: Object.keys(held).length > 0 ? { locks: held } : {} },
   ];

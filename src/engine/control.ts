@@ -10,6 +10,7 @@ import {
   lockRun,
   type NewEvent,
   type RunRow,
+  runColumns,
   type Sql,
   type StepRow,
 } from "../db/repositories/runs.ts";
@@ -36,7 +37,7 @@ export async function pauseRun(deps: EngineDeps, tenantId: string, runId: string
       throw new FlowlineError("conflict", `Run is ${run.status}: only a running run can be paused`);
     const [paused] = await sql<RunRow[]>`
       update runs set status = 'paused', updated_at = now(), revision = revision + 1
-      where id = ${runId} returning *`;
+      where id = ${runId} returning ${runColumns(sql)}`;
     await appendEvents(sql, run.tenant_id, run.id, [{ type: "run.paused", data: {} }]);
     after.runs.add(run.id);
     return withName(sql, paused!);
@@ -67,7 +68,7 @@ export async function resumeRun(deps: EngineDeps, tenantId: string, runId: strin
       throw new FlowlineError("conflict", `Run is ${run.status}: only a paused run can be resumed`);
     const [resumed] = await sql<RunRow[]>`
       update runs set status = 'running', updated_at = now(), revision = revision + 1
-      where id = ${runId} returning *`;
+      where id = ${runId} returning ${runColumns(sql)}`;
     const events: NewEvent[] = [{ type: "run.resumed", data: {} }];
     const steps = await sql<StepRow[]>`
       select * from step_runs where run_id = ${runId} and status in ('queued', 'retrying')`;

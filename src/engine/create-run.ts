@@ -7,13 +7,14 @@
  * another waits in `queued`.
  */
 import type { NewEvent, RunRow, Sql } from "../db/repositories/runs.ts";
-import { appendEvents } from "../db/repositories/runs.ts";
+import { appendEvents, runColumns } from "../db/repositories/runs.ts";
 import { FlowlineError } from "../domain/errors.ts";
 import type { Plan } from "../domain/planner.ts";
 import type { RunKind } from "../domain/status.ts";
 import { resolveStep } from "../domain/workflow/resolve.ts";
 import { renderTemplates, TemplateError } from "../domain/workflow/templates.ts";
 import { assetLockKey, startAdmittedRun, tryAdmit } from "./admission.ts";
+import { queueSteps } from "./advance.ts";
 import type { AfterCommit, EngineDeps } from "./deps.ts";
 import type { LoadedSpec } from "./specs.ts";
 
@@ -73,16 +74,20 @@ export async function insertRun(
 ): Promise<CreatedRun> {
   const { loaded, plan } = input;
   const locksWanted = plan.assets.map((asset) => assetLockKey(asset, input.partitionKey));
+  // Nothing to wait for (no concurrency limit, no asset to lock): the run starts as it is created.
+  const unrestricted = !loaded.spec.concurrency && locksWanted.length === 0;
   const [inserted] = await sql<RunRow[]>`
     insert into runs (tenant_id, workflow_id, workflow_version, kind, status, trigger, params, priority,
       request, plan, parent_run_id, backfill_id, partition_key, concurrency_key, locks_wanted,
-      pending_steps, created_at)
-    values (${input.tenantId}, ${loaded.workflowId}, ${loaded.version}, ${input.kind}, 'queued', ${input.trigger},
+      pending_steps, created_at, started_at)
+    values (${input.tenantId}, ${loaded.workflowId}, ${loaded.version}, ${input.kind},
+      ${unrestricted ? "running" : "queued"}, ${input.trigger},
       ${sql.json(input.params as never)}, ${input.priority}, ${sql.json((input.request ?? {}) as never)},
       ${sql.json(plan.steps.map((s) => ({ stepId: s.stepId, action: s.action, reason: s.reason })) as never)},
       ${input.parent?.runId ?? null}, ${input.backfillId ?? null}, ${input.partitionKey ?? null},
-      ${concurrencyKeyOf(loaded, input.params)}, ${sql.json(locksWanted)}, ${plan.toRun.length}, clock_timestamp())
-    returning *`;
+      ${concurrencyKeyOf(loaded, input.params)}, ${sql.json(locksWanted)}, ${plan.toRun.length}, clock_timestamp(),
+      ${unrestricted ? sql`clock_timestamp()` : null})
+    returning ${runColumns(sql)}`;
   const run = inserted!;
 
   const rows = plan.steps.map((p) => {
@@ -115,7 +120,9 @@ export async function insertRun(
       as x(step_id text, status text, unmet_needs int, max_attempts int, queue text, priority smallint,
         timeout_seconds int, plan_reason text, output jsonb, reused_from uuid, finished boolean)`;
 
-  const admission = await tryAdmit(deps, sql, run, loaded.spec, taken);
+  const admission: Awaited<ReturnType<typeof tryAdmit>> = unrestricted
+    ? { ok: true, held: {} }
+    : await tryAdmit(deps, sql, run, loaded.spec, taken);
   const events: NewEvent[] = [
     {
       type: "run.queued",
@@ -138,6 +145,13 @@ export async function insertRun(
       });
     else if (p.action === "skip")
       events.push({ type: "step.skipped", stepId: p.stepId, data: { reason: p.reason } });
+  }
+  if (unrestricted) {
+    events.push({ type: "run.started", data: {} });
+    await queueSteps(deps, sql, run, loaded, plan.ready, after, events);
+    await appendEvents(sql, run.tenant_id, run.id, events);
+    after.runs.add(run.id);
+    return { run };
   }
   await appendEvents(sql, run.tenant_id, run.id, events);
   after.runs.add(run.id);

@@ -8,9 +8,17 @@ export function createEngineDeps(deps: Omit<EngineDeps, "specs" | "runsEnded">):
     ...deps,
     specs: new SpecCache(deps.db),
     runsEnded: async (runs) => {
-      for (const run of runs) await releaseAssetLocks(engine, run);
-      // Slots and locks were freed: start what waits for them (the supervisor retries as well).
-      await admitQueuedRuns(engine);
+      let freed = false;
+      for (const run of runs) {
+        // Locks it held are free now; runs queued behind it for the same locks may go first now.
+        if (Object.keys(run.locks_held ?? {}).length > 0 || (run.locks_wanted ?? []).length > 0) freed = true;
+        await releaseAssetLocks(engine, run);
+        const loaded = await engine.specs.load(run.workflow_id, run.workflow_version);
+        if (loaded.spec.concurrency) freed = true;
+      }
+      // A slot or a lock was freed: start what waits for it (the supervisor retries as well). A
+      // run that held neither frees nothing anyone waits for.
+      if (freed) await admitQueuedRuns(engine);
     },
   };
   return engine;

@@ -16,7 +16,11 @@ export interface EngineDeps {
   log: Logger;
   specs: SpecCache;
   /** After runs ended: free their locks and start what waited for them (see admission.ts). */
-  runsEnded(runs: ReadonlyArray<Pick<RunRow, "id" | "tenant_id" | "locks_held">>): Promise<void>;
+  runsEnded(
+    runs: ReadonlyArray<
+      Pick<RunRow, "id" | "tenant_id" | "locks_held" | "locks_wanted" | "workflow_id" | "workflow_version">
+    >,
+  ): Promise<void>;
 }
 
 /** Work that may only happen once the transaction that decided it has committed. */
@@ -25,7 +29,9 @@ export class AfterCommit {
   readonly runs = new Set<string>();
   readonly cancels: Array<{ runId: string; stepIds?: string[] }> = [];
   /** Runs that reached a terminal state: their asset locks are freed and waiting runs admitted. */
-  readonly ended: Array<Pick<RunRow, "id" | "tenant_id" | "locks_held">> = [];
+  readonly ended: Array<
+    Pick<RunRow, "id" | "tenant_id" | "locks_held" | "locks_wanted" | "workflow_id" | "workflow_version">
+  > = [];
 
   async flush(deps: EngineDeps): Promise<void> {
     // Dispatch first: a failure here leaves steps `queued` in Postgres, which the reconciler

@@ -3,7 +3,7 @@
  * backfills), subgraphs, retries — turned into runs by the same path (`create-run.ts`).
  */
 import { randomUUID } from "node:crypto";
-import type { RunRow, StepRow } from "../db/repositories/runs.ts";
+import { type RunRow, runColumns, type StepRow } from "../db/repositories/runs.ts";
 import { type FieldIssue, FlowlineError, notFound } from "../domain/errors.ts";
 import type { AssetState, ParentRun, Plan, PlanAction, PlanReason } from "../domain/planner.ts";
 import { planRun } from "../domain/planner.ts";
@@ -242,7 +242,7 @@ export async function materialize(deps: EngineDeps, input: MaterializeInput): Pr
 
 async function parentRunOf(deps: EngineDeps, tenantId: string, runId: string) {
   const [run] = await deps.db.sql<(RunRow & { workflow_name: string })[]>`
-    select r.*, w.name as workflow_name from runs r join workflows w on w.id = r.workflow_id
+    select ${runColumns(deps.db.sql, "r")}, w.name as workflow_name from runs r join workflows w on w.id = r.workflow_id
     where r.id = ${runId} and r.tenant_id = ${tenantId}`;
   if (!run) return undefined;
   const steps = await deps.db.sql<

@@ -24,6 +24,7 @@ import {
   lockRun,
   type NewEvent,
   type RunRow,
+  runColumns,
   type Sql,
   type StepRow,
   stepOutputs,
@@ -180,7 +181,7 @@ export async function beginRollback(
       revision = revision + 1, rollbacks = rollbacks + 1
       ${lockless ? sql`, locks_held = '{}'::jsonb` : sql``}
       ${error === undefined ? sql`` : sql`, error = ${error === null ? null : sql.json(error as never)}`}
-    where id = ${run.id} returning *`;
+    where id = ${run.id} returning ${runColumns(sql)}`;
   events.push({
     type: "run.rolling_back",
     data: {
@@ -191,7 +192,7 @@ export async function beginRollback(
   });
   await advanceRollback(sql, updated!, loaded, after, events);
   // With nothing to compensate the rollback has ended already: answer the run as it is now.
-  const [now] = await sql<RunRow[]>`select * from runs where id = ${run.id}`;
+  const [now] = await sql<RunRow[]>`select ${runColumns(sql)} from runs where id = ${run.id}`;
   return now!;
 }
 

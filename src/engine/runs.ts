@@ -9,6 +9,7 @@ import {
   type NewEvent,
   type RunRow,
   readEvents,
+  runColumns,
   type Sql,
   type StepRow,
 } from "../db/repositories/runs.ts";
@@ -141,7 +142,9 @@ export async function submitRun(
               "This Idempotency-Key was used with a different request",
             );
           }
-          const [run] = await sql<RunRow[]>`select * from runs where id = ${existing.run_id}`;
+          const [run] = await sql<
+            RunRow[]
+          >`select ${runColumns(sql)} from runs where id = ${existing.run_id}`;
           if (!run)
             throw new FlowlineError("conflict", "The request with this Idempotency-Key did not create a run");
           return { run, created: false };
@@ -213,7 +216,7 @@ export async function cancelRun(
     events.push({ type: "run.cancelled", data: {} });
     const [updated] = await sql<RunRow[]>`
       update runs set status = 'cancelled', pending_steps = 0, finished_at = now(), updated_at = now(), revision = revision + 1
-      where id = ${runId} returning *`;
+      where id = ${runId} returning ${runColumns(sql)}`;
     await appendEvents(sql, run.tenant_id, run.id, events);
     after.runs.add(run.id);
     after.ended.push(run);
@@ -236,7 +239,7 @@ export interface RunDetails {
 
 export async function getRun(deps: EngineDeps, tenantId: string, runId: string): Promise<RunDetails> {
   const [run] = await deps.db.sql<(RunRow & { workflow_name: string })[]>`
-    select r.*, w.name as workflow_name from runs r join workflows w on w.id = r.workflow_id
+    select ${runColumns(deps.db.sql, "r")}, w.name as workflow_name from runs r join workflows w on w.id = r.workflow_id
     where r.id = ${runId} and r.tenant_id = ${tenantId}`;
   if (!run) throw notFound("Run");
   const steps = await deps.db.sql<StepRow[]>`select * from step_runs where run_id = ${runId}`;
@@ -257,7 +260,7 @@ export interface ListRunsFilter {
 export async function listRuns(deps: EngineDeps, tenantId: string, filter: ListRunsFilter) {
   const sql = deps.db.sql;
   const rows = await sql<(RunRow & { workflow_name: string })[]>`
-    select r.*, w.name as workflow_name from runs r join workflows w on w.id = r.workflow_id
+    select ${runColumns(deps.db.sql, "r")}, w.name as workflow_name from runs r join workflows w on w.id = r.workflow_id
     where r.tenant_id = ${tenantId}
       ${filter.workflow ? sql`and w.name = ${filter.workflow}` : sql``}
       ${filter.status ? sql`and r.status = ${filter.status}` : sql``}

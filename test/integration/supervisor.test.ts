@@ -6,7 +6,8 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { completeAttempt, startAttempt } from "../../src/engine/attempts.ts";
 import { reconcile } from "../../src/engine/reconcile.ts";
-import { submitRun } from "../../src/engine/runs.ts";
+import { cancelRun, submitRun } from "../../src/engine/runs.ts";
+import { pruneOldData } from "../../src/jobs/supervisor/retention.ts";
 import type { BullStepDispatcher } from "../../src/redis/step-queue.ts";
 import { createTestContext, type TestContext } from "../helpers/context.ts";
 import {
@@ -118,6 +119,36 @@ describe("reconciler", () => {
     expect(done.status).toBe("succeeded");
     expect((await eventsOf(ctx, run.id)).at(-1).type).toBe("run.succeeded");
     expect(await reconcile(engine(), repairNow)).toMatchObject({ closed: 0 });
+  });
+});
+
+describe("retention", () => {
+  it("prunes finished runs and old events past their age, never those of runs still going", async () => {
+    const old = await submitRun(engine(), { tenantId: "default", workflow: "lonely" });
+    const recent = await submitRun(engine(), { tenantId: "default", workflow: "lonely" });
+    const active = await submitRun(engine(), { tenantId: "default", workflow: "lonely" });
+    for (const { run } of [old, recent]) {
+      await ctx.db
+        .sql`update step_runs set status = 'succeeded', finished_at = now() where run_id = ${run.id}`;
+      await ctx.db
+        .sql`update runs set status = 'succeeded', finished_at = now(), pending_steps = 0 where id = ${run.id}`;
+    }
+    // `old` finished 100 days ago; `recent` finished now but its events are 40 days old; `active`
+    // is still running with events just as old.
+    await ctx.db.sql`update runs set finished_at = now() - interval '100 days' where id = ${old.run.id}`;
+    await ctx.db.sql`update events set created_at = now() - interval '40 days'
+      where run_id in ${ctx.db.sql([recent.run.id, active.run.id])}`;
+    const report = await pruneOldData(engine(), () => true);
+    expect(report.runs).toBe(1);
+    expect(report.events).toBeGreaterThan(0);
+    const runs = await ctx.db.sql<{ id: string }[]>`
+      select id from runs where id in ${ctx.db.sql([old.run.id, recent.run.id, active.run.id])}`;
+    expect(runs.map((r) => r.id).sort()).toEqual([recent.run.id, active.run.id].sort());
+    const events = await ctx.db.sql<{ run_id: string; n: string }[]>`
+      select run_id, count(*) as n from events
+      where run_id in ${ctx.db.sql([recent.run.id, active.run.id])} group by run_id`;
+    expect(events.map((e) => e.run_id)).toEqual([active.run.id]);
+    await cancelRun(engine(), "default", active.run.id);
   });
 });
 

@@ -23,7 +23,6 @@ export interface RunRow {
   backfill_id: string | null;
   partition_key: string | null;
   concurrency_key: string | null;
-  plan: unknown;
   request: unknown;
   /** Asset lock keys the run needs to start. */
   locks_wanted: string[];
@@ -93,9 +92,45 @@ export interface EventRow {
   created_at: Date;
 }
 
+/**
+ * The columns of a run row every reader needs: all but `plan`, which can be large (one entry per
+ * step) and is written for audit only, so hot paths do not fetch and parse it on every lock.
+ */
+const RUN_FIELDS = [
+  "id",
+  "tenant_id",
+  "workflow_id",
+  "workflow_version",
+  "kind",
+  "status",
+  "trigger",
+  "params",
+  "priority",
+  "parent_run_id",
+  "backfill_id",
+  "partition_key",
+  "concurrency_key",
+  "request",
+  "locks_wanted",
+  "locks_held",
+  "pending_steps",
+  "rollbacks",
+  "error",
+  "revision",
+  "created_at",
+  "updated_at",
+  "started_at",
+  "finished_at",
+] as const;
+
+/** `RunRow` columns for a select list or a `returning` clause, optionally qualified by an alias. */
+export function runColumns(sql: Sql, alias?: string) {
+  return sql.unsafe(RUN_FIELDS.map((f) => (alias ? `${alias}.${f}` : f)).join(", "));
+}
+
 export async function lockRun(sql: Sql, runId: string, tenantId?: string): Promise<RunRow | undefined> {
   const rows = await sql<RunRow[]>`
-    select * from runs where id = ${runId} ${tenantId === undefined ? sql`` : sql`and tenant_id = ${tenantId}`}
+    select ${runColumns(sql)} from runs where id = ${runId} ${tenantId === undefined ? sql`` : sql`and tenant_id = ${tenantId}`}
     for update`;
   return rows[0];
 }
@@ -110,23 +145,21 @@ export async function appendEvents(sql: Sql, tenantId: string, runId: string, ev
     data: e.data ?? {},
   }));
   // One parameter for the whole batch; ordinality keeps ids in the order the events were given.
-  const inserted = await sql<{ id: number; type: string }[]>`
-    insert into events (tenant_id, run_id, step_id, type, attempt, data)
-    select ${tenantId}, ${runId}, e.value->>'step_id', e.value->>'type', (e.value->>'attempt')::int,
-      coalesce(e.value->'data', '{}'::jsonb)
-    from jsonb_array_elements(${sql.json(rows as Json)}) with ordinality as e(value, n)
-    order by e.n
-    returning id, type`;
-  // Run-level events also go to the notification outbox (webhooks), in this same transaction.
-  const runLevel = inserted.filter((r) => r.type.startsWith("run."));
-  if (runLevel.length > 0) {
-    await sql`
+  // Run-level events also go to the notification outbox (webhooks), in the same statement.
+  const [row] = await sql<{ id: string }[]>`
+    with ins as (
+      insert into events (tenant_id, run_id, step_id, type, attempt, data)
+      select ${tenantId}, ${runId}, e.value->>'step_id', e.value->>'type', (e.value->>'attempt')::int,
+        coalesce(e.value->'data', '{}'::jsonb)
+      from jsonb_array_elements(${sql.json(rows as Json)}) with ordinality as e(value, n)
+      order by e.n
+      returning id, type
+    ), outbox as (
       insert into notification_outbox (event_id, tenant_id, run_id, type)
-      select x.id, ${tenantId}, ${runId}, x.type
-      from jsonb_to_recordset(${sql.json(runLevel.map((r) => ({ id: Number(r.id), type: r.type })) as Json)})
-        as x(id bigint, type text)`;
-  }
-  return Math.max(...inserted.map((r) => Number(r.id)));
+      select id, ${tenantId}, ${runId}, type from ins where type like 'run.%'
+    )
+    select max(id) as id from ins`;
+  return Number(row!.id);
 }
 
 export async function readEvents(
