@@ -19,6 +19,7 @@ import { RedisAssetLocks } from "../src/redis/asset-locks.ts";
 import { createRedis, deleteByPattern } from "../src/redis/connection.ts";
 import { RedisEventBus } from "../src/redis/event-bus.ts";
 import { BullStepDispatcher } from "../src/redis/step-queue.ts";
+import { benchPlanner } from "./planner.ts";
 import { sseBenchmark } from "./sse.ts";
 
 const scale = Number(process.env.BENCH_SCALE ?? "1");
@@ -245,6 +246,8 @@ async function main() {
 
   console.log("\n| measure | Flowline | raw BullMQ | Flowline vs raw |\n|---|---|---|---|");
   for (const r of rows) console.log(`| ${r.join(" | ")} |`);
+  console.log("");
+  await benchPlanner();
 
   await dispatcher.close();
   await deleteByPattern(redis, `${prefix}:*`);
