@@ -24,6 +24,10 @@ import type { LoadedSpec } from "./specs.ts";
 export const assetLockKey = (asset: string, partition?: string | null): string =>
   partition ? `${asset}@${partition}` : asset;
 
+/** The advisory lock name that serialises admission for one workflow and concurrency key. */
+export const concurrencySlot = (workflowId: string, key: string | null): string =>
+  `flowline:concurrency:${workflowId}:${key ?? ""}`;
+
 export type AdmitRun = Pick<
   RunRow,
   "id" | "tenant_id" | "workflow_id" | "created_at" | "concurrency_key" | "locks_wanted"
@@ -44,8 +48,7 @@ export async function tryAdmit(
 ): Promise<Admission> {
   const limit = spec.concurrency?.limit;
   if (limit !== undefined) {
-    const slot = `flowline:concurrency:${run.workflow_id}:${run.concurrency_key ?? ""}`;
-    await sql`select pg_advisory_xact_lock(hashtextextended(${slot}, 0))`;
+    await sql`select pg_advisory_xact_lock(hashtextextended(${concurrencySlot(run.workflow_id, run.concurrency_key)}, 0))`;
     const [row] = await sql<{ active: string; earlier: string }[]>`
       select
         count(*) filter (where status in ('running', 'paused', 'rolling_back')) as active,
@@ -100,6 +103,15 @@ export async function tryAdmit(
     held[lockKey] = grant.fence;
     mine.push({ tenantId: run.tenant_id, lockKey, token: run.id });
   }
+  // Postgres learns each new token now, not at the first write: a run that lost the lock to this
+  // one can no longer record, even if it finishes first.
+  await sql`
+    insert into asset_fences (tenant_id, lock_key, fencing_token)
+    select ${run.tenant_id}, x.lock_key, x.fence
+    from jsonb_to_recordset(${sql.json(Object.entries(held).map(([lock_key, fence]) => ({ lock_key, fence })))})
+      as x(lock_key text, fence bigint)
+    on conflict (tenant_id, lock_key) do update
+      set fencing_token = greatest(asset_fences.fencing_token, excluded.fencing_token), updated_at = now()`;
   taken.push(...mine);
   return { ok: true, held };
 }
@@ -141,8 +153,15 @@ export async function startAdmittedRun(
  * locks free up) and periodically by the supervisor. Returns how many started.
  */
 export async function admitQueuedRuns(deps: EngineDeps, limit = 100): Promise<number> {
+  // The oldest waiting runs, and the head of every (workflow, concurrency key) queue: a long queue
+  // of one workflow must not hide another's first run from this pass.
   const waiting = await deps.db.sql<{ id: string }[]>`
-    select id from runs where status = 'queued' order by created_at, id limit ${limit}`;
+    select id from (
+      (select id, created_at from runs where status = 'queued' order by created_at, id limit ${limit})
+      union
+      (select distinct on (workflow_id, coalesce(concurrency_key, '')) id, created_at from runs
+        where status = 'queued' order by workflow_id, coalesce(concurrency_key, ''), created_at, id limit ${limit * 2})
+    ) q order by created_at, id`;
   let started = 0;
   for (const { id } of waiting) {
     const after = new AfterCommit();

@@ -19,6 +19,7 @@ import {
   type StartResult,
 } from "./attempts.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
+import { ItemFailure } from "./group-commit.ts";
 
 export type StartRequest = AttemptRef & { jobId?: string };
 
@@ -41,9 +42,14 @@ export async function startAttempts(
     const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
     const results: StartResult[] = [];
     const accepted: Array<{ index: number; job: StartRequest; token: string }> = [];
+    const takenHere = new Set<string>();
+    let abandoned = false;
     for (const job of jobs) {
       const step = steps.get(job.stepId);
-      if (!step) {
+      if (takenHere.has(job.stepId)) {
+        // The same job delivered twice in one batch: the first copy has it.
+        results.push({ accepted: false, reason: "duplicate delivery of a job started in this batch" });
+      } else if (!step) {
         results.push({ accepted: false, reason: "step not found" });
       } else if (step.attempt !== job.attempt) {
         results.push({ accepted: false, reason: `attempt ${job.attempt} is not current` });
@@ -52,6 +58,7 @@ export async function startAttempts(
       } else if (step.status === "running") {
         // BullMQ redelivered the job: its previous holder lost the job lock (killed or frozen).
         const outcome = await abandonAttempt(deps, sql, run, loaded, step, "no heartbeat", after);
+        abandoned = true;
         const [fresh] = await sql<StepRow[]>`
           select * from step_runs where run_id = ${runId} and step_id = ${job.stepId}`;
         steps.set(job.stepId, fresh!);
@@ -62,19 +69,40 @@ export async function startAttempts(
         const token = randomUUID();
         accepted.push({ index: results.length, job, token });
         results.push({ accepted: false, reason: "pending" }); // replaced below
-        // A duplicate of this job later in the batch must see the step as taken.
-        steps.set(job.stepId, { ...step, status: "running", lease_token: token });
+        takenHere.add(job.stepId);
       }
     }
     if (accepted.length === 0) return results;
+    if (abandoned) {
+      // Abandoning an attempt may have ended the run (attempts exhausted, failure policy): then
+      // nothing else in this batch may start.
+      const [now] = await sql<{ status: string }[]>`select status from runs where id = ${runId}`;
+      if (now?.status !== "running") {
+        for (const a of accepted) results[a.index] = { accepted: false, reason: `run is ${now?.status}` };
+        return results;
+      }
+    }
 
+    const proposed = accepted.map((a) => ({ step_id: a.job.stepId, attempt: a.job.attempt, token: a.token }));
+    // Guarded like the one-by-one path: only a step still waiting under this attempt starts.
+    const started = new Set(
+      (
+        await sql<{ step_id: string }[]>`
+          update step_runs s set status = 'running', lease_token = x.token,
+            worker_id = ${worker.id}, started_at = now(), finished_at = null, error = null, progress = null,
+            lease_expires_at = now() + make_interval(secs => ${worker.leaseSeconds}), updated_at = now()
+          from jsonb_to_recordset(${sql.json(proposed)}) as x(step_id text, attempt int, token text)
+          where s.run_id = ${runId} and s.step_id = x.step_id and s.attempt = x.attempt
+            and s.status in ('queued', 'retrying')
+          returning s.step_id`
+      ).map((r) => r.step_id),
+    );
+    for (const a of accepted) {
+      if (!started.has(a.job.stepId)) results[a.index] = { accepted: false, reason: "step moved on" };
+    }
+    accepted.splice(0, accepted.length, ...accepted.filter((a) => started.has(a.job.stepId)));
+    if (accepted.length === 0) return results;
     const rowsJson = accepted.map((a) => ({ step_id: a.job.stepId, attempt: a.job.attempt, token: a.token }));
-    await sql`
-      update step_runs s set status = 'running', attempt = x.attempt, lease_token = x.token,
-        worker_id = ${worker.id}, started_at = now(), finished_at = null, error = null, progress = null,
-        lease_expires_at = now() + make_interval(secs => ${worker.leaseSeconds}), updated_at = now()
-      from jsonb_to_recordset(${sql.json(rowsJson)}) as x(step_id text, attempt int, token text)
-      where s.run_id = ${runId} and s.step_id = x.step_id`;
     await sql`
       insert into step_attempts (run_id, step_id, attempt, status, worker_id, started_at)
       select ${runId}, x.step_id, x.attempt, 'running', ${worker.id}, now()
@@ -140,8 +168,8 @@ export async function completeAttempts(
   deps: EngineDeps,
   runId: string,
   items: readonly CompleteRequest[],
-): Promise<FinishResult[]> {
-  const results: FinishResult[] = items.map(() => ({ accepted: false }));
+): Promise<Array<FinishResult | ItemFailure>> {
+  const results: Array<FinishResult | ItemFailure> = items.map(() => ({ accepted: false }));
   const loadedRun = await deps.db.sql<{ workflow_id: string; workflow_version: number }[]>`
     select workflow_id, workflow_version from runs where id = ${runId}`;
   if (!loadedRun[0]) return results;
@@ -149,7 +177,10 @@ export async function completeAttempts(
   const simple: number[] = [];
   for (let i = 0; i < items.length; i++) {
     if ((loaded.steps.get(items[i]!.ref.stepId)?.provides ?? []).length > 0) {
-      results[i] = await completeAttempt(deps, items[i]!.ref, items[i]!.output);
+      // Its own transaction: a failure here must not cost the rest of the batch.
+      results[i] = await completeAttempt(deps, items[i]!.ref, items[i]!.output).catch(
+        (error) => new ItemFailure(error),
+      );
     } else simple.push(i);
   }
   if (simple.length === 0) return results;
@@ -196,7 +227,8 @@ export async function completeAttempts(
     await advanceAfterSuccesses(deps, sql, run, loaded, succeeded, after, events);
   });
   for (const i of simple) {
-    if (!results[i]!.accepted)
+    const result = results[i]!;
+    if (!(result instanceof ItemFailure) && !result.accepted)
       deps.log.warn({ ...items[i]!.ref, token: undefined }, "stale completion refused");
   }
   await after.flush(deps);

@@ -48,17 +48,6 @@ export async function pauseRun(deps: EngineDeps, tenantId: string, runId: string
 }
 
 export async function resumeRun(deps: EngineDeps, tenantId: string, runId: string): Promise<RunWithName> {
-  // Jobs of waiting steps may have reached a worker while the run was paused and been refused:
-  // find out which are gone before taking the lock (a job cannot come back once gone).
-  const waiting = await deps.db.sql<Pick<StepRow, "step_id" | "queue" | "job_id" | "attempt">[]>`
-    select step_id, queue, job_id, attempt from step_runs
-    where run_id = ${runId} and status in ('queued', 'retrying')`;
-  const live = await deps.dispatcher.liveJobs(
-    waiting.map((s) => ({
-      queue: s.queue,
-      jobId: s.job_id ?? stepJobId({ runId, stepId: s.step_id, attempt: s.attempt }),
-    })),
-  );
   const after = new AfterCommit();
   const run = await deps.db.sql.begin(async (sql) => {
     const run = await lockRun(sql, runId, tenantId);
@@ -72,8 +61,9 @@ export async function resumeRun(deps: EngineDeps, tenantId: string, runId: strin
     const events: NewEvent[] = [{ type: "run.resumed", data: {} }];
     const steps = await sql<StepRow[]>`
       select * from step_runs where run_id = ${runId} and status in ('queued', 'retrying')`;
+    // Jobs of waiting steps may have reached a worker while the run was paused and been refused.
+    // Each gets a fresh job; an old one still waiting is refused as superseded when it arrives.
     for (const step of steps) {
-      if (step.job_id && live.has(step.job_id)) continue;
       const delayMs = step.next_attempt_at ? Math.max(0, step.next_attempt_at.getTime() - Date.now()) : 0;
       const job = jobFor(resumed!, step, step.attempt, {
         jobSuffix: `p${Date.now()}`,

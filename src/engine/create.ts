@@ -18,7 +18,11 @@ export function createEngineDeps(deps: Omit<EngineDeps, "specs" | "runsEnded">):
       }
       // A slot or a lock was freed: start what waits for it (the supervisor retries as well). A
       // run that held neither frees nothing anyone waits for.
-      if (freed) await admitQueuedRuns(engine);
+      // Not awaited: the worker that ended the run goes on with its next batch meanwhile.
+      if (freed)
+        void admitQueuedRuns(engine).catch((error) =>
+          engine.log.warn({ err: error }, "admitting queued runs failed"),
+        );
     },
   };
   return engine;

@@ -4,6 +4,11 @@
  * transactions on one run row into a few, with no added delay when there is no load (a lone
  * request starts at once). Different keys never wait for each other.
  */
+/** A batch result that fails its own request only (the rest of the batch succeeded). */
+export class ItemFailure {
+  constructor(readonly error: unknown) {}
+}
+
 export class GroupCommitter<Req, Res> {
   private readonly waiting = new Map<
     string,
@@ -12,8 +17,11 @@ export class GroupCommitter<Req, Res> {
   private readonly busy = new Set<string>();
 
   constructor(
-    /** Handles a batch (in submission order); answers one result per request, in the same order. */
-    private readonly handle: (key: string, requests: Req[]) => Promise<Res[]>,
+    /**
+     * Handles a batch (in submission order); answers one result per request, in the same order.
+     * An `ItemFailure` rejects that request alone; a thrown error rejects the whole batch.
+     */
+    private readonly handle: (key: string, requests: Req[]) => Promise<Array<Res | ItemFailure>>,
     private readonly maxBatch = 256,
   ) {}
 
@@ -46,7 +54,11 @@ export class GroupCommitter<Req, Res> {
             key,
             batch.map((b) => b.request),
           );
-          for (const [i, b] of batch.entries()) b.resolve(results[i]!);
+          for (const [i, b] of batch.entries()) {
+            const result = results[i]!;
+            if (result instanceof ItemFailure) b.reject(result.error);
+            else b.resolve(result);
+          }
         } catch (error) {
           for (const b of batch) b.reject(error);
         }

@@ -121,12 +121,23 @@ async function recoverExpiredLeases(deps: EngineDeps, graceSeconds: number, batc
           and attempt = ${lost.attempt} and status = 'running'
           and lease_expires_at < now() - make_interval(secs => ${graceSeconds})`;
       if (!step) return false;
-      if (run.status !== "running") {
-        // A run that ended (cancelled, failed) while this step ran: nothing to retry.
+      if (run.status !== "running" && run.status !== "paused") {
+        // A run that ended or is rolling back while this step ran: nothing to retry; the step
+        // ends cancelled, with its event.
         await tx`update step_runs set status = 'cancelled', lease_token = null, finished_at = now(), updated_at = now()
           where run_id = ${run.id} and step_id = ${step.step_id}`;
+        await appendEvents(tx, run.tenant_id, run.id, [
+          {
+            type: "step.cancelled",
+            stepId: step.step_id,
+            data: { reason: `worker lost while the run was ${run.status}` },
+          },
+        ]);
+        after.runs.add(run.id);
         return true;
       }
+      // Running or paused: the attempt is lost and the next one queued (a paused run's job is
+      // refused until resume re-creates it), or the step fails when no attempts are left.
       const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
       await abandonAttempt(deps, tx, run, loaded, step, "lease expired", after);
       return true;

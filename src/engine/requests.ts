@@ -3,12 +3,13 @@
  * backfills), subgraphs, retries — turned into runs by the same path (`create-run.ts`).
  */
 import { randomUUID } from "node:crypto";
-import { type RunRow, runColumns, type StepRow } from "../db/repositories/runs.ts";
+import { type RunRow, runColumns, type Sql, type StepRow } from "../db/repositories/runs.ts";
 import { type FieldIssue, FlowlineError, notFound } from "../domain/errors.ts";
 import type { AssetState, ParentRun, Plan, PlanAction, PlanReason } from "../domain/planner.ts";
 import { planRun } from "../domain/planner.ts";
 import { resolveStep } from "../domain/workflow/resolve.ts";
-import { type CreatedRun, insertRun, type NewRun, type TakenLocks } from "./create-run.ts";
+import { concurrencySlot } from "./admission.ts";
+import { type CreatedRun, concurrencyKeyOf, insertRun, type NewRun, type TakenLocks } from "./create-run.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
 import { releaseTaken } from "./runs.ts";
 import type { LoadedSpec } from "./specs.ts";
@@ -88,11 +89,24 @@ async function createRuns(
   deps: EngineDeps,
   inputs: NewRun[],
   check?: (created: CreatedRun) => void,
+  guard?: (sql: Sql) => Promise<void>,
 ): Promise<CreatedRun[]> {
   const after = new AfterCommit();
   const taken: TakenLocks = [];
   const created = await deps.db.sql
     .begin(async (sql) => {
+      await guard?.(sql);
+      // Several runs in one transaction take their concurrency locks up front, in one global
+      // order, so two overlapping backfills cannot deadlock on them.
+      if (inputs.length > 1) {
+        const slots = new Set<string>();
+        for (const input of inputs) {
+          if (!input.loaded.spec.concurrency) continue;
+          slots.add(concurrencySlot(input.loaded.workflowId, concurrencyKeyOf(input.loaded, input.params)));
+        }
+        for (const slot of [...slots].sort())
+          await sql`select pg_advisory_xact_lock(hashtextextended(${slot}, 0))`;
+      }
       const out: CreatedRun[] = [];
       for (const input of inputs) {
         const c = await insertRun(deps, sql, input, after, taken);
@@ -125,6 +139,8 @@ export interface MaterializeInput {
   ifBusy?: "wait" | "reject";
   /** What asked for it: api (default), auto-materialize… (a backfill is recorded as backfill). */
   trigger?: string;
+  /** Runs first in the creating transaction (the supervisor's fencing check). */
+  guard?: (sql: Sql) => Promise<void>;
 }
 
 export interface MaterializeResult {
@@ -234,6 +250,7 @@ export async function materialize(deps: EngineDeps, input: MaterializeInput): Pr
       if (input.ifBusy === "reject" && created.waiting && /asset/.test(created.waiting))
         throw new FlowlineError("conflict", `An asset is busy: ${created.waiting}`);
     },
+    input.guard,
   );
   return { plans, runs, backfillId };
 }
@@ -375,6 +392,7 @@ export async function retryRun(
 export async function autoMaterialize(
   deps: EngineDeps,
   stillActive: () => boolean = () => true,
+  guard?: (sql: Sql) => Promise<void>,
 ): Promise<number> {
   const sql = deps.db.sql;
   const candidates = await sql<
@@ -414,7 +432,12 @@ export async function autoMaterialize(
   for (const { tenantId, assets } of due.values()) {
     if (!stillActive()) break;
     try {
-      const result = await materialize(deps, { tenantId, assets, trigger: "auto-materialize" });
+      const result = await materialize(deps, {
+        tenantId,
+        assets,
+        trigger: "auto-materialize",
+        ...(guard ? { guard } : {}),
+      });
       started += result.runs.length;
       if (result.runs.length > 0)
         deps.log.info({ tenantId, assets, runId: result.runs[0]!.run.id }, "auto-materialization started");

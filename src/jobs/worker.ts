@@ -88,6 +88,19 @@ const compensationOps: AttemptOps = {
   activity: recordCompensationActivity,
 };
 
+/** Retries an idempotent engine write a few times (Postgres briefly unreachable), then throws. */
+async function withRetries<T>(write: () => Promise<T>, log: Logger, attempts = 5): Promise<T> {
+  for (let n = 1; ; n++) {
+    try {
+      return await write();
+    } catch (error) {
+      if (n >= attempts) throw error;
+      log.warn({ err: (error as Error).message, retry: n }, "recording the result failed; retrying");
+      await new Promise((r) => setTimeout(r, 200 * 2 ** (n - 1)));
+    }
+  }
+}
+
 export async function startWorker(options: WorkerOptions): Promise<RunningWorker> {
   const { config } = options;
   const id = `${hostname()}:${process.pid}:${randomBytes(2).toString("hex")}`;
@@ -265,7 +278,9 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       // Only the step's own outcome decides success or failure: an error while recording it
       // (Postgres unreachable) is thrown to BullMQ, which retries the job; fencing keeps that safe.
       if (outcome.ok) {
-        const result = await ops.complete(deps, ref, outcome.output);
+        // The write is fenced, so repeating it is safe: retry it here rather than hand the job
+        // back to BullMQ, which would start the step over and count the finished work as lost.
+        const result = await withRetries(() => ops.complete(deps, ref, outcome.output), stepLog);
         stepLog.info({ accepted: result.accepted }, "attempt succeeded");
         return;
       }

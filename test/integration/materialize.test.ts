@@ -196,6 +196,34 @@ describe("materializations", () => {
   });
 });
 
+describe("fencing when the stale holder finishes first", () => {
+  it("a run that lost its asset lock cannot record even before the new holder writes", async () => {
+    await putWorkflow(ctx, "race-asset", {
+      steps: [
+        {
+          id: "make",
+          provides: ["raced"],
+          run: { type: "handler", name: "test.sleepy", input: { ms: "{{params.ms}}" } },
+        },
+      ],
+    });
+    const first = (await materialize({ assets: ["raced"], params: { ms: 1500 } })).runs[0];
+    await waitForRun(ctx, first.id, (r) => r.steps[0].status === "running");
+    // Its lease runs out (nobody renews it here): simulated by the lock key expiring now.
+    await ctx.redis.del(`${ctx.config.redis.prefix}:lock:asset:default:raced`);
+    const second = (await materialize({ assets: ["raced"], force: true, params: { ms: 4000 } })).runs[0];
+    expect(second.status).toBe("running");
+    const firstDone = await waitForRun(ctx, first.id);
+    expect(firstDone.status).toBe("failed");
+    expect(firstDone.steps[0].error.message).toMatch(/asset lock lost/);
+    const secondDone = await waitForRun(ctx, second.id);
+    expect(secondDone.status).toBe("succeeded");
+    const rows = await ctx.db.sql<{ run_id: string }[]>`
+      select run_id from materializations where asset_key = 'raced'`;
+    expect(rows.map((r) => r.run_id)).toEqual([second.id]);
+  });
+});
+
 describe("subgraphs and retries", () => {
   const gate = join(tmpdir(), `flowline-gate-${Date.now()}-${Math.random().toString(36).slice(2)}`);
 

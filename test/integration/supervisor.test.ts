@@ -5,6 +5,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { completeAttempt, startAttempt } from "../../src/engine/attempts.ts";
+import { startAttempts } from "../../src/engine/batch.ts";
+import { pauseRun, resumeRun } from "../../src/engine/control.ts";
 import { reconcile } from "../../src/engine/reconcile.ts";
 import { cancelRun, submitRun } from "../../src/engine/runs.ts";
 import { pruneOldData } from "../../src/jobs/supervisor/retention.ts";
@@ -119,6 +121,43 @@ describe("reconciler", () => {
     expect(done.status).toBe("succeeded");
     expect((await eventsOf(ctx, run.id)).at(-1).type).toBe("run.succeeded");
     expect(await reconcile(engine(), repairNow)).toMatchObject({ closed: 0 });
+  });
+});
+
+describe("batched starts and paused runs", () => {
+  it("a job delivered twice in one batch starts once, with no attempt abandoned", async () => {
+    const { run } = await submitRun(engine(), { tenantId: "default", workflow: "lonely" });
+    const job = { runId: run.id, stepId: "s", attempt: 1, jobId: `${run.id}.s.1` };
+    const [first, second] = await startAttempts(engine(), run.id, [job, job], { id: "w", leaseSeconds: 30 });
+    expect(first!.accepted).toBe(true);
+    expect(second).toMatchObject({ accepted: false, reason: expect.stringMatching(/duplicate/) });
+    expect(await stepRow(run.id)).toMatchObject({ status: "running", attempt: 1 });
+    expect((await eventsOf(ctx, run.id)).map((e) => e.type)).not.toContain("step.retrying");
+    await cancelRun(engine(), "default", run.id);
+  });
+
+  it("a paused run whose worker vanished continues after resume", async () => {
+    const { run } = await submitRun(engine(), { tenantId: "default", workflow: "lonely" });
+    const started = await startAttempt(
+      engine(),
+      { runId: run.id, stepId: "s", attempt: 1 },
+      { id: "gone", leaseSeconds: 30 },
+    );
+    expect(started.accepted).toBe(true);
+    await pauseRun(engine(), "default", run.id);
+    await ctx.db
+      .sql`update step_runs set lease_expires_at = now() - interval '1 minute' where run_id = ${run.id}`;
+    expect(await reconcile(engine(), repairNow)).toMatchObject({ abandoned: 1 });
+    expect(await stepRow(run.id)).toMatchObject({ status: "queued", attempt: 2 });
+    await resumeRun(engine(), "default", run.id);
+    const next = await startAttempt(
+      engine(),
+      { runId: run.id, stepId: "s", attempt: 2, jobId: (await stepRow(run.id)).job_id },
+      { id: "w2", leaseSeconds: 30 },
+    );
+    if (!next.accepted) throw new Error(next.reason);
+    expect(await completeAttempt(engine(), next.attempt, {})).toEqual({ accepted: true });
+    expect((await waitForRun(ctx, run.id)).status).toBe("succeeded");
   });
 });
 

@@ -74,7 +74,7 @@ export function supervisorDuties(deps: EngineDeps, guard: (sql: Sql) => Promise<
     {
       name: "auto-materialize",
       intervalMs: supervisor.scheduleIntervalSeconds * 1000,
-      run: (stillActive) => autoMaterialize(deps, stillActive),
+      run: (stillActive) => autoMaterialize(deps, stillActive, guard),
     },
     {
       name: "schedules",
@@ -199,28 +199,31 @@ export async function startSupervisor(options: { config: Config; log: Logger }):
     }
   })();
 
-  const dutyLoop = (async () => {
-    while (!stopped) {
-      for (const entry of duties) {
-        if (stopped || !isActive() || performance.now() < entry.nextAt) continue;
-        const started = performance.now();
-        try {
-          await entry.duty.run(isActive);
-          entry.failures = 0;
-          entry.nextAt = started + entry.duty.intervalMs;
-        } catch (error) {
-          entry.failures++;
-          const backoff = Math.min(
-            MAX_DUTY_BACKOFF_MS,
-            entry.duty.intervalMs * 2 ** Math.min(entry.failures, 10),
-          );
-          entry.nextAt = performance.now() + backoff;
-          log.error({ err: error, duty: entry.duty.name, retryInMs: backoff }, "supervisor duty failed");
+  // Each duty has a loop of its own: a slow one (webhooks to a hanging endpoint, a large retention
+  // pass) never delays another (asset-lock renewal, the reconciler).
+  const dutyLoops = duties.map((entry) =>
+    (async () => {
+      while (!stopped) {
+        if (isActive() && performance.now() >= entry.nextAt) {
+          const started = performance.now();
+          try {
+            await entry.duty.run(isActive);
+            entry.failures = 0;
+            entry.nextAt = started + entry.duty.intervalMs;
+          } catch (error) {
+            entry.failures++;
+            const backoff = Math.min(
+              MAX_DUTY_BACKOFF_MS,
+              entry.duty.intervalMs * 2 ** Math.min(entry.failures, 10),
+            );
+            entry.nextAt = performance.now() + backoff;
+            log.error({ err: error, duty: entry.duty.name, retryInMs: backoff }, "supervisor duty failed");
+          }
         }
+        await sleep(250);
       }
-      await sleep(250);
-    }
-  })();
+    })(),
+  );
 
   log.info({ leaseSeconds: config.supervisor.leaseSeconds }, "supervisor started");
   let closing: Promise<void> | undefined;
@@ -231,7 +234,7 @@ export async function startSupervisor(options: { config: Config; log: Logger }):
       closing ??= (async () => {
         stopped = true;
         for (const done of [...sleepers]) done();
-        await Promise.allSettled([leaseLoop, dutyLoop]);
+        await Promise.allSettled([leaseLoop, ...dutyLoops]);
         // Hand over at once instead of making the standby wait out the lease.
         if (grant) await leases.release(keys.supervisorLease(), grant.token).catch(() => false);
         grant = null;
