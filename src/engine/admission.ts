@@ -126,7 +126,7 @@ export async function startAdmittedRun(
   after: AfterCommit,
 ): Promise<RunRow> {
   const [started] = await sql<RunRow[]>`
-    update runs set status = 'running', started_at = coalesce(started_at, now()), updated_at = now(),
+    update runs set status = 'running', started_at = coalesce(started_at, clock_timestamp()), updated_at = now(),
       revision = revision + 1, locks_held = ${sql.json(held)}
     where id = ${run.id} returning ${runColumns(sql)}`;
   const events = [
