@@ -18,6 +18,7 @@ import { backoffDelayMs } from "../domain/retry.ts";
 import { resolveStep } from "../domain/workflow/resolve.ts";
 import type { Executor } from "../domain/workflow/spec.ts";
 import { collectTemplateRefs } from "../domain/workflow/templates.ts";
+import { type Activity, activityEvents } from "./activity.ts";
 import { assetLockKey } from "./admission.ts";
 import { advanceRun } from "./advance.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
@@ -423,10 +424,7 @@ async function failAttemptLocked(
 export async function recordActivity(
   deps: EngineDeps,
   ref: AttemptRef & { token: string },
-  activity: {
-    logs?: Array<{ stream: "stdout" | "stderr" | "log"; line: string }>;
-    progress?: { pct: number; message?: string };
-  },
+  activity: Activity,
 ): Promise<boolean> {
   const after = new AfterCommit();
   const ok = await deps.db.sql.begin(async (sql) => {
@@ -439,21 +437,7 @@ export async function recordActivity(
         and lease_token = ${ref.token} and status = 'running'
       returning 1`;
     if (rows.length === 0) return false;
-    const events: NewEvent[] = (activity.logs ?? []).map((l) => ({
-      type: "step.log",
-      stepId: ref.stepId,
-      attempt: ref.attempt,
-      data: { stream: l.stream, line: l.line },
-    }));
-    if (activity.progress) {
-      events.push({
-        type: "step.progress",
-        stepId: ref.stepId,
-        attempt: ref.attempt,
-        data: { progress: activity.progress.pct, message: activity.progress.message ?? null },
-      });
-    }
-    await appendEvents(sql, run.tenant_id, run.id, events);
+    await appendEvents(sql, run.tenant_id, run.id, activityEvents(ref, activity));
     after.runs.add(run.id);
     return true;
   });

@@ -37,6 +37,7 @@ import { canTransitionRun, isTerminalRun } from "../domain/status.ts";
 import { resolveStep } from "../domain/workflow/resolve.ts";
 import type { Executor } from "../domain/workflow/spec.ts";
 import { collectTemplateRefs } from "../domain/workflow/templates.ts";
+import { type Activity, activityEvents } from "./activity.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
 import type { LoadedSpec } from "./specs.ts";
 
@@ -602,30 +603,13 @@ async function abandonCompensation(
 export async function recordCompensationActivity(
   deps: EngineDeps,
   ref: CompensationRef & { token: string },
-  activity: {
-    logs?: Array<{ stream: "stdout" | "stderr" | "log"; line: string }>;
-    progress?: { pct: number; message?: string };
-  },
+  activity: Activity,
 ): Promise<boolean> {
   const after = new AfterCommit();
   const ok = await deps.db.sql.begin(async (sql) => {
     const run = await lockRun(sql, ref.runId);
     if (!run || !(await heldCompensation(sql, ref))) return false;
-    const events: NewEvent[] = (activity.logs ?? []).map((l) => ({
-      type: "step.log",
-      stepId: ref.stepId,
-      attempt: ref.attempt,
-      data: { phase: PHASE, stream: l.stream, line: l.line },
-    }));
-    if (activity.progress) {
-      events.push({
-        type: "step.progress",
-        stepId: ref.stepId,
-        attempt: ref.attempt,
-        data: { phase: PHASE, progress: activity.progress.pct, message: activity.progress.message ?? null },
-      });
-    }
-    await appendEvents(sql, run.tenant_id, run.id, events);
+    await appendEvents(sql, run.tenant_id, run.id, activityEvents(ref, activity, { phase: PHASE }));
     after.runs.add(run.id);
     return true;
   });
