@@ -11,7 +11,7 @@ import { resolveStep } from "../domain/workflow/resolve.ts";
 import { concurrencySlot } from "./admission.ts";
 import { type CreatedRun, concurrencyKeyOf, insertRun, type NewRun, type TakenLocks } from "./create-run.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
-import { releaseTaken } from "./runs.ts";
+import { mergeParams, releaseTaken } from "./runs.ts";
 import type { LoadedSpec } from "./specs.ts";
 
 /** Most partitions one backfill request may create. */
@@ -72,16 +72,6 @@ export function presentPlan(
 
 function invalid(message: string, issues: FieldIssue[]): never {
   throw new FlowlineError("validation_failed", message, { issues });
-}
-
-function mergeParams(deps: EngineDeps, ...layers: Array<Record<string, unknown> | undefined>) {
-  const params = Object.assign({}, ...layers.filter(Boolean));
-  const size = Buffer.byteLength(JSON.stringify(params));
-  if (size > deps.config.limits.maxRunParamsBytes)
-    invalid(`params are ${size} bytes; the limit is ${deps.config.limits.maxRunParamsBytes}`, [
-      { location: "body", path: ["params"], message: "too large" },
-    ]);
-  return params;
 }
 
 /** Creates runs in one transaction (all or none); locks taken by a failed attempt are given back. */

@@ -66,12 +66,9 @@ async function loadWorkflow(deps: EngineDeps, tenantId: string, name: string) {
   return found;
 }
 
-function mergeParams(
-  deps: EngineDeps,
-  defaults: Record<string, unknown>,
-  given: Record<string, unknown> | undefined,
-) {
-  const params = { ...defaults, ...(given ?? {}) };
+/** Params layered left to right (defaults first), refused when larger than the configured limit. */
+export function mergeParams(deps: EngineDeps, ...layers: Array<Record<string, unknown> | undefined>) {
+  const params: Record<string, unknown> = Object.assign({}, ...layers.filter(Boolean));
   const size = Buffer.byteLength(JSON.stringify(params));
   if (size > deps.config.limits.maxRunParamsBytes) {
     throw new FlowlineError(

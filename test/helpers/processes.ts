@@ -82,3 +82,14 @@ export function spawnFlowline(args: string[], env: NodeJS.ProcessEnv): Spawned {
       }),
   };
 }
+
+/** Whether a process with this pid exists (signal 0 checks without signalling). */
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ESRCH") return false;
+    throw error;
+  }
+}

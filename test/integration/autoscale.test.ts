@@ -15,7 +15,7 @@ import {
   waitForRun,
 } from "../helpers/engine.ts";
 import { call } from "../helpers/http.ts";
-import { cleanEnv, type Spawned, spawnFlowline } from "../helpers/processes.ts";
+import { cleanEnv, isAlive, type Spawned, spawnFlowline } from "../helpers/processes.ts";
 
 let ctx: TestContext;
 const processes: Spawned[] = [];
@@ -50,15 +50,6 @@ async function until<T>(
     await new Promise((r) => setTimeout(r, 200));
   }
 }
-
-const pidAlive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
 
 describe("autoscaled worker pools", () => {
   it("a burst of 200 steps scales from min to max and back after the cool-down; none lost, none twice", async () => {
@@ -100,7 +91,7 @@ describe("autoscaled worker pools", () => {
     await stopProcess(pool);
     // Its workers went with it: no orphans.
     expect(pids.size).toBeGreaterThanOrEqual(3);
-    expect([...pids].filter(pidAlive)).toEqual([]);
+    expect([...pids].filter(isAlive)).toEqual([]);
   }, 180_000);
 
   it("replaces a worker killed with kill -9 mid-step; the step is retried and the run succeeds", async () => {
@@ -123,7 +114,7 @@ describe("autoscaled worker pools", () => {
       return q.workers.find((w: any) => w.steps.some((s: any) => s.runId === run.id && s.stepId === "slow"));
     });
     process.kill(victim.pid, "SIGKILL");
-    await until("the killed worker to be gone", async () => !pidAlive(victim.pid));
+    await until("the killed worker to be gone", async () => !isAlive(victim.pid));
 
     const done = await waitForRun(ctx, run.id, undefined, 60_000);
     expect(done.status).toBe("succeeded");

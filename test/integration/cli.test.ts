@@ -3,7 +3,7 @@ import { Redis } from "ioredis";
 import postgres from "postgres";
 import { afterAll, describe, expect, inject, it } from "vitest";
 import { deleteByPattern } from "../../src/redis/connection.ts";
-import { cleanEnv, freePort, spawnFlowline } from "../helpers/processes.ts";
+import { cleanEnv, freePort, isAlive, spawnFlowline } from "../helpers/processes.ts";
 import { databaseUrl, TEST_PG_URL, TEST_REDIS_URL } from "../helpers/services.ts";
 
 // A database that does not exist yet: `api` and `migrate` must create it. The global teardown
@@ -125,7 +125,7 @@ describe("flowline CLI", () => {
     expect(code, output).toBe(0);
     expect(up.stdout(), output).toMatch(/worker stopped/);
     expect(up.stdout(), output).toMatch(/supervisor stopped/);
-    expect(workerPids(up.stdout()).filter(alive), output).toEqual([]);
+    expect(workerPids(up.stdout()).filter(isAlive), output).toEqual([]);
     // The stream was ended by the server, not left hanging.
     for (;;) {
       const { done } = await reader.read().catch(() => ({ done: true }));
@@ -158,7 +158,7 @@ describe("flowline CLI", () => {
     expect((await supervisor.exited).code, supervisor.stdout()).toBe(0);
     expect((await workers.exited).code, workers.stdout()).toBe(0);
     expect(workerPids(workers.stdout()).length).toBeGreaterThanOrEqual(1);
-    expect(workerPids(workers.stdout()).filter(alive)).toEqual([]);
+    expect(workerPids(workers.stdout()).filter(isAlive)).toEqual([]);
   });
 });
 
@@ -168,13 +168,4 @@ function workerPids(output: string): number[] {
     .split("\n")
     .filter((line) => line.includes('"worker started"'))
     .map((line) => JSON.parse(line).pid as number);
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }

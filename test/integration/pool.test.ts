@@ -11,6 +11,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { type ConfigInput, parseConfig } from "../../src/config/index.ts";
 import type { QueueLoad } from "../../src/domain/scaling.ts";
 import { type QueueTarget, startWorkerPools, type WorkerPools } from "../../src/jobs/pool.ts";
+import { isAlive } from "../helpers/processes.ts";
 
 const FAKE_WORKER = fileURLToPath(new URL("../fixtures/fake-worker.mjs", import.meta.url));
 
@@ -121,16 +122,6 @@ async function waitFor<T>(what: string, probe: () => T | undefined | null | fals
 async function waitTicks(h: Harness, ticks: number) {
   const target = h.measured() + ticks;
   await waitFor(`${ticks} more ticks`, () => h.measured() >= target);
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ESRCH") return false;
-    throw error;
-  }
 }
 
 const pool = (h: Harness, queue = "default") => h.pools.snapshot()[queue]!;
