@@ -6,7 +6,6 @@
 import { randomUUID } from "node:crypto";
 import {
   appendEvents,
-  lockRun,
   type NewEvent,
   type RunRow,
   type Sql,
@@ -21,7 +20,7 @@ import { collectTemplateRefs } from "../domain/workflow/templates.ts";
 import { type Activity, activityEvents } from "./activity.ts";
 import { assetLockKey } from "./admission.ts";
 import { advanceRun } from "./advance.ts";
-import { AfterCommit, type EngineDeps } from "./deps.ts";
+import { type AfterCommit, type EngineDeps, inRunTransaction } from "./deps.ts";
 import type { LoadedSpec } from "./specs.ts";
 
 export interface AttemptRef {
@@ -47,9 +46,7 @@ export async function startAttempt(
   job: AttemptRef & { jobId?: string },
   worker: { id: string; leaseSeconds: number },
 ): Promise<StartResult> {
-  const after = new AfterCommit();
-  const result = await deps.db.sql.begin(async (sql): Promise<StartResult> => {
-    const run = await lockRun(sql, job.runId);
+  return inRunTransaction(deps, job.runId, async (sql, run, after): Promise<StartResult> => {
     if (!run) return { accepted: false, reason: "run not found" };
     if (run.status !== "running") return { accepted: false, reason: `run is ${run.status}` };
     const [step] = await sql<StepRow[]>`
@@ -114,8 +111,6 @@ export async function startAttempt(
       },
     };
   });
-  await after.flush(deps);
-  return result;
 }
 
 /** Extends the lease; false when the attempt is no longer this holder's (cancelled, taken over). */
@@ -280,9 +275,7 @@ export async function completeAttempt(
   ref: AttemptRef & { token: string },
   output: unknown,
 ): Promise<FinishResult> {
-  const after = new AfterCommit();
-  const result = await deps.db.sql.begin(async (sql): Promise<FinishResult> => {
-    const run = await lockRun(sql, ref.runId);
+  const result = await inRunTransaction(deps, ref.runId, async (sql, run, after): Promise<FinishResult> => {
     if (!run) return { accepted: false };
     const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
     const provides = loaded.steps.get(ref.stepId)?.provides ?? [];
@@ -335,7 +328,6 @@ export async function completeAttempt(
     return { accepted: true };
   });
   if (!result.accepted) deps.log.warn({ ...ref, token: undefined }, "stale completion refused");
-  await after.flush(deps);
   return result;
 }
 
@@ -355,16 +347,13 @@ export async function failAttempt(
   error: AttemptError,
   options: { retryable: boolean } = { retryable: true },
 ): Promise<FinishResult> {
-  const after = new AfterCommit();
-  const result = await deps.db.sql.begin(async (sql): Promise<FinishResult> => {
-    const run = await lockRun(sql, ref.runId);
+  const result = await inRunTransaction(deps, ref.runId, async (sql, run, after): Promise<FinishResult> => {
     if (!run) return { accepted: false };
     const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
     return failAttemptLocked(deps, sql, run, loaded, ref, error, options, after);
   });
   if (!result.accepted)
     deps.log.warn({ runId: ref.runId, stepId: ref.stepId, attempt: ref.attempt }, "stale failure refused");
-  await after.flush(deps);
   return result;
 }
 
@@ -426,9 +415,7 @@ export async function recordActivity(
   ref: AttemptRef & { token: string },
   activity: Activity,
 ): Promise<boolean> {
-  const after = new AfterCommit();
-  const ok = await deps.db.sql.begin(async (sql) => {
-    const run = await lockRun(sql, ref.runId);
+  return inRunTransaction(deps, ref.runId, async (sql, run, after) => {
     if (!run) return false;
     const rows = await sql`
       update step_runs set updated_at = now()
@@ -441,8 +428,6 @@ export async function recordActivity(
     after.runs.add(run.id);
     return true;
   });
-  await after.flush(deps);
-  return ok;
 }
 
 /**
@@ -453,10 +438,8 @@ export async function handBackAttempt(
   deps: EngineDeps,
   ref: AttemptRef & { token: string },
 ): Promise<boolean> {
-  const after = new AfterCommit();
   const suffix = `h${Date.now()}`;
-  const ok = await deps.db.sql.begin(async (sql) => {
-    const run = await lockRun(sql, ref.runId);
+  return inRunTransaction(deps, ref.runId, async (sql, run, after) => {
     if (!run) return false;
     const [step] = await sql<StepRow[]>`
       update step_runs set status = 'queued', lease_token = null, worker_id = null, queued_at = now(),
@@ -480,6 +463,4 @@ export async function handBackAttempt(
     after.jobs.push(jobFor(run, step, ref.attempt, { jobSuffix: suffix }));
     return true;
   });
-  await after.flush(deps);
-  return ok;
 }

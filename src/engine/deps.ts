@@ -1,7 +1,7 @@
 import type { Logger } from "pino";
 import type { Config } from "../config/index.ts";
 import type { DbHandle } from "../db/client.ts";
-import type { RunRow } from "../db/repositories/runs.ts";
+import { lockRun, type RunRow, type Sql } from "../db/repositories/runs.ts";
 import type { ControlBus, EventNotifier, LockService, StepDispatcher, StepJob } from "../domain/ports.ts";
 import type { SpecCache } from "./specs.ts";
 
@@ -51,4 +51,20 @@ export class AfterCommit {
       await deps.runsEnded(this.ended).catch((error) => deps.log.warn({ err: error }, "after run end"));
     }
   }
+}
+
+/**
+ * The shape of almost every engine write: one transaction that first locks the run row (which is
+ * what orders a run's events), then the after-commit work once it committed. `run` is undefined
+ * when there is no such run (or it belongs to another tenant).
+ */
+export async function inRunTransaction<T>(
+  deps: EngineDeps,
+  runId: string,
+  work: (sql: Sql, run: RunRow | undefined, after: AfterCommit) => Promise<T>,
+): Promise<T> {
+  const after = new AfterCommit();
+  const result = (await deps.db.sql.begin(async (sql) => work(sql, await lockRun(sql, runId), after))) as T;
+  await after.flush(deps);
+  return result;
 }

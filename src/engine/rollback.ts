@@ -38,7 +38,7 @@ import { resolveStep } from "../domain/workflow/resolve.ts";
 import type { Executor } from "../domain/workflow/spec.ts";
 import { collectTemplateRefs } from "../domain/workflow/templates.ts";
 import { type Activity, activityEvents } from "./activity.ts";
-import { AfterCommit, type EngineDeps } from "./deps.ts";
+import { AfterCommit, type EngineDeps, inRunTransaction } from "./deps.ts";
 import type { LoadedSpec } from "./specs.ts";
 
 /** Marks a compensation's events apart from the step's own. */
@@ -472,26 +472,27 @@ export async function failCompensation(
   error: CompensationError,
   options: { retryable: boolean } = { retryable: true },
 ): Promise<CompensationResult> {
-  const after = new AfterCommit();
-  const result = await deps.db.sql.begin(async (sql): Promise<CompensationResult> => {
-    const run = await lockRun(sql, ref.runId);
-    if (run?.status !== "rolling_back") return { accepted: false };
-    const step = await heldCompensation(sql, ref);
-    if (!step) return { accepted: false };
-    const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
-    return failCompensationLocked(
-      deps,
-      sql,
-      run,
-      loaded,
-      step,
-      error,
-      { retryable: options.retryable },
-      after,
-    );
-  });
+  const result = await inRunTransaction(
+    deps,
+    ref.runId,
+    async (sql, run, after): Promise<CompensationResult> => {
+      if (run?.status !== "rolling_back") return { accepted: false };
+      const step = await heldCompensation(sql, ref);
+      if (!step) return { accepted: false };
+      const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
+      return failCompensationLocked(
+        deps,
+        sql,
+        run,
+        loaded,
+        step,
+        error,
+        { retryable: options.retryable },
+        after,
+      );
+    },
+  );
   if (!result.accepted) deps.log.warn({ ...ref, token: undefined }, "stale compensation failure refused");
-  await after.flush(deps);
   return result;
 }
 
@@ -605,16 +606,12 @@ export async function recordCompensationActivity(
   ref: CompensationRef & { token: string },
   activity: Activity,
 ): Promise<boolean> {
-  const after = new AfterCommit();
-  const ok = await deps.db.sql.begin(async (sql) => {
-    const run = await lockRun(sql, ref.runId);
+  return inRunTransaction(deps, ref.runId, async (sql, run, after) => {
     if (!run || !(await heldCompensation(sql, ref))) return false;
     await appendEvents(sql, run.tenant_id, run.id, activityEvents(ref, activity, { phase: PHASE }));
     after.runs.add(run.id);
     return true;
   });
-  await after.flush(deps);
-  return ok;
 }
 
 /**
@@ -625,10 +622,8 @@ export async function handBackCompensation(
   deps: EngineDeps,
   ref: CompensationRef & { token: string },
 ): Promise<boolean> {
-  const after = new AfterCommit();
   const suffix = `h${Date.now()}`;
-  const ok = await deps.db.sql.begin(async (sql) => {
-    const run = await lockRun(sql, ref.runId);
+  return inRunTransaction(deps, ref.runId, async (sql, run, after) => {
     if (run?.status !== "rolling_back") return false;
     const step = await heldCompensation(sql, ref);
     if (!step) return false;
@@ -650,8 +645,6 @@ export async function handBackCompensation(
     after.jobs.push(job);
     return true;
   });
-  await after.flush(deps);
-  return ok;
 }
 
 /**
