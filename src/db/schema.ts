@@ -155,6 +155,12 @@ export const stepRuns = pgTable(
       .notNull()
       .references(() => runs.id, { onDelete: "cascade" }),
     stepId: text("step_id").notNull(),
+    /**
+     * `execute` (the step itself) or `compensate` (its compensation during a rollback, a row that
+     * exists only once a rollback asks for it). Both phases share every column and every fenced
+     * statement: one attempt lifecycle (see engine/attempts.ts).
+     */
+    phase: text("phase").notNull().default("execute"),
     status: stepStatus("status").notNull().default("pending"),
     /** The current attempt (0 before the first). A completion counts only for this attempt. */
     attempt: integer("attempt").notNull().default(0),
@@ -179,36 +185,16 @@ export const stepRuns = pgTable(
     /** Id of the BullMQ job that carries the current attempt; the reconciler checks it exists. */
     jobId: text("job_id"),
     reusedFromRunId: uuid("reused_from_run_id"),
-    /**
-     * The step's compensation during a rollback (see engine/rollback.ts): null when it has none to
-     * run, else pending | queued | running | retrying | succeeded | failed | cancelled. The
-     * `compensation_*` columns below mirror the step's own attempt, lease and job columns, so a
-     * compensation attempt is fenced and recovered exactly like a step attempt.
-     */
-    compensationStatus: text("compensation_status"),
-    compensationAttempt: integer("compensation_attempt").notNull().default(0),
-    compensationLeaseToken: text("compensation_lease_token"),
-    compensationLeaseExpiresAt: ts("compensation_lease_expires_at"),
-    compensationJobId: text("compensation_job_id"),
-    compensationWorkerId: text("compensation_worker_id"),
-    /** When the current compensation job is due (queued now, or after a retry's backoff). */
-    compensationDueAt: ts("compensation_due_at"),
-    compensationError: jsonb("compensation_error"),
-    compensationStartedAt: ts("compensation_started_at"),
-    compensationFinishedAt: ts("compensation_finished_at"),
     queuedAt: ts("queued_at"),
     startedAt: ts("started_at"),
     finishedAt: ts("finished_at"),
     updatedAt: ts("updated_at").notNull().defaultNow(),
   },
   (t) => [
-    primaryKey({ columns: [t.runId, t.stepId] }),
+    primaryKey({ columns: [t.runId, t.stepId, t.phase] }),
     index("step_runs_recovery_idx")
       .on(t.status, t.leaseExpiresAt)
       .where(sql`${t.status} in ('queued', 'running', 'retrying')`),
-    index("step_runs_compensation_idx")
-      .on(t.compensationStatus, t.compensationLeaseExpiresAt)
-      .where(sql`${t.compensationStatus} in ('queued', 'running', 'retrying')`),
   ],
 );
 
@@ -219,6 +205,7 @@ export const stepAttempts = pgTable(
       .notNull()
       .references(() => runs.id, { onDelete: "cascade" }),
     stepId: text("step_id").notNull(),
+    phase: text("phase").notNull().default("execute"),
     attempt: integer("attempt").notNull(),
     status: stepStatus("status").notNull(),
     workerId: text("worker_id"),
@@ -226,7 +213,7 @@ export const stepAttempts = pgTable(
     startedAt: ts("started_at"),
     finishedAt: ts("finished_at"),
   },
-  (t) => [primaryKey({ columns: [t.runId, t.stepId, t.attempt] })],
+  (t) => [primaryKey({ columns: [t.runId, t.stepId, t.phase, t.attempt] })],
 );
 
 export const events = pgTable(

@@ -45,8 +45,9 @@ const runTransitions: Record<RunStatus, readonly RunStatus[]> = {
 const stepTransitions: Record<StepStatus, readonly StepStatus[]> = {
   pending: ["queued", "skipped", "cancelled", "reused"],
   queued: ["running", "cancelled", "failed", "queued"],
+  // → queued: handed back by a stopping worker, or lost and retried at once.
   running: ["succeeded", "failed", "retrying", "cancelled", "queued"],
-  retrying: ["queued", "cancelled", "failed"],
+  retrying: ["running", "queued", "cancelled", "failed"],
   succeeded: [],
   failed: [],
   skipped: [],
@@ -60,6 +61,20 @@ export function canTransitionRun(from: RunStatus, to: RunStatus): boolean {
 
 export function canTransitionStep(from: StepStatus, to: StepStatus): boolean {
   return stepTransitions[from].includes(to);
+}
+
+/**
+ * The statuses a step (or compensation) may enter `to` from: the guard of every statement in
+ * `db/transitions.ts` that moves a row to `to` is derived from this, so the table is what the
+ * writers check.
+ */
+export function stepSourcesOf(to: StepStatus): StepStatus[] {
+  return stepStatuses.filter((from) => stepTransitions[from].includes(to));
+}
+
+/** The same for runs. */
+export function runSourcesOf(to: RunStatus): RunStatus[] {
+  return runStatuses.filter((from) => runTransitions[from].includes(to));
 }
 
 export const terminalRunStatuses: ReadonlySet<RunStatus> = new Set([

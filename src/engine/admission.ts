@@ -133,7 +133,8 @@ export async function startAdmittedRun(
     { type: "run.started" as const, data: Object.keys(held).length > 0 ? { locks: held } : {} },
   ];
   const ready = await sql<{ step_id: string }[]>`
-    select step_id from step_runs where run_id = ${run.id} and status = 'pending' and unmet_needs = 0`;
+    select step_id from step_runs where run_id = ${run.id} and phase = 'execute' and status = 'pending'
+      and unmet_needs = 0`;
   await queueSteps(
     deps,
     sql,

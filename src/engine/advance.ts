@@ -45,7 +45,7 @@ export async function queueSteps(
   await sql`
     update step_runs set status = 'queued', attempt = 1, queued_at = now(), updated_at = now(),
       job_id = ${`${run.id}.`} || step_id || '.1'
-    where run_id = ${run.id} and step_id in ${sql(stepIds as string[])} and status = 'pending'`;
+    where run_id = ${run.id} and phase = 'execute' and step_id in ${sql(stepIds as string[])} and status = 'pending'`;
   for (const stepId of stepIds) {
     const resolved = resolveStep(loaded.spec, loaded.steps.get(stepId)!, deps.config.tags, run.priority);
     events.push({
@@ -91,7 +91,7 @@ export async function advanceRun(
         ? []
         : await sql<{ step_id: string; unmet_needs: number; status: StepStatus }[]>`
             update step_runs set unmet_needs = unmet_needs - 1
-            where run_id = ${run.id} and step_id in ${sql(children as string[])}
+            where run_id = ${run.id} and phase = 'execute' and step_id in ${sql(children as string[])}
             returning step_id, unmet_needs, status`.then((rows) =>
             rows.filter((r) => r.unmet_needs === 0 && r.status === "pending").map((r) => r.step_id),
           );
@@ -194,7 +194,7 @@ export async function advanceAfterSuccesses(
             update step_runs s set unmet_needs = s.unmet_needs - c.n
             from jsonb_to_recordset(${sql.json([...counts].map(([step_id, n]) => ({ step_id, n })))})
               as c(step_id text, n int)
-            where s.run_id = ${run.id} and s.step_id = c.step_id
+            where s.run_id = ${run.id} and s.phase = 'execute' and s.step_id = c.step_id
             returning s.step_id, s.unmet_needs, s.status`
         )
           .filter((r) => r.unmet_needs === 0 && r.status === "pending")

@@ -1,35 +1,69 @@
 /**
- * The worker-facing half of the engine: start an attempt (drawing a fresh lease token), keep its
- * lease alive, and finish it. Every finishing write is fenced on (attempt, lease token, running):
- * a late result from a worker that lost its lease changes nothing.
+ * The one attempt lifecycle (domain/attempt.ts) for both phases of a step — its execution and,
+ * during a rollback, its compensation: start (drawing a fresh lease token), keep the lease alive,
+ * finish, hand back, abandon. Every write goes through the guarded statements of
+ * db/transitions.ts; what follows an attempt's end is decided once (`decideAfterAttempt`) and
+ * applied here. Starts and finishes take lists: a lone request is a batch of one.
  */
 import { randomUUID } from "node:crypto";
 import {
   appendEvents,
+  lockRun,
   type NewEvent,
   type RunRow,
   type Sql,
   type StepRow,
   stepOutputs,
 } from "../db/repositories/runs.ts";
-import { type StepJob, stepJobId } from "../domain/ports.ts";
-import { backoffDelayMs } from "../domain/retry.ts";
+import {
+  attemptKey,
+  extendLease,
+  heldAttempt,
+  markActivity,
+  markAttemptEnded,
+  markHandedBack,
+  markRunning,
+  markSucceeded,
+  readAttempts,
+} from "../db/transitions.ts";
+import {
+  type AttemptDecision,
+  type AttemptEnd,
+  type AttemptError,
+  activeRunStatusOf,
+  canFinishIn,
+  decideAfterAttempt,
+  judgeStart,
+  type Phase,
+  type Refused,
+  refuse,
+} from "../domain/attempt.ts";
+import { stepJobId } from "../domain/ports.ts";
 import { resolveStep } from "../domain/workflow/resolve.ts";
 import type { Executor } from "../domain/workflow/spec.ts";
 import { collectTemplateRefs } from "../domain/workflow/templates.ts";
 import { type Activity, activityEvents } from "./activity.ts";
 import { assetLockKey } from "./admission.ts";
-import { advanceRun } from "./advance.ts";
+import { advanceAfterSuccesses, advanceRun } from "./advance.ts";
 import { type AfterCommit, type EngineDeps, inRunTransaction } from "./deps.ts";
+import { jobFor } from "./jobs.ts";
+import { advanceRollback, failRollback } from "./rollback.ts";
 import type { LoadedSpec } from "./specs.ts";
+
+export type { AttemptError } from "../domain/attempt.ts";
 
 export interface AttemptRef {
   runId: string;
   stepId: string;
   attempt: number;
+  /** Default `execute`. */
+  phase?: Phase;
 }
 
+export type HeldRef = AttemptRef & { token: string };
+
 export interface StartedAttempt extends AttemptRef {
+  phase: Phase;
   tenantId: string;
   token: string;
   executor: Executor;
@@ -39,178 +73,495 @@ export interface StartedAttempt extends AttemptRef {
   upstream: Record<string, { output: unknown }>;
 }
 
-export type StartResult = { accepted: true; attempt: StartedAttempt } | { accepted: false; reason: string };
+export type StartResult =
+  | { accepted: true; attempt: StartedAttempt }
+  | (Refused & { /** Ask again after this long (a live attempt's lease). */ retryAfterMs?: number });
 
-export async function startAttempt(
+export type FinishResult = { accepted: true; retry?: { attempt: number; delayMs: number } } | Refused;
+
+export type StartRequest = AttemptRef & { jobId?: string };
+
+const phaseOf = (ref: { phase?: Phase }): Phase => ref.phase ?? "execute";
+/** Step events of a compensation carry `data.phase`; a step's own carry none. */
+const phaseData = (phase: Phase) => (phase === "compensate" ? { phase } : {});
+
+/**
+ * Starts attempts of one run's steps (either phase) in one transaction, each judged by
+ * `judgeStart` against the rows as they are *now*: an abandonment earlier in the batch can end
+ * the run or cancel a sibling, so the rows are read again after one.
+ */
+export async function startAttempts(
   deps: EngineDeps,
-  job: AttemptRef & { jobId?: string },
+  runId: string,
+  jobs: readonly StartRequest[],
   worker: { id: string; leaseSeconds: number },
-): Promise<StartResult> {
-  return inRunTransaction(deps, job.runId, async (sql, run, after): Promise<StartResult> => {
-    if (!run) return { accepted: false, reason: "run not found" };
-    if (run.status !== "running") return { accepted: false, reason: `run is ${run.status}` };
-    const [step] = await sql<StepRow[]>`
-      select * from step_runs where run_id = ${job.runId} and step_id = ${job.stepId}`;
-    if (!step) return { accepted: false, reason: "step not found" };
-    if (step.attempt !== job.attempt)
-      return { accepted: false, reason: `attempt ${job.attempt} is not current` };
-    // Only the job the engine recorded may start the attempt: a stray duplicate (a job the
-    // reconciler replaced, say) must not take over an attempt that is running elsewhere.
-    if (job.jobId && step.job_id && job.jobId !== step.job_id)
-      return { accepted: false, reason: `job ${job.jobId} was superseded by ${step.job_id}` };
+): Promise<StartResult[]> {
+  return inRunTransaction(deps, runId, async (sql, locked, after): Promise<StartResult[]> => {
+    if (!locked) return jobs.map(() => refuse("run_not_found", "run not found"));
+    let run: RunRow = locked;
+    const keys = jobs.map((j) => ({ stepId: j.stepId, phase: phaseOf(j) }));
+    let rows = await readAttempts(sql, runId, keys);
     const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
-    const events: NewEvent[] = [];
-    const attempt = job.attempt;
-    if (step.status === "running") {
-      // BullMQ redelivered the job: its previous holder lost the job lock (killed or frozen).
-      const outcome = await abandonAttempt(deps, sql, run, loaded, step, "no heartbeat", after);
-      return { accepted: false, reason: `worker lost during attempt ${attempt}; ${outcome}` };
-    } else if (step.status !== "queued" && step.status !== "retrying") {
-      return { accepted: false, reason: `step is ${step.status}` };
+    const results: StartResult[] = [];
+    const chosen: Array<{ index: number; job: StartRequest; phase: Phase; token: string }> = [];
+    const taken = new Set<string>();
+    for (const job of jobs) {
+      const phase = phaseOf(job);
+      const key = attemptKey(job.stepId, phase);
+      if (taken.has(key)) {
+        results.push(refuse("duplicate", "duplicate delivery of a job started in this batch"));
+        continue;
+      }
+      const row = rows.get(key);
+      const judged = judgeStart(
+        run.status === activeRunStatusOf[phase],
+        run.status,
+        row && {
+          status: row.status,
+          attempt: row.attempt,
+          jobId: row.job_id,
+          leaseLeftMs: row.lease_left_ms,
+        },
+        job,
+      );
+      if (judged.action === "refuse") {
+        results.push({
+          ...refuse(judged.refusal, judged.reason),
+          ...(judged.retryAfterMs !== undefined ? { retryAfterMs: judged.retryAfterMs } : {}),
+        });
+      } else if (judged.action === "abandon_then_refuse") {
+        const outcome = await abandonAttempt(deps, sql, run, loaded, row!, "no heartbeat", after);
+        results.push(refuse("lease_lost", `worker lost during attempt ${job.attempt}; ${outcome}`));
+        // What the abandonment changed (the run may have failed, siblings been cancelled) is what
+        // the rest of the batch is judged against.
+        run = (await lockRun(sql, runId))!;
+        rows = await readAttempts(sql, runId, keys);
+      } else {
+        taken.add(key);
+        chosen.push({ index: results.length, job, phase, token: randomUUID() });
+        results.push(refuse("illegal_transition", "pending")); // replaced below
+      }
     }
-    const token = randomUUID();
-    await sql`
-      update step_runs set status = 'running', attempt = ${attempt}, lease_token = ${token},
-        worker_id = ${worker.id}, started_at = now(), finished_at = null, error = null, progress = null,
-        lease_expires_at = now() + make_interval(secs => ${worker.leaseSeconds}), updated_at = now()
-      where run_id = ${job.runId} and step_id = ${job.stepId}`;
-    await sql`
-      insert into step_attempts (run_id, step_id, attempt, status, worker_id, started_at)
-      values (${job.runId}, ${job.stepId}, ${attempt}, 'running', ${worker.id}, now())
-      on conflict (run_id, step_id, attempt) do update set status = 'running', worker_id = excluded.worker_id,
-        started_at = excluded.started_at, finished_at = null, error = null`;
-    events.push({
-      type: "step.started",
-      stepId: job.stepId,
-      attempt,
-      data: { attempt, workerId: worker.id },
-    });
-    await appendEvents(sql, run.tenant_id, run.id, events);
+    const startable = chosen.filter((c) => run.status === activeRunStatusOf[c.phase]);
+    const started = await markRunning(
+      sql,
+      runId,
+      startable.map((c) => ({
+        stepId: c.job.stepId,
+        phase: c.phase,
+        attempt: c.job.attempt,
+        token: c.token,
+      })),
+      worker,
+    );
+    const accepted = chosen.filter((c) => started.has(attemptKey(c.job.stepId, c.phase)));
+    for (const c of chosen) {
+      if (!started.has(attemptKey(c.job.stepId, c.phase)))
+        results[c.index] =
+          run.status === activeRunStatusOf[c.phase]
+            ? refuse("not_current", "step moved on")
+            : refuse("run_inactive", `run is ${run.status}`);
+    }
+    if (accepted.length === 0) return results;
+    await appendEvents(
+      sql,
+      run.tenant_id,
+      run.id,
+      accepted.map((c) => ({
+        type: "step.started",
+        stepId: c.job.stepId,
+        attempt: c.job.attempt,
+        data: { ...phaseData(c.phase), attempt: c.job.attempt, workerId: worker.id },
+      })),
+    );
     after.runs.add(run.id);
 
-    const spec = loaded.steps.get(job.stepId)!;
-    const resolved = resolveStep(loaded.spec, spec, deps.config.tags, run.priority);
-    const referenced = new Set<string>();
-    for (const found of collectTemplateRefs(spec.run))
-      if (found.ref?.kind === "step") referenced.add(found.ref.stepId);
-    const outputs = await stepOutputs(sql, run.id, [...referenced]);
-    const upstream: Record<string, { output: unknown }> = {};
-    for (const [id, output] of outputs) upstream[id] = { output };
-    return {
-      accepted: true,
-      attempt: {
-        runId: run.id,
-        stepId: job.stepId,
-        attempt,
-        tenantId: run.tenant_id,
-        token,
-        executor: spec.run,
-        timeoutSeconds: resolved.timeoutSeconds,
-        params: run.params,
-        upstream,
-      },
-    };
+    const executors = accepted.map((c) => {
+      const spec = loaded.steps.get(c.job.stepId)!;
+      return c.phase === "compensate" ? spec.compensate! : spec.run;
+    });
+    const referencedBy = executors.map((executor) => {
+      const refs: string[] = [];
+      for (const found of collectTemplateRefs(executor))
+        if (found.ref?.kind === "step") refs.push(found.ref.stepId);
+      return refs;
+    });
+    const outputs = await stepOutputs(sql, run.id, [...new Set(referencedBy.flat())]);
+    for (const [i, c] of accepted.entries()) {
+      const spec = loaded.steps.get(c.job.stepId)!;
+      const upstream: Record<string, { output: unknown }> = {};
+      for (const id of referencedBy[i]!) if (outputs.has(id)) upstream[id] = { output: outputs.get(id) };
+      results[c.index] = {
+        accepted: true,
+        attempt: {
+          runId: run.id,
+          stepId: c.job.stepId,
+          attempt: c.job.attempt,
+          phase: c.phase,
+          tenantId: run.tenant_id,
+          token: c.token,
+          executor: executors[i]!,
+          timeoutSeconds: resolveStep(loaded.spec, spec, deps.config.tags, run.priority).timeoutSeconds,
+          params: run.params,
+          upstream,
+        },
+      };
+    }
+    return results;
   });
 }
 
-/** Extends the lease; false when the attempt is no longer this holder's (cancelled, taken over). */
-export async function renewLease(
+export async function startAttempt(
   deps: EngineDeps,
-  ref: AttemptRef & { token: string },
-  leaseSeconds: number,
-) {
-  const rows = await deps.db.sql`
-    update step_runs set lease_expires_at = now() + make_interval(secs => ${leaseSeconds})
-    where run_id = ${ref.runId} and step_id = ${ref.stepId} and attempt = ${ref.attempt}
-      and lease_token = ${ref.token} and status = 'running'
-    returning 1`;
-  return rows.length > 0;
+  job: StartRequest,
+  worker: { id: string; leaseSeconds: number },
+): Promise<StartResult> {
+  return (await startAttempts(deps, job.runId, [job], worker))[0]!;
+}
+
+/** Extends the lease; false when the attempt is no longer this holder's (cancelled, taken over). */
+export async function renewLease(deps: EngineDeps, ref: HeldRef, leaseSeconds: number): Promise<boolean> {
+  return extendLease(deps.db.sql, { ...ref, phase: phaseOf(ref) }, leaseSeconds);
+}
+
+export interface FinishRequest {
+  ref: HeldRef;
+  end: Extract<AttemptEnd, { kind: "succeeded" | "failed" }>;
 }
 
 /**
- * Gives up on a running attempt whose worker is gone (its job lock or its lease expired): the
- * attempt is recorded as failed and the next one is queued as a job of its own, or, with no
- * attempts left, the step fails and the run advances. The caller holds the run lock.
+ * Finishes attempts of one run in one transaction: successes of either phase with one fenced
+ * statement, then the run advances once for them all; failures each through the decision. A
+ * result is refused (`lease_lost`) when the attempt is no longer the holder's.
+ */
+export async function finishAttempts(
+  deps: EngineDeps,
+  runId: string,
+  items: readonly FinishRequest[],
+): Promise<FinishResult[]> {
+  const results = await inRunTransaction(deps, runId, async (sql, run, after): Promise<FinishResult[]> => {
+    if (!run) return items.map(() => refuse("run_not_found", "run not found"));
+    const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
+    const results: FinishResult[] = items.map(() =>
+      refuse("lease_lost", "the attempt is no longer this holder's"),
+    );
+    const events: NewEvent[] = [];
+    const successes: number[] = [];
+    const failures: number[] = [];
+    for (const [i, item] of items.entries()) {
+      const phase = phaseOf(item.ref);
+      if (!canFinishIn(phase, run.status)) results[i] = refuse("run_inactive", `run is ${run.status}`);
+      else if (item.end.kind === "succeeded") successes.push(i);
+      else failures.push(i);
+    }
+
+    // Steps that provide assets write only with the run's newest fencing tokens (SPEC §8.6).
+    const fenced: number[] = [];
+    for (const i of successes) {
+      const { ref } = items[i]!;
+      const provides = phaseOf(ref) === "execute" ? (loaded.steps.get(ref.stepId)?.provides ?? []) : [];
+      if (provides.length === 0) {
+        fenced.push(i);
+        continue;
+      }
+      if (!(await heldAttempt(sql, { ...ref, phase: "execute" }))) continue;
+      const refusedWrites = await claimAssetWrites(sql, run, provides);
+      if (refusedWrites.length === 0) {
+        fenced.push(i);
+        continue;
+      }
+      deps.log.warn(
+        { runId, stepId: ref.stepId, refused: refusedWrites },
+        "materialization refused (stale fencing token)",
+      );
+      const error = {
+        message: `asset lock lost: ${refusedWrites.join("; ")}; this run's materialization is refused`,
+        code: "lock_lost",
+      };
+      await applyFailure(deps, sql, run, loaded, ref, { kind: "failed", error, retryable: false }, after);
+      results[i] = refuse("lease_lost", error.message);
+    }
+
+    const moved = await markSucceeded(
+      sql,
+      runId,
+      fenced.map((i) => {
+        const { ref, end } = items[i]!;
+        return {
+          stepId: ref.stepId,
+          phase: phaseOf(ref),
+          attempt: ref.attempt,
+          token: ref.token,
+          output: (end as { output: unknown }).output,
+        };
+      }),
+    );
+    const succeeded: Record<Phase, string[]> = { execute: [], compensate: [] };
+    for (const i of fenced) {
+      const { ref, end } = items[i]!;
+      const phase = phaseOf(ref);
+      const key = attemptKey(ref.stepId, phase);
+      if (!moved.delete(key)) continue; // refused, or a duplicate that already counted
+      results[i] = { accepted: true };
+      succeeded[phase].push(ref.stepId);
+      const output = (end as { output: unknown }).output;
+      events.push({
+        type: "step.succeeded",
+        stepId: ref.stepId,
+        attempt: ref.attempt,
+        data: { ...phaseData(phase), attempt: ref.attempt, output },
+      });
+      if (phase === "execute") {
+        const provides = loaded.steps.get(ref.stepId)?.provides ?? [];
+        if (provides.length > 0)
+          events.push(...(await recordMaterializations(sql, run, ref.stepId, provides, output)));
+      }
+    }
+    if (succeeded.execute.length > 0) {
+      await advanceAfterSuccesses(deps, sql, run, loaded, succeeded.execute, after, events);
+    } else if (succeeded.compensate.length > 0) {
+      await advanceRollback(sql, run, loaded, after, events);
+      await appendEvents(sql, run.tenant_id, run.id, events);
+      after.runs.add(run.id);
+    } else if (events.length > 0) {
+      await appendEvents(sql, run.tenant_id, run.id, events);
+      after.runs.add(run.id);
+    }
+
+    for (const i of failures) {
+      const { ref, end } = items[i]!;
+      const current = (await lockRun(sql, runId))!;
+      if (!canFinishIn(phaseOf(ref), current.status)) {
+        results[i] = refuse("run_inactive", `run is ${current.status}`);
+        continue;
+      }
+      results[i] = await applyFailure(
+        deps,
+        sql,
+        current,
+        loaded,
+        ref,
+        end as Extract<AttemptEnd, { kind: "failed" }>,
+        after,
+      );
+    }
+    return results;
+  });
+  for (const [i, r] of results.entries())
+    if (!r.accepted)
+      deps.log.warn({ ...items[i]!.ref, token: undefined, refusal: r.refusal }, "stale result refused");
+  return results;
+}
+
+/** Records a successful attempt and advances the run (a batch of one). */
+export async function completeAttempt(
+  deps: EngineDeps,
+  ref: HeldRef,
+  output: unknown,
+): Promise<FinishResult> {
+  return (await finishAttempts(deps, ref.runId, [{ ref, end: { kind: "succeeded", output } }]))[0]!;
+}
+
+/** Records a failed attempt: a retry after its backoff, or the step fails (a batch of one). */
+export async function failAttempt(
+  deps: EngineDeps,
+  ref: HeldRef,
+  error: AttemptError,
+  options: { retryable: boolean } = { retryable: true },
+): Promise<FinishResult> {
+  return (
+    await finishAttempts(deps, ref.runId, [
+      { ref, end: { kind: "failed", error, retryable: options.retryable } },
+    ])
+  )[0]!;
+}
+
+/** A failed attempt of a holder: fence, decide, apply. The caller holds the run lock. */
+async function applyFailure(
+  deps: EngineDeps,
+  sql: Sql,
+  run: RunRow,
+  loaded: LoadedSpec,
+  ref: HeldRef,
+  end: Extract<AttemptEnd, { kind: "failed" }>,
+  after: AfterCommit,
+): Promise<FinishResult> {
+  const row = await heldAttempt(sql, { ...ref, phase: phaseOf(ref) });
+  if (!row) return refuse("lease_lost", "the attempt is no longer this holder's");
+  const decision = decide(deps, run, loaded, row, end);
+  if (decision.next === "succeed") throw new Error("a failed attempt cannot succeed");
+  await applyDecision(deps, sql, run, loaded, row, decision, after);
+  return decision.next === "retry"
+    ? { accepted: true, retry: { attempt: decision.attempt, delayMs: decision.delayMs } }
+    : { accepted: true };
+}
+
+function decide(
+  deps: EngineDeps,
+  run: RunRow,
+  loaded: LoadedSpec,
+  row: StepRow,
+  end: AttemptEnd,
+): AttemptDecision {
+  const resolved = resolveStep(loaded.spec, loaded.steps.get(row.step_id)!, deps.config.tags, run.priority);
+  return decideAfterAttempt(
+    { attempt: row.attempt, maxAttempts: row.max_attempts, retry: resolved.retry },
+    end,
+  );
+}
+
+/**
+ * Applies a retry or a failure to a row whose attempt ended (failed, or lost): the row moves on
+ * with its event, and a failure for good advances the run (execute) or stops the rollback
+ * (compensate). The caller holds the run lock and has checked the fence.
+ */
+async function applyDecision(
+  deps: EngineDeps,
+  sql: Sql,
+  run: RunRow,
+  loaded: LoadedSpec,
+  row: StepRow,
+  decision: Exclude<AttemptDecision, { next: "succeed" }>,
+  after: AfterCommit,
+  lost = false,
+): Promise<void> {
+  const phase = row.phase;
+  const key = { stepId: row.step_id, phase };
+  if (decision.next === "retry") {
+    const job = jobFor(run, row, decision.attempt, { delayMs: decision.delayMs });
+    await markAttemptEnded(
+      sql,
+      run.id,
+      { ...key, attempt: row.attempt },
+      { status: "failed", error: decision.error },
+      {
+        status: decision.delayMs > 0 ? "retrying" : "queued",
+        attempt: decision.attempt,
+        delayMs: decision.delayMs,
+        jobId: stepJobId(job),
+        error: decision.error,
+      },
+    );
+    await appendEvents(sql, run.tenant_id, run.id, [
+      {
+        type: "step.retrying",
+        stepId: row.step_id,
+        attempt: decision.attempt,
+        data: {
+          ...phaseData(phase),
+          attempt: decision.attempt,
+          delayMs: decision.delayMs,
+          ...(lost ? {} : { error: decision.error }),
+          ...(decision.reason ? { reason: decision.reason } : {}),
+        },
+      },
+    ]);
+    after.runs.add(run.id);
+    after.jobs.push(job);
+    return;
+  }
+  await markAttemptEnded(
+    sql,
+    run.id,
+    { ...key, attempt: row.attempt },
+    { status: "failed", error: decision.error },
+    { status: "failed", error: decision.error },
+  );
+  const events: NewEvent[] = [
+    {
+      type: "step.failed",
+      stepId: row.step_id,
+      attempt: row.attempt,
+      data: { ...phaseData(phase), attempt: row.attempt, error: decision.error },
+    },
+  ];
+  if (phase === "execute") {
+    await advanceRun(
+      deps,
+      sql,
+      run,
+      loaded,
+      { stepId: row.step_id, status: "failed", error: decision.error },
+      after,
+      events,
+    );
+  } else {
+    await failRollback(deps, sql, run, row.step_id, decision.error, after, events);
+  }
+}
+
+/**
+ * Gives up on a running attempt whose worker is gone (its lease expired): the attempt is recorded
+ * as lost and the next one is queued at once as a job of its own, or, with no attempts left, the
+ * step (or the rollback) fails. The caller holds the run lock and has checked the lease.
  */
 export async function abandonAttempt(
   deps: EngineDeps,
   sql: Sql,
   run: RunRow,
   loaded: LoadedSpec,
-  step: StepRow,
+  row: StepRow,
   why: string,
   after: AfterCommit,
 ): Promise<string> {
-  const attempt = step.attempt;
-  const events: NewEvent[] = [];
-  await sql`
-    update step_attempts set status = 'failed', finished_at = now(),
-      error = ${sql.json({ message: `worker lost (${why}); attempt abandoned` })}
-    where run_id = ${run.id} and step_id = ${step.step_id} and attempt = ${attempt}`;
   deps.log.warn(
-    { runId: run.id, stepId: step.step_id, attempt, workerId: step.worker_id, why },
+    {
+      runId: run.id,
+      stepId: row.step_id,
+      phase: row.phase,
+      attempt: row.attempt,
+      workerId: row.worker_id,
+      why,
+    },
     "worker lost",
   );
-  if (attempt >= step.max_attempts) {
-    const error = { message: `worker lost during attempt ${attempt} (${why}); no attempts left` };
-    await sql`
-      update step_runs set status = 'failed', error = ${sql.json(error)}, finished_at = now(),
-        lease_token = null, updated_at = now()
-      where run_id = ${run.id} and step_id = ${step.step_id}`;
-    events.push({ type: "step.failed", stepId: step.step_id, attempt, data: { attempt, error } });
-    await advanceRun(
-      deps,
-      sql,
-      run,
-      loaded,
-      { stepId: step.step_id, status: "failed", error },
-      after,
-      events,
-    );
-    return "attempts exhausted";
-  }
-  // The next attempt gets a job of its own (run.step.N+1), so that if this worker dies too,
-  // that job's redelivery finds its attempt current and the step moves on again.
-  const next = attempt + 1;
-  const job = jobFor(run, step, next);
-  await sql`
-    update step_runs set status = 'queued', attempt = ${next}, lease_token = null, worker_id = null,
-      job_id = ${stepJobId(job)}, queued_at = now(), updated_at = now()
-    where run_id = ${run.id} and step_id = ${step.step_id}`;
-  events.push({
-    type: "step.retrying",
-    stepId: step.step_id,
-    attempt: next,
-    data: { attempt: next, delayMs: 0, reason: `worker lost (${why})` },
-  });
-  await appendEvents(sql, run.tenant_id, run.id, events);
-  after.runs.add(run.id);
-  after.jobs.push(job);
-  return `attempt ${next} queued`;
+  const decision = decide(deps, run, loaded, row, { kind: "lost", why });
+  if (decision.next === "succeed") throw new Error("a lost attempt cannot succeed");
+  await applyDecision(deps, sql, run, loaded, row, decision, after, true);
+  return decision.next === "retry" ? `attempt ${decision.attempt} queued` : "attempts exhausted";
 }
 
-/** The job carrying `attempt` of a step. */
-export function jobFor(
-  run: Pick<RunRow, "id" | "tenant_id">,
-  step: Pick<StepRow, "step_id" | "queue" | "priority">,
-  attempt: number,
-  extra: { delayMs?: number; jobSuffix?: string } = {},
-): StepJob {
-  return {
-    tenantId: run.tenant_id,
-    runId: run.id,
-    stepId: step.step_id,
-    attempt,
-    queue: step.queue,
-    priority: step.priority,
-    ...extra,
-  };
+/** step.log / step.progress events from a running attempt; dropped if the attempt is no longer current. */
+export async function recordActivity(deps: EngineDeps, ref: HeldRef, activity: Activity): Promise<boolean> {
+  return inRunTransaction(deps, ref.runId, async (sql, run, after) => {
+    if (!run) return false;
+    const phase = phaseOf(ref);
+    if (!(await markActivity(sql, { ...ref, phase }, activity.progress))) return false;
+    await appendEvents(sql, run.tenant_id, run.id, activityEvents(ref, activity, phaseData(phase)));
+    after.runs.add(run.id);
+    return true;
+  });
+}
+
+/**
+ * A stopping worker gives a running attempt back: queued again under the same attempt number
+ * (its work was interrupted, not failed), with a fresh job.
+ */
+export async function handBackAttempt(deps: EngineDeps, ref: HeldRef): Promise<boolean> {
+  const suffix = `h${Date.now()}`;
+  const phase = phaseOf(ref);
+  return inRunTransaction(deps, ref.runId, async (sql, run, after) => {
+    if (!run || !canFinishIn(phase, run.status)) return false;
+    const jobId = stepJobId({ ...ref, phase: phase === "compensate" ? phase : undefined, jobSuffix: suffix });
+    const row = await markHandedBack(sql, { ...ref, phase }, jobId);
+    if (!row) return false;
+    await appendEvents(sql, run.tenant_id, run.id, [
+      {
+        type: "step.queued",
+        stepId: ref.stepId,
+        attempt: ref.attempt,
+        data: { ...phaseData(phase), attempt: ref.attempt, reason: "handed back" },
+      },
+    ]);
+    after.runs.add(run.id);
+    after.jobs.push(jobFor(run, row, ref.attempt, { jobSuffix: suffix }));
+    return true;
+  });
 }
 
 /**
  * Checks and advances the fencing token of each asset lock the step writes: a token older than
- * the newest that has written is refused. Returns what was refused (nothing is written then:
- * the caller's transaction fails the step).
+ * the newest that has written is refused. Returns what was refused (nothing is written then).
  */
 async function claimAssetWrites(sql: Sql, run: RunRow, assets: readonly string[]): Promise<string[]> {
   const refused: string[] = [];
@@ -263,204 +614,4 @@ async function recordMaterializations(
     });
   }
   return events;
-}
-
-export type FinishResult =
-  | { accepted: true; retry?: { attempt: number; delayMs: number } }
-  | { accepted: false };
-
-/** Records a successful attempt and advances the run. Refused (accepted: false) when stale. */
-export async function completeAttempt(
-  deps: EngineDeps,
-  ref: AttemptRef & { token: string },
-  output: unknown,
-): Promise<FinishResult> {
-  const result = await inRunTransaction(deps, ref.runId, async (sql, run, after): Promise<FinishResult> => {
-    if (!run) return { accepted: false };
-    const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
-    const provides = loaded.steps.get(ref.stepId)?.provides ?? [];
-    if (provides.length > 0) {
-      const [current] = await sql`
-        select 1 from step_runs where run_id = ${ref.runId} and step_id = ${ref.stepId}
-          and attempt = ${ref.attempt} and lease_token = ${ref.token} and status = 'running'`;
-      if (!current) return { accepted: false };
-      const refused = await claimAssetWrites(sql, run, provides);
-      if (refused.length > 0) {
-        const message = `asset lock lost: ${refused.join("; ")}; this run's materialization is refused`;
-        deps.log.warn(
-          { runId: run.id, stepId: ref.stepId, refused },
-          "materialization refused (stale fencing token)",
-        );
-        await failAttemptLocked(
-          deps,
-          sql,
-          run,
-          loaded,
-          ref,
-          { message, code: "lock_lost" },
-          { retryable: false },
-          after,
-        );
-        return { accepted: false };
-      }
-    }
-    const rows = await sql`
-      update step_runs set status = 'succeeded', output = ${sql.json((output ?? null) as never)},
-        finished_at = now(), progress = 1, lease_token = null, updated_at = now()
-      where run_id = ${ref.runId} and step_id = ${ref.stepId} and attempt = ${ref.attempt}
-        and lease_token = ${ref.token} and status = 'running'
-      returning 1`;
-    if (rows.length === 0) return { accepted: false };
-    await sql`
-      update step_attempts set status = 'succeeded', finished_at = now()
-      where run_id = ${ref.runId} and step_id = ${ref.stepId} and attempt = ${ref.attempt}`;
-    const events: NewEvent[] = [
-      {
-        type: "step.succeeded",
-        stepId: ref.stepId,
-        attempt: ref.attempt,
-        data: { attempt: ref.attempt, output },
-      },
-    ];
-    if (provides.length > 0)
-      events.push(...(await recordMaterializations(sql, run, ref.stepId, provides, output)));
-    await advanceRun(deps, sql, run, loaded, { stepId: ref.stepId, status: "succeeded" }, after, events);
-    return { accepted: true };
-  });
-  if (!result.accepted) deps.log.warn({ ...ref, token: undefined }, "stale completion refused");
-  return result;
-}
-
-export interface AttemptError {
-  message: string;
-  code?: string;
-  [key: string]: unknown;
-}
-
-/**
- * Records a failed attempt: with attempts left (and a retryable error) the step waits in
- * `retrying` for its backoff and a delayed job; otherwise it fails and the run advances.
- */
-export async function failAttempt(
-  deps: EngineDeps,
-  ref: AttemptRef & { token: string },
-  error: AttemptError,
-  options: { retryable: boolean } = { retryable: true },
-): Promise<FinishResult> {
-  const result = await inRunTransaction(deps, ref.runId, async (sql, run, after): Promise<FinishResult> => {
-    if (!run) return { accepted: false };
-    const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
-    return failAttemptLocked(deps, sql, run, loaded, ref, error, options, after);
-  });
-  if (!result.accepted)
-    deps.log.warn({ runId: ref.runId, stepId: ref.stepId, attempt: ref.attempt }, "stale failure refused");
-  return result;
-}
-
-/** `failAttempt` inside a transaction that holds the run lock. */
-async function failAttemptLocked(
-  deps: EngineDeps,
-  sql: Sql,
-  run: RunRow,
-  loaded: LoadedSpec,
-  ref: AttemptRef & { token: string },
-  error: AttemptError,
-  options: { retryable: boolean },
-  after: AfterCommit,
-): Promise<FinishResult> {
-  {
-    const [step] = await sql<StepRow[]>`
-      select * from step_runs where run_id = ${ref.runId} and step_id = ${ref.stepId}
-        and attempt = ${ref.attempt} and lease_token = ${ref.token} and status = 'running'`;
-    if (!step) return { accepted: false };
-    await sql`
-      update step_attempts set status = 'failed', finished_at = now(), error = ${sql.json(error as never)}
-      where run_id = ${ref.runId} and step_id = ${ref.stepId} and attempt = ${ref.attempt}`;
-    const resolved = resolveStep(loaded.spec, loaded.steps.get(ref.stepId)!, deps.config.tags, run.priority);
-    if (options.retryable && ref.attempt < step.max_attempts) {
-      const next = ref.attempt + 1;
-      const delayMs = backoffDelayMs(resolved.retry, next);
-      const job = jobFor(run, step, next, { delayMs });
-      await sql`
-        update step_runs set status = 'retrying', attempt = ${next}, error = ${sql.json(error as never)},
-          lease_token = null, job_id = ${stepJobId(job)}, next_attempt_at = now() + make_interval(secs => ${delayMs / 1000}), updated_at = now()
-        where run_id = ${ref.runId} and step_id = ${ref.stepId}`;
-      await appendEvents(sql, run.tenant_id, run.id, [
-        { type: "step.retrying", stepId: ref.stepId, attempt: next, data: { attempt: next, delayMs, error } },
-      ]);
-      after.runs.add(run.id);
-      after.jobs.push(job);
-      return { accepted: true, retry: { attempt: next, delayMs } };
-    }
-    await sql`
-      update step_runs set status = 'failed', error = ${sql.json(error as never)}, finished_at = now(),
-        lease_token = null, updated_at = now()
-      where run_id = ${ref.runId} and step_id = ${ref.stepId}`;
-    const events: NewEvent[] = [
-      {
-        type: "step.failed",
-        stepId: ref.stepId,
-        attempt: ref.attempt,
-        data: { attempt: ref.attempt, error },
-      },
-    ];
-    await advanceRun(deps, sql, run, loaded, { stepId: ref.stepId, status: "failed", error }, after, events);
-    return { accepted: true };
-  }
-}
-
-/** step.log / step.progress events from a running attempt; dropped if the attempt is no longer current. */
-export async function recordActivity(
-  deps: EngineDeps,
-  ref: AttemptRef & { token: string },
-  activity: Activity,
-): Promise<boolean> {
-  return inRunTransaction(deps, ref.runId, async (sql, run, after) => {
-    if (!run) return false;
-    const rows = await sql`
-      update step_runs set updated_at = now()
-        ${activity.progress ? sql`, progress = ${activity.progress.pct}, progress_message = ${activity.progress.message ?? null}` : sql``}
-      where run_id = ${ref.runId} and step_id = ${ref.stepId} and attempt = ${ref.attempt}
-        and lease_token = ${ref.token} and status = 'running'
-      returning 1`;
-    if (rows.length === 0) return false;
-    await appendEvents(sql, run.tenant_id, run.id, activityEvents(ref, activity));
-    after.runs.add(run.id);
-    return true;
-  });
-}
-
-/**
- * A stopping worker gives a running attempt back: the step is queued again under the same attempt
- * number (its work was interrupted, not failed) and a fresh job is enqueued.
- */
-export async function handBackAttempt(
-  deps: EngineDeps,
-  ref: AttemptRef & { token: string },
-): Promise<boolean> {
-  const suffix = `h${Date.now()}`;
-  return inRunTransaction(deps, ref.runId, async (sql, run, after) => {
-    if (!run) return false;
-    const [step] = await sql<StepRow[]>`
-      update step_runs set status = 'queued', lease_token = null, worker_id = null, queued_at = now(),
-        job_id = run_id || '.' || step_id || '.' || attempt || '.' || ${suffix}, updated_at = now()
-      where run_id = ${ref.runId} and step_id = ${ref.stepId} and attempt = ${ref.attempt}
-        and lease_token = ${ref.token} and status = 'running'
-      returning *`;
-    if (!step) return false;
-    await sql`
-      update step_attempts set status = 'cancelled', finished_at = now(), error = ${sql.json({ message: "handed back by a stopping worker" })}
-      where run_id = ${ref.runId} and step_id = ${ref.stepId} and attempt = ${ref.attempt}`;
-    await appendEvents(sql, run.tenant_id, run.id, [
-      {
-        type: "step.queued",
-        stepId: ref.stepId,
-        attempt: ref.attempt,
-        data: { attempt: ref.attempt, reason: "handed back" },
-      },
-    ]);
-    after.runs.add(run.id);
-    after.jobs.push(jobFor(run, step, ref.attempt, { jobSuffix: suffix }));
-    return true;
-  });
 }

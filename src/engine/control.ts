@@ -17,8 +17,8 @@ import {
 import { FlowlineError, notFound } from "../domain/errors.ts";
 import { stepJobId } from "../domain/ports.ts";
 import { queueSteps } from "./advance.ts";
-import { jobFor } from "./attempts.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
+import { jobFor } from "./jobs.ts";
 
 type RunWithName = RunRow & { workflow_name: string };
 
@@ -60,7 +60,7 @@ export async function resumeRun(deps: EngineDeps, tenantId: string, runId: strin
       where id = ${runId} returning ${runColumns(sql)}`;
     const events: NewEvent[] = [{ type: "run.resumed", data: {} }];
     const steps = await sql<StepRow[]>`
-      select * from step_runs where run_id = ${runId} and status in ('queued', 'retrying')`;
+      select * from step_runs where run_id = ${runId} and phase = 'execute' and status in ('queued', 'retrying')`;
     // Jobs of waiting steps may have reached a worker while the run was paused and been refused.
     // Each gets a fresh job; an old one still waiting is refused as superseded when it arrives.
     for (const step of steps) {
@@ -70,11 +70,12 @@ export async function resumeRun(deps: EngineDeps, tenantId: string, runId: strin
         ...(delayMs ? { delayMs } : {}),
       });
       await sql`update step_runs set job_id = ${stepJobId(job)}, updated_at = now()
-        where run_id = ${runId} and step_id = ${step.step_id}`;
+        where run_id = ${runId} and step_id = ${step.step_id} and phase = 'execute'`;
       after.jobs.push(job);
     }
     const ready = await sql<{ step_id: string }[]>`
-      select step_id from step_runs where run_id = ${runId} and status = 'pending' and unmet_needs = 0`;
+      select step_id from step_runs where run_id = ${runId} and phase = 'execute' and status = 'pending'
+        and unmet_needs = 0`;
     const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
     await queueSteps(
       deps,

@@ -8,24 +8,30 @@
  * 2. steps `running` whose lease expired (the worker died, froze or lost Postgres): the attempt is
  *    abandoned and the next one queued, or the step fails when no attempts are left;
  * 3. runs still `running` whose steps are all terminal: closed with their outcome;
- * 4. the same for the compensations of runs `rolling_back` (see rollback.ts).
+ * 4. runs `rolling_back` with no compensation in flight: advanced (see rollback.ts).
+ *
+ * 1 and 2 cover both phases of an attempt alike: a compensation is recovered like a step.
  *
  * Every repair happens under the run lock and re-checks the state it saw, so it is safe to run
  * concurrently with workers (and with a second reconciler, though the supervisor lease prevents that).
  */
+import { appendEvents, lockRun, type RunRow, setRunStatus, stepStatuses } from "../db/repositories/runs.ts";
 import {
-  appendEvents,
-  lockRun,
-  type RunRow,
-  type StepRow,
-  setRunStatus,
-  stepStatuses,
-} from "../db/repositories/runs.ts";
+  findExpiredLeases,
+  findWaitingAttempts,
+  markCancelled,
+  type RecoveryCandidate,
+  recheckExpired,
+  recheckWaiting,
+  recordJob,
+} from "../db/transitions.ts";
+import { activeRunStatusOf, canFinishIn } from "../domain/attempt.ts";
 import { stepJobId } from "../domain/ports.ts";
 import { outcomeOf } from "../domain/progress.ts";
-import { abandonAttempt, jobFor } from "./attempts.ts";
+import { abandonAttempt } from "./attempts.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
-import { reconcileCompensations } from "./rollback.ts";
+import { jobFor } from "./jobs.ts";
+import { reconcileRollbacks } from "./rollback.ts";
 
 export interface ReconcileOptions {
   /** A queued step younger than this is left alone (its job may be on the way). */
@@ -49,50 +55,43 @@ export async function reconcile(deps: EngineDeps, options: ReconcileOptions): Pr
   const requeued = await requeueLostJobs(deps, options.minAgeSeconds, batch);
   const abandoned = await recoverExpiredLeases(deps, options.leaseGraceSeconds, batch);
   const closed = await closeFinishedRuns(deps, options.minAgeSeconds, batch);
-  const compensations = await reconcileCompensations(deps, options, batch);
+  const compensations = await reconcileRollbacks(deps, options, batch);
   const report = { requeued, abandoned, closed, compensations };
   if (requeued + abandoned + closed + compensations > 0) deps.log.info(report, "reconciler repaired runs");
   return report;
 }
 
-type Candidate = Pick<StepRow, "run_id" | "step_id" | "attempt" | "status" | "queue" | "job_id">;
+const jobIdOf = (c: RecoveryCandidate) =>
+  c.job_id ??
+  stepJobId({
+    runId: c.run_id,
+    stepId: c.step_id,
+    attempt: c.attempt,
+    ...(c.phase === "compensate" ? { phase: c.phase } : {}),
+  });
 
 async function requeueLostJobs(deps: EngineDeps, minAgeSeconds: number, batch: number): Promise<number> {
-  const sql = deps.db.sql;
-  const candidates = await sql<Candidate[]>`
-    select s.run_id, s.step_id, s.attempt, s.status, s.queue, s.job_id
-    from step_runs s join runs r on r.id = s.run_id
-    where r.status = 'running'
-      and ((s.status = 'queued' and s.queued_at < now() - make_interval(secs => ${minAgeSeconds}))
-        or (s.status = 'retrying' and s.next_attempt_at < now() - make_interval(secs => ${minAgeSeconds})))
-    limit ${batch}`;
+  const candidates = await findWaitingAttempts(deps.db.sql, minAgeSeconds, batch);
   if (candidates.length === 0) return 0;
-  const withIds = candidates.map((c) => ({
-    ...c,
-    jobId: c.job_id ?? stepJobId({ runId: c.run_id, stepId: c.step_id, attempt: c.attempt }),
-  }));
-  const live = await deps.dispatcher.liveJobs(withIds.map((c) => ({ queue: c.queue, jobId: c.jobId })));
+  const live = await deps.dispatcher.liveJobs(candidates.map((c) => ({ queue: c.queue, jobId: jobIdOf(c) })));
   let requeued = 0;
-  for (const lost of withIds.filter((c) => !live.has(c.jobId))) {
+  for (const lost of candidates.filter((c) => !live.has(jobIdOf(c)))) {
     const after = new AfterCommit();
     const done = await deps.db.sql.begin(async (tx) => {
       const run = await lockRun(tx, lost.run_id);
-      if (run?.status !== "running") return false;
-      const [step] = await tx<StepRow[]>`
-        select * from step_runs where run_id = ${lost.run_id} and step_id = ${lost.step_id}
-          and attempt = ${lost.attempt} and status = ${lost.status}
-          and job_id is not distinct from ${lost.job_id}`;
-      if (!step) return false; // it moved on meanwhile
-      const job = jobFor(run, step, step.attempt, { jobSuffix: `r${Date.now()}` });
-      await tx`update step_runs set job_id = ${stepJobId(job)}, updated_at = now()
-        where run_id = ${run.id} and step_id = ${step.step_id}`;
+      if (run?.status !== activeRunStatusOf[lost.phase]) return false;
+      const row = await recheckWaiting(tx, lost);
+      if (!row) return false; // it moved on meanwhile
+      const job = jobFor(run, row, row.attempt, { jobSuffix: `r${Date.now()}` });
+      await recordJob(tx, run.id, { stepId: row.step_id, phase: row.phase }, stepJobId(job));
       after.jobs.push(job);
       deps.log.warn(
         {
           runId: run.id,
-          stepId: step.step_id,
-          attempt: step.attempt,
-          lostJob: lost.jobId,
+          stepId: row.step_id,
+          phase: row.phase,
+          attempt: row.attempt,
+          lostJob: jobIdOf(lost),
           jobId: stepJobId(job),
         },
         "step had no job; enqueued again",
@@ -106,40 +105,38 @@ async function requeueLostJobs(deps: EngineDeps, minAgeSeconds: number, batch: n
 }
 
 async function recoverExpiredLeases(deps: EngineDeps, graceSeconds: number, batch: number): Promise<number> {
-  const expired = await deps.db.sql<Candidate[]>`
-    select run_id, step_id, attempt, status, queue, job_id from step_runs
-    where status = 'running' and lease_expires_at < now() - make_interval(secs => ${graceSeconds})
-    limit ${batch}`;
+  const expired = await findExpiredLeases(deps.db.sql, graceSeconds, batch);
   let abandoned = 0;
   for (const lost of expired) {
     const after = new AfterCommit();
     const done = await deps.db.sql.begin(async (tx) => {
       const run = await lockRun(tx, lost.run_id);
       if (!run) return false;
-      const [step] = await tx<StepRow[]>`
-        select * from step_runs where run_id = ${lost.run_id} and step_id = ${lost.step_id}
-          and attempt = ${lost.attempt} and status = 'running'
-          and lease_expires_at < now() - make_interval(secs => ${graceSeconds})`;
-      if (!step) return false;
-      if (run.status !== "running" && run.status !== "paused") {
-        // A run that ended or is rolling back while this step ran: nothing to retry; the step
-        // ends cancelled, with its event.
-        await tx`update step_runs set status = 'cancelled', lease_token = null, finished_at = now(), updated_at = now()
-          where run_id = ${run.id} and step_id = ${step.step_id}`;
+      const row = await recheckExpired(tx, lost, graceSeconds);
+      if (!row) return false;
+      // A paused run's step is recovered like a running one's (its next job is refused until
+      // resume re-creates it).
+      const active =
+        run.status === activeRunStatusOf[row.phase] || (row.phase === "execute" && run.status === "paused");
+      if (!active) {
+        // The run ended (or moved to another phase) while this attempt ran: nothing to retry; the
+        // attempt ends cancelled, with its event.
+        await markCancelled(tx, run.id, { stepId: row.step_id, phase: row.phase });
         await appendEvents(tx, run.tenant_id, run.id, [
           {
             type: "step.cancelled",
-            stepId: step.step_id,
-            data: { reason: `worker lost while the run was ${run.status}` },
+            stepId: row.step_id,
+            data: {
+              ...(row.phase === "compensate" ? { phase: row.phase } : {}),
+              reason: `worker lost while the run was ${run.status}`,
+            },
           },
         ]);
         after.runs.add(run.id);
         return true;
       }
-      // Running or paused: the attempt is lost and the next one queued (a paused run's job is
-      // refused until resume re-creates it), or the step fails when no attempts are left.
       const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
-      await abandonAttempt(deps, tx, run, loaded, step, "lease expired", after);
+      await abandonAttempt(deps, tx, run, loaded, row, "lease expired", after);
       return true;
     });
     await after.flush(deps);
@@ -152,7 +149,7 @@ async function closeFinishedRuns(deps: EngineDeps, minAgeSeconds: number, batch:
   const stuck = await deps.db.sql<Pick<RunRow, "id">[]>`
     select r.id from runs r
     where r.status = 'running' and r.updated_at < now() - make_interval(secs => ${minAgeSeconds})
-      and not exists (select 1 from step_runs s where s.run_id = r.id
+      and not exists (select 1 from step_runs s where s.run_id = r.id and s.phase = 'execute'
         and s.status not in ('succeeded', 'failed', 'skipped', 'cancelled', 'reused'))
     limit ${batch}`;
   let closed = 0;

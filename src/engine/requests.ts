@@ -254,12 +254,15 @@ async function parentRunOf(deps: EngineDeps, tenantId: string, runId: string) {
   if (!run) return undefined;
   const steps = await deps.db.sql<
     Array<
-      Pick<StepRow, "step_id" | "status" | "output" | "compensation_status"> & {
+      Pick<StepRow, "step_id" | "status" | "output"> & {
         plan_reason: PlanReason | null;
+        compensation_status: string | null;
       }
     >
   >`
-    select step_id, status, output, plan_reason, compensation_status from step_runs where run_id = ${runId}`;
+    select s.step_id, s.status, s.output, s.plan_reason, c.status as compensation_status
+    from step_runs s left join step_runs c on c.run_id = s.run_id and c.step_id = s.step_id and c.phase = 'compensate'
+    where s.run_id = ${runId} and s.phase = 'execute'`;
   const parent: ParentRun = {
     // A step a rollback compensated, or is about to, has had its effects undone: it counts as not
     // done (nothing to reuse), whatever its own status says.

@@ -9,11 +9,14 @@ import {
   type NewEvent,
   type RunRow,
   readEvents,
+  readStepsWithCompensation,
   runColumns,
   type Sql,
+  type StepCompensation,
   type StepRow,
 } from "../db/repositories/runs.ts";
 import { workflowsRepository } from "../db/repositories/workflows.ts";
+import { cancelUnfinished } from "../db/transitions.ts";
 import { FlowlineError, notFound } from "../domain/errors.ts";
 import { planRun } from "../domain/planner.ts";
 import { isTerminalRun, type RunKind, type RunStatus } from "../domain/status.ts";
@@ -21,7 +24,6 @@ import { canonicalJson } from "../domain/workflow/canonical.ts";
 import { resolveStep } from "../domain/workflow/resolve.ts";
 import { insertRun, type TakenLocks } from "./create-run.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
-import { stopCompensations } from "./rollback.ts";
 import { loadedSpec } from "./specs.ts";
 
 /** Gives back locks taken by a transaction that then failed. */
@@ -193,23 +195,18 @@ export async function cancelRun(
     const [wf] = await sql<{ name: string }[]>`select name from workflows where id = ${run.workflow_id}`;
     const name = wf!.name;
     if (isTerminalRun(run.status)) return { ...run, workflow_name: name };
-    const steps = await sql<{ step_id: string; status: string }[]>`
-      update step_runs s set status = 'cancelled', finished_at = now(), lease_token = null, updated_at = now()
-      from (select step_id, status from step_runs where run_id = ${runId}
-            and status not in ('succeeded', 'failed', 'skipped', 'cancelled', 'reused') for update) old
-      where s.run_id = ${runId} and s.step_id = old.step_id
-      returning s.step_id, old.status`;
-    const events: NewEvent[] = steps.map((s) => ({
-      type: "step.cancelled",
-      stepId: s.step_id,
-      data: { reason: "run cancelled" },
-    }));
-    // A rollback in progress stops too: its running compensations are aborted like steps.
-    const compensations =
-      run.status === "rolling_back"
-        ? await stopCompensations(sql, runId, "run cancelled")
-        : { events: [], running: [] };
-    events.push(...compensations.events);
+    // Steps and, during a rollback, compensations: running ones are aborted alike.
+    const stopped = await cancelUnfinished(sql, runId);
+    const events: NewEvent[] = stopped.map((s) =>
+      s.phase === "compensate"
+        ? {
+            type: "step.cancelled",
+            stepId: s.step_id,
+            ...(s.attempt > 0 ? { attempt: s.attempt } : {}),
+            data: { phase: s.phase, reason: "run cancelled" },
+          }
+        : { type: "step.cancelled", stepId: s.step_id, data: { reason: "run cancelled" } },
+    );
     events.push({ type: "run.cancelled", data: {} });
     const [updated] = await sql<RunRow[]>`
       update runs set status = 'cancelled', pending_steps = 0, finished_at = now(), updated_at = now(), revision = revision + 1
@@ -217,10 +214,7 @@ export async function cancelRun(
     await appendEvents(sql, run.tenant_id, run.id, events);
     after.runs.add(run.id);
     after.ended.push(run);
-    const running = [
-      ...steps.filter((s) => s.status === "running").map((s) => s.step_id),
-      ...compensations.running,
-    ];
+    const running = [...new Set(stopped.filter((s) => s.status === "running").map((s) => s.step_id))];
     if (running.length > 0) after.cancels.push({ runId, stepIds: running });
     return { ...updated!, workflow_name: name };
   });
@@ -231,7 +225,7 @@ export async function cancelRun(
 
 export interface RunDetails {
   run: RunRow & { workflow_name: string };
-  steps: StepRow[];
+  steps: Array<StepRow & { compensation: StepCompensation | null }>;
 }
 
 export async function getRun(deps: EngineDeps, tenantId: string, runId: string): Promise<RunDetails> {
@@ -239,7 +233,7 @@ export async function getRun(deps: EngineDeps, tenantId: string, runId: string):
     select ${runColumns(deps.db.sql, "r")}, w.name as workflow_name from runs r join workflows w on w.id = r.workflow_id
     where r.id = ${runId} and r.tenant_id = ${tenantId}`;
   if (!run) throw notFound("Run");
-  const steps = await deps.db.sql<StepRow[]>`select * from step_runs where run_id = ${runId}`;
+  const steps = await readStepsWithCompensation(deps.db.sql, runId);
   const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
   steps.sort((a, b) => (loaded.order.get(a.step_id) ?? 0) - (loaded.order.get(b.step_id) ?? 0));
   return { run, steps };

@@ -12,35 +12,30 @@ import type { Logger } from "pino";
 import type { Config } from "../config/index.ts";
 import { createDb } from "../db/client.ts";
 import {
-  completeAttempt,
+  type FinishRequest,
   type FinishResult,
-  failAttempt,
+  finishAttempts,
+  type HeldRef,
   handBackAttempt,
   recordActivity,
   renewLease,
   type StartedAttempt,
+  type StartRequest,
   type StartResult,
-  startAttempt,
+  startAttempts,
 } from "../engine/attempts.ts";
-import { type CompleteRequest, completeAttempts, type StartRequest, startAttempts } from "../engine/batch.ts";
 import { createEngineDeps } from "../engine/create.ts";
 import { GroupCommitter } from "../engine/group-commit.ts";
-import {
-  completeCompensation,
-  failCompensation,
-  handBackCompensation,
-  recordCompensationActivity,
-  renewCompensationLease,
-  startCompensation,
-} from "../engine/rollback.ts";
 import { RedisAssetLocks } from "../redis/asset-locks.ts";
 import { createRedis } from "../redis/connection.ts";
 import { RedisEventBus } from "../redis/event-bus.ts";
 import { redisKeys } from "../redis/keys.ts";
 import { WorkerRegistry } from "../redis/registry.ts";
 import { BullStepDispatcher, stepJobPayload } from "../redis/step-queue.ts";
+import { AttemptLog } from "./attempt-log.ts";
 import { ExecutionError, execute } from "./executors/index.ts";
 import { loadHandlers } from "./handlers.ts";
+import { RunningAttempts } from "./running-attempts.ts";
 
 export interface WorkerOptions {
   config: Config;
@@ -59,47 +54,13 @@ export interface RunningWorker {
 const LOG_FLUSH_MS = 200;
 /** Workers announce themselves this often; an announcement lives three times as long. */
 const ANNOUNCE_MS = 5000;
-const LOG_BATCH = 200;
+/** Log lines an attempt buffers before its producer must wait for the write in flight. */
+const LOG_HIGH_WATER = 500;
+/** Longest log line kept, and lines kept per attempt. */
+const LOG_LINE_BYTES = 8192;
+const LOG_LINES_PER_ATTEMPT = 100_000;
 
-/** The engine calls behind one job: attempt N of a step, or of its compensation during a rollback. */
-interface AttemptOps {
-  start: typeof startAttempt;
-  renew: typeof renewLease;
-  complete: typeof completeAttempt;
-  fail: typeof failAttempt;
-  handBack: typeof handBackAttempt;
-  activity: typeof recordActivity;
-}
-const stepOps: AttemptOps = {
-  start: startAttempt,
-  renew: renewLease,
-  complete: completeAttempt,
-  fail: failAttempt,
-  handBack: handBackAttempt,
-  activity: recordActivity,
-};
-/** Compensations are fenced, leased and retried like step attempts, on their own columns. */
-const compensationOps: AttemptOps = {
-  start: startCompensation,
-  renew: renewCompensationLease,
-  complete: completeCompensation,
-  fail: failCompensation,
-  handBack: handBackCompensation,
-  activity: recordCompensationActivity,
-};
-
-/** Retries an idempotent engine write a few times (Postgres briefly unreachable), then throws. */
-async function withRetries<T>(write: () => Promise<T>, log: Logger, attempts = 5): Promise<T> {
-  for (let n = 1; ; n++) {
-    try {
-      return await write();
-    } catch (error) {
-      if (n >= attempts) throw error;
-      log.warn({ err: (error as Error).message, retry: n }, "recording the result failed; retrying");
-      await new Promise((r) => setTimeout(r, 200 * 2 ** (n - 1)));
-    }
-  }
-}
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export async function startWorker(options: WorkerOptions): Promise<RunningWorker> {
   const { config } = options;
@@ -124,24 +85,23 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     log,
   });
   const handlers = await loadHandlers(config.worker.handlersModule);
-  // Starts and completions of one run that arrive while a transaction for that run is in flight
-  // go together in the next one (group commit): one run-row lock per batch, not per step.
+  // Starts and finishes of one run that arrive while a transaction for that run is in flight go
+  // together in the next one (group commit): one run-row lock per batch, not per attempt.
   const starts = new GroupCommitter<StartRequest, StartResult>((runId, jobs) =>
     startAttempts(deps, runId, jobs, { id, leaseSeconds }),
   );
-  const completions = new GroupCommitter<CompleteRequest, FinishResult>((runId, items) =>
-    completeAttempts(deps, runId, items),
+  const finishes = new GroupCommitter<FinishRequest, FinishResult>((runId, items) =>
+    finishAttempts(deps, runId, items),
   );
-  const batchedStepOps: AttemptOps = {
-    ...stepOps,
-    start: (_deps, job) => starts.submit(job.runId, job),
-    complete: (_deps, ref, output) => completions.submit(ref.runId, { ref, output }),
-  };
+  let stopping = false;
+  let stoppingAt = 0;
+  const closingFor = () => Date.now() - stoppingAt;
 
-  const running = new Map<
-    string,
-    { attempt: StartedAttempt; controller: AbortController; startedAt: string }
-  >();
+  const running = new RunningAttempts<{
+    attempt: StartedAttempt;
+    controller: AbortController;
+    startedAt: string;
+  }>();
   const registry = new WorkerRegistry(publisher, config.redis.prefix);
   const startedAt = new Date().toISOString();
   const announce = () =>
@@ -176,32 +136,63 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   };
   const stopControl = bus.onControl((message) => {
     if (message.type !== "cancel") return;
-    for (const { attempt, controller } of running.values()) {
-      if (attempt.runId === message.runId && (!message.stepIds || message.stepIds.includes(attempt.stepId))) {
-        controller.abort(new ExecutionError("cancelled", false, "cancelled"));
+    running.abortRun(message.runId, message.stepIds, new ExecutionError("cancelled", false, "cancelled"));
+  });
+
+  /**
+   * Starts the attempt a job carries. A job delivered again while its attempt runs under a valid
+   * lease (the queue lost its own lock: a failover, say) must not take it over: it waits for the
+   * lease once — the holder may be dead and the lease about to expire — then drops itself if
+   * the holder still renews it (SPEC §8.5).
+   */
+  async function startJob(request: StartRequest): Promise<StartResult> {
+    const first = await starts.submit(request.runId, request);
+    if (first.accepted || first.refusal !== "lease_valid" || first.retryAfterMs === undefined) return first;
+    await sleep(Math.min(first.retryAfterMs, leaseSeconds * 1000) + 250);
+    return starts.submit(request.runId, request);
+  }
+
+  /**
+   * Records how an attempt ended. The write is fenced, so repeating it is safe: while Postgres is
+   * unreachable it is retried for as long as the lease can still be this worker's (the heartbeat
+   * has not been refused), rather than handed back to the queue, which would start the step over
+   * and count finished work as lost.
+   */
+  async function finish(
+    item: FinishRequest,
+    leaseLost: () => boolean,
+    stepLog: Logger,
+  ): Promise<FinishResult> {
+    for (let n = 1; ; n++) {
+      try {
+        return await finishes.submit(item.ref.runId, item);
+      } catch (error) {
+        if (leaseLost()) throw error;
+        stepLog.warn({ err: (error as Error).message, retry: n }, "recording the result failed; retrying");
+        await sleep(Math.min(5000, 200 * 2 ** Math.min(n - 1, 5)));
       }
     }
-  });
+  }
 
   async function processJob(job: Job): Promise<void> {
     const { phase, ...payload } = stepJobPayload.parse(job.data);
-    const ops = phase === "compensate" ? compensationOps : batchedStepOps;
-    const started = await ops.start(deps, { ...payload, jobId: job.id }, { id, leaseSeconds });
+    const started = await startJob({ ...payload, ...(phase ? { phase } : {}), jobId: job.id });
     if (!started.accepted) {
-      log.info({ ...payload, phase, reason: started.reason }, "job skipped");
+      log.info({ ...payload, phase, refusal: started.refusal, reason: started.reason }, "job skipped");
       return;
     }
     const attempt = started.attempt;
-    const ref = {
+    const ref: HeldRef = {
       runId: attempt.runId,
       stepId: attempt.stepId,
       attempt: attempt.attempt,
+      phase: attempt.phase,
       token: attempt.token,
     };
     const stepLog = log.child({ runId: ref.runId, stepId: ref.stepId, attempt: ref.attempt, phase });
     const controller = new AbortController();
-    const key = `${ref.runId}.${ref.stepId}${phase ? `.${phase}` : ""}`;
-    running.set(key, { attempt, controller, startedAt: new Date().toISOString() });
+    const entry = { attempt, controller, startedAt: new Date().toISOString() };
+    running.add(entry);
     changed();
 
     const timeout = setTimeout(
@@ -209,34 +200,47 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
         controller.abort(new ExecutionError(`timed out after ${attempt.timeoutSeconds} s`, true, "timeout")),
       attempt.timeoutSeconds * 1000,
     );
+    let leaseLost = false;
     const heartbeat = setInterval(
       () => {
-        ops.renew(deps, ref, leaseSeconds).then(
+        renewLease(deps, ref, leaseSeconds).then(
           (ours) => {
-            if (!ours) controller.abort(new ExecutionError("lease lost", false, "lease_lost"));
+            if (ours) return;
+            leaseLost = true;
+            controller.abort(new ExecutionError("lease lost", false, "lease_lost"));
           },
           (error) => stepLog.warn({ err: error }, "lease renewal failed"),
         );
       },
       Math.max(250, (leaseSeconds * 1000) / 3),
     );
-    let logs: Array<{ stream: "stdout" | "stderr" | "log"; line: string }> = [];
     let progress: { pct: number; message?: string } | undefined;
-    let flushing = Promise.resolve();
-    const flush = () => {
-      if (logs.length === 0 && !progress) return flushing;
-      const batch = { logs, ...(progress ? { progress } : {}) };
-      logs = [];
+    const logs = new AttemptLog({
+      maxLineBytes: LOG_LINE_BYTES,
+      maxLines: LOG_LINES_PER_ATTEMPT,
+      highWater: LOG_HIGH_WATER,
+      write: async (lines) => {
+        const pending = progress;
+        progress = undefined;
+        await recordActivity(deps, ref, { logs: lines, ...(pending ? { progress: pending } : {}) });
+      },
+      onError: (error) => stepLog.warn({ err: error }, "could not record logs"),
+    });
+    const flush = async () => {
+      if (logs.buffered > 0) return logs.flush();
+      if (!progress) return;
+      const pending = progress;
       progress = undefined;
-      flushing = flushing.then(() =>
-        ops.activity(deps, ref, batch).then(
-          () => {},
-          (error) => stepLog.warn({ err: error }, "could not record logs"),
-        ),
+      await recordActivity(deps, ref, { progress: pending }).catch((error) =>
+        stepLog.warn({ err: error }, "could not record progress"),
       );
-      return flushing;
     };
-    const flushTimer = setInterval(flush, LOG_FLUSH_MS);
+    let flushing: Promise<void> | undefined;
+    const flushTimer = setInterval(() => {
+      flushing ??= flush().finally(() => {
+        flushing = undefined;
+      });
+    }, LOG_FLUSH_MS);
 
     let outcome: { ok: true; output: unknown } | { ok: false; error: ExecutionError };
     try {
@@ -248,10 +252,9 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
         params: attempt.params,
         upstream: attempt.upstream,
         signal: controller.signal,
-        log: (line, stream = "log") => {
-          logs.push({ stream, line: line.slice(0, 8192) });
-          if (logs.length >= LOG_BATCH) void flush();
-        },
+        log: (line, stream = "log") => logs.push(line, stream),
+        logDrained: () => logs.drained(),
+        maxLineBytes: LOG_LINE_BYTES,
         progress: (pct, message) => {
           progress = { pct: Math.min(1, Math.max(0, pct)), ...(message ? { message } : {}) };
         },
@@ -274,28 +277,37 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       clearInterval(flushTimer);
     }
     try {
+      await flushing;
+      await logs.flush(true);
       await flush();
-      // Only the step's own outcome decides success or failure: an error while recording it
-      // (Postgres unreachable) is thrown to BullMQ, which retries the job; fencing keeps that safe.
+      const lost = () => leaseLost || (stopping && closingFor() > config.worker.graceSeconds * 1000);
       if (outcome.ok) {
-        // The write is fenced, so repeating it is safe: retry it here rather than hand the job
-        // back to BullMQ, which would start the step over and count the finished work as lost.
-        const result = await withRetries(() => ops.complete(deps, ref, outcome.output), stepLog);
+        const result = await finish(
+          { ref, end: { kind: "succeeded", output: outcome.output } },
+          lost,
+          stepLog,
+        );
         stepLog.info({ accepted: result.accepted }, "attempt succeeded");
         return;
       }
       const error = outcome.error;
       if (error.code === "shutdown") {
-        const handedBack = await ops.handBack(deps, ref);
+        const handedBack = await handBackAttempt(deps, ref);
         stepLog.info({ handedBack }, "attempt handed back");
       } else if (error.code === "cancelled" || error.code === "lease_lost") {
         stepLog.info({ reason: error.code }, "attempt aborted");
       } else {
-        const result = await ops.fail(
-          deps,
-          ref,
-          { message: error.message, code: error.code, ...error.details },
-          { retryable: error.retryable },
+        const result = await finish(
+          {
+            ref,
+            end: {
+              kind: "failed",
+              error: { message: error.message, code: error.code, ...error.details },
+              retryable: error.retryable,
+            },
+          },
+          lost,
+          stepLog,
         );
         stepLog.info(
           { err: error.message, retry: result.accepted ? result.retry : undefined },
@@ -304,7 +316,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       }
     } finally {
       clearInterval(heartbeat);
-      running.delete(key);
+      running.remove(entry);
       changed();
     }
   }
@@ -344,15 +356,15 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     active: () => running.size,
     close: () => {
       closing ??= (async () => {
+        stopping = true;
+        stoppingAt = Date.now();
         log.info({ active: running.size }, "worker stopping");
         const closed = Promise.all(workers.map((w) => w.close()));
         const grace = new Promise<"grace">((r) =>
           setTimeout(() => r("grace"), config.worker.graceSeconds * 1000).unref(),
         );
         if ((await Promise.race([closed, grace])) === "grace") {
-          for (const { controller } of running.values()) {
-            controller.abort(new ExecutionError("worker shutting down", true, "shutdown"));
-          }
+          running.abortAll(new ExecutionError("worker shutting down", true, "shutdown"));
           await closed;
         }
         stopControl();

@@ -42,7 +42,18 @@ describe("fencing", () => {
       { id: "worker-a", leaseSeconds: 30 },
     );
     if (!first.accepted) throw new Error(first.reason);
-    // The job is redelivered (its holder froze past the job lock): another worker takes over.
+    // The job is redelivered while its holder still holds a valid lease (the queue lost its own
+    // lock, as a Redis failover can): the live attempt is not taken over (SPEC §8.5).
+    expect(
+      await startAttempt(
+        engine,
+        { runId: run.id, stepId: "s", attempt: 1 },
+        { id: "worker-b", leaseSeconds: 30 },
+      ),
+    ).toMatchObject({ accepted: false, refusal: "lease_valid" });
+    // Its holder froze past its lease: a redelivery now takes over with the next attempt.
+    await ctx.db
+      .sql`update step_runs set lease_expires_at = now() - interval '1 second' where run_id = ${run.id}`;
     const redelivered = await startAttempt(
       engine,
       { runId: run.id, stepId: "s", attempt: 1 },
@@ -50,6 +61,7 @@ describe("fencing", () => {
     );
     expect(redelivered).toEqual({
       accepted: false,
+      refusal: "lease_lost",
       reason: "worker lost during attempt 1; attempt 2 queued",
     });
     // A second redelivery of the old job changes nothing more.
@@ -69,16 +81,16 @@ describe("fencing", () => {
     expect(second.attempt.token).not.toBe(first.attempt.token);
 
     const stale = { runId: run.id, stepId: "s", attempt: 1, token: first.attempt.token };
-    expect(await completeAttempt(engine, stale, { from: "a" })).toEqual({ accepted: false });
-    expect(await failAttempt(engine, stale, { message: "late failure" })).toEqual({ accepted: false });
+    expect(await completeAttempt(engine, stale, { from: "a" })).toMatchObject({ accepted: false });
+    expect(await failAttempt(engine, stale, { message: "late failure" })).toMatchObject({ accepted: false });
     // Even the right attempt number with the wrong token is refused.
-    expect(await completeAttempt(engine, { ...stale, attempt: 2 }, { from: "a" })).toEqual({
+    expect(await completeAttempt(engine, { ...stale, attempt: 2 }, { from: "a" })).toMatchObject({
       accepted: false,
     });
 
     const current = { runId: run.id, stepId: "s", attempt: 2, token: second.attempt.token };
     expect(await completeAttempt(engine, current, { from: "b" })).toEqual({ accepted: true });
-    expect(await completeAttempt(engine, current, { from: "b-again" })).toEqual({ accepted: false });
+    expect(await completeAttempt(engine, current, { from: "b-again" })).toMatchObject({ accepted: false });
 
     const done = await waitForRun(ctx, run.id);
     expect(done.status).toBe("succeeded");

@@ -9,7 +9,6 @@ import { createServer, type IncomingMessage, type Server } from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { completeAttempt, failAttempt, startAttempt } from "../../src/engine/attempts.ts";
 import { reconcile } from "../../src/engine/reconcile.ts";
-import { completeCompensation, failCompensation, startCompensation } from "../../src/engine/rollback.ts";
 import { submitRun } from "../../src/engine/runs.ts";
 import type { BullStepDispatcher } from "../../src/redis/step-queue.ts";
 import { createTestContext, type TestContext } from "../helpers/context.ts";
@@ -480,25 +479,35 @@ describe("compensation attempts", () => {
       false,
     );
 
-    const ref = { runId: run.id, stepId: "a", attempt: 1 };
-    const first = await startCompensation(engine, ref, as("worker-a"));
+    const ref = { runId: run.id, stepId: "a", attempt: 1, phase: "compensate" as const };
+    const first = await startAttempt(engine, ref, as("worker-a"));
     if (!first.accepted) throw new Error(first.reason);
-    const redelivered = await startCompensation(engine, ref, as("worker-b"));
+    // Redelivered while its lease is valid: the live attempt keeps it (SPEC §8.5).
+    expect(await startAttempt(engine, ref, as("worker-b"))).toMatchObject({
+      accepted: false,
+      refusal: "lease_valid",
+    });
+    // Its holder froze past the lease: the redelivery takes over with the next attempt.
+    await ctx.db.sql`update step_runs set lease_expires_at = now() - interval '1 second'
+      where run_id = ${run.id} and step_id = 'a' and phase = 'compensate'`;
+    const redelivered = await startAttempt(engine, ref, as("worker-b"));
     expect(redelivered).toEqual({
       accepted: false,
-      reason: "worker lost during compensation attempt 1; attempt 2 queued",
+      refusal: "lease_lost",
+      reason: "worker lost during attempt 1; attempt 2 queued",
     });
-    const second = await startCompensation(engine, { ...ref, attempt: 2 }, as("worker-b"));
+    const second = await startAttempt(engine, { ...ref, attempt: 2 }, as("worker-b"));
     if (!second.accepted) throw new Error(second.reason);
     expect(second.attempt.token).not.toBe(first.attempt.token);
 
     const stale = { ...ref, token: first.attempt.token };
-    expect(await completeCompensation(engine, stale, { late: true })).toEqual({ accepted: false });
-    expect(await failCompensation(engine, stale, { message: "late" })).toEqual({ accepted: false });
-    expect(await completeCompensation(engine, { ...stale, attempt: 2 }, null)).toEqual({ accepted: false });
+    const refused = { accepted: false, refusal: "lease_lost" };
+    expect(await completeAttempt(engine, stale, { late: true })).toMatchObject(refused);
+    expect(await failAttempt(engine, stale, { message: "late" })).toMatchObject(refused);
+    expect(await completeAttempt(engine, { ...stale, attempt: 2 }, null)).toMatchObject(refused);
     const current = { ...ref, attempt: 2, token: second.attempt.token };
-    expect(await completeCompensation(engine, current, null)).toEqual({ accepted: true });
-    expect(await completeCompensation(engine, current, null)).toEqual({ accepted: false });
+    expect(await completeAttempt(engine, current, null)).toEqual({ accepted: true });
+    expect(await completeAttempt(engine, current, null)).toMatchObject({ accepted: false });
 
     const done = await waitForRun(ctx, run.id);
     expect(done.status).toBe("rolled_back");
@@ -537,41 +546,29 @@ describe("compensation attempts", () => {
     );
 
     // A worker takes the compensation with a short lease and vanishes.
-    const ref = { runId: run.id, stepId: "a", attempt: 1 };
-    const lost = await startCompensation(engine, ref, { id: "vanished", leaseSeconds: 0.2 });
+    const ref = { runId: run.id, stepId: "a", attempt: 1, phase: "compensate" as const };
+    const lost = await startAttempt(engine, ref, { id: "vanished", leaseSeconds: 0.2 });
     if (!lost.accepted) throw new Error(lost.reason);
     const repairNow = { minAgeSeconds: 0, leaseGraceSeconds: 0 };
-    await until(async () => (await reconcile(engine, repairNow)).compensations > 0);
-    const [requeued] = await ctx.db.sql<
-      { compensation_status: string; compensation_attempt: number; compensation_job_id: string }[]
-    >`
-      select compensation_status, compensation_attempt, compensation_job_id from step_runs
-      where run_id = ${run.id} and step_id = 'a'`;
-    expect(requeued).toMatchObject({ compensation_status: "queued", compensation_attempt: 2 });
-    expect(requeued!.compensation_job_id).toBe(`${run.id}.a.c2`);
+    await until(async () => (await reconcile(engine, repairNow)).abandoned > 0);
+    const [requeued] = await ctx.db.sql<{ status: string; attempt: number; job_id: string }[]>`
+      select status, attempt, job_id from step_runs
+      where run_id = ${run.id} and step_id = 'a' and phase = 'compensate'`;
+    expect(requeued).toMatchObject({ status: "queued", attempt: 2 });
+    expect(requeued!.job_id).toBe(`${run.id}.a.c2`);
 
     // Its job is lost too (Redis flushed): the reconciler enqueues a new one and records it.
-    await (engine.dispatcher as BullStepDispatcher).queue("nowhere").remove(requeued!.compensation_job_id);
-    expect((await reconcile(engine, repairNow)).compensations).toBe(1);
-    const [fresh] = await ctx.db.sql<{ compensation_job_id: string }[]>`
-      select compensation_job_id from step_runs where run_id = ${run.id} and step_id = 'a'`;
-    expect(fresh!.compensation_job_id).toMatch(new RegExp(`^${run.id}\\.a\\.c2\\.r\\d+$`));
+    await (engine.dispatcher as BullStepDispatcher).queue("nowhere").remove(requeued!.job_id);
+    expect((await reconcile(engine, repairNow)).requeued).toBe(1);
+    const [fresh] = await ctx.db.sql<{ job_id: string }[]>`
+      select job_id from step_runs where run_id = ${run.id} and step_id = 'a' and phase = 'compensate'`;
+    expect(fresh!.job_id).toMatch(new RegExp(`^${run.id}\\.a\\.c2\\.r\\d+$`));
     // Only the recorded job may start the attempt.
-    const stray = await startCompensation(
-      engine,
-      { ...ref, attempt: 2, jobId: requeued!.compensation_job_id },
-      as,
-    );
+    const stray = await startAttempt(engine, { ...ref, attempt: 2, jobId: requeued!.job_id }, as);
     expect(stray.accepted).toBe(false);
-    const second = await startCompensation(
-      engine,
-      { ...ref, attempt: 2, jobId: fresh!.compensation_job_id },
-      as,
-    );
+    const second = await startAttempt(engine, { ...ref, attempt: 2, jobId: fresh!.job_id }, as);
     if (!second.accepted) throw new Error(second.reason);
-    expect(
-      await completeCompensation(engine, { ...ref, attempt: 2, token: second.attempt.token }, null),
-    ).toEqual({
+    expect(await completeAttempt(engine, { ...ref, attempt: 2, token: second.attempt.token }, null)).toEqual({
       accepted: true,
     });
     expect((await waitForRun(ctx, run.id)).status).toBe("rolled_back");
@@ -592,9 +589,9 @@ describe("compensation attempts", () => {
     });
     const run = await startRun(ctx, "killed");
     await waitForRun(ctx, run.id, (r) => r.steps[0].compensation?.status === "running");
-    const [holder] = await ctx.db.sql<{ compensation_worker_id: string }[]>`
-      select compensation_worker_id from step_runs where run_id = ${run.id} and step_id = 'a'`;
-    expect(Number(holder!.compensation_worker_id.split(":")[1])).toBe(worker.child.pid);
+    const [holder] = await ctx.db.sql<{ worker_id: string }[]>`
+      select worker_id from step_runs where run_id = ${run.id} and step_id = 'a' and phase = 'compensate'`;
+    expect(Number(holder!.worker_id.split(":")[1])).toBe(worker.child.pid);
     worker.child.kill("SIGKILL");
     await worker.exited;
     worker = spawnWorker(ctx);

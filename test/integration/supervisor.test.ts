@@ -4,8 +4,7 @@
  * and the leader, once resumed, notices it lost the lease and fires nothing.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { completeAttempt, startAttempt } from "../../src/engine/attempts.ts";
-import { startAttempts } from "../../src/engine/batch.ts";
+import { completeAttempt, startAttempt, startAttempts } from "../../src/engine/attempts.ts";
 import { pauseRun, resumeRun } from "../../src/engine/control.ts";
 import { reconcile } from "../../src/engine/reconcile.ts";
 import { cancelRun, submitRun } from "../../src/engine/runs.ts";
@@ -93,7 +92,7 @@ describe("reconciler", () => {
     expect(await reconcile(engine(), repairNow)).toMatchObject({ abandoned: 1 });
     expect(await stepRow(run.id)).toMatchObject({ status: "queued", attempt: 2, job_id: `${run.id}.s.2` });
     const late = await completeAttempt(engine(), { ...started.attempt }, { late: true });
-    expect(late).toEqual({ accepted: false });
+    expect(late).toMatchObject({ accepted: false });
     const events = await eventsOf(ctx, run.id);
     expect(events.find((e) => e.type === "step.retrying")?.data.reason).toBe("worker lost (lease expired)");
 

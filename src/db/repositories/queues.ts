@@ -2,7 +2,7 @@
  * Queue load as Postgres sees it (the source of truth, which survives a Redis flush): per queue,
  * the backlog (steps waiting, plus retries whose delay has passed), the steps running, and the age
  * of the oldest waiting step. Only runs that are `running` count: a paused run's steps wait.
- * The compensations of runs `rolling_back` count alike: they are jobs on their step's queue.
+ * The compensations of runs `rolling_back` count alike: they are attempts on their step's queue.
  */
 import type { Sql } from "./runs.ts";
 
@@ -21,11 +21,8 @@ export async function queueLoad(sql: Sql): Promise<Map<string, QueueLoad>> {
     with work as (
       select s.queue, s.status::text as status, s.queued_at, s.next_attempt_at
       from step_runs s join runs r on r.id = s.run_id
-      where s.status in ('queued', 'retrying', 'running') and r.status = 'running'
-      union all
-      select s.queue, s.compensation_status, s.compensation_due_at, s.compensation_due_at
-      from step_runs s join runs r on r.id = s.run_id
-      where s.compensation_status in ('queued', 'retrying', 'running') and r.status = 'rolling_back'
+      where s.status in ('queued', 'retrying', 'running')
+        and ((s.phase = 'execute' and r.status = 'running') or (s.phase = 'compensate' and r.status = 'rolling_back'))
     )
     select queue,
       count(*) filter (where status = 'queued' or (status = 'retrying' and next_attempt_at <= now())) as backlog,

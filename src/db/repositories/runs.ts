@@ -3,7 +3,7 @@
  * the caller has already locked the run row (`lockRun`), which is what orders a run's events.
  */
 import type postgres from "postgres";
-import type { CompensationStatus } from "../../domain/progress.ts";
+import type { Phase } from "../../domain/attempt.ts";
 import type { EventType, RunKind, RunStatus, StepStatus } from "../../domain/status.ts";
 
 export type Sql = postgres.Sql | postgres.TransactionSql;
@@ -41,6 +41,8 @@ export interface RunRow {
 export interface StepRow {
   run_id: string;
   step_id: string;
+  /** `execute` for the step, `compensate` for its compensation (see domain/attempt.ts). */
+  phase: Phase;
   status: StepStatus;
   attempt: number;
   max_attempts: number;
@@ -58,17 +60,6 @@ export interface StepRow {
   job_id: string | null;
   plan_reason: string | null;
   reused_from_run_id: string | null;
-  /** The step's compensation during a rollback; see engine/rollback.ts. */
-  compensation_status: CompensationStatus | null;
-  compensation_attempt: number;
-  compensation_lease_token: string | null;
-  compensation_lease_expires_at: Date | null;
-  compensation_job_id: string | null;
-  compensation_worker_id: string | null;
-  compensation_due_at: Date | null;
-  compensation_error: unknown;
-  compensation_started_at: Date | null;
-  compensation_finished_at: Date | null;
   queued_at: Date | null;
   started_at: Date | null;
   finished_at: Date | null;
@@ -176,15 +167,44 @@ export async function readEvents(
 
 export async function stepStatuses(sql: Sql, runId: string, stepIds?: readonly string[]) {
   const rows = await sql<{ step_id: string; status: StepStatus }[]>`
-    select step_id, status from step_runs where run_id = ${runId}
+    select step_id, status from step_runs where run_id = ${runId} and phase = 'execute'
     ${stepIds ? sql`and step_id in ${sql(stepIds as string[])}` : sql``}`;
   return new Map(rows.map((r) => [r.step_id, r.status]));
+}
+
+export interface StepCompensation {
+  status: StepStatus;
+  attempt: number;
+  error: unknown;
+  started_at: Date | null;
+  finished_at: Date | null;
+}
+
+/** A run's steps (phase `execute`), each with its compensation's row, if a rollback made one. */
+export async function readStepsWithCompensation(
+  sql: Sql,
+  runId: string,
+): Promise<Array<StepRow & { compensation: StepCompensation | null }>> {
+  const rows = await sql<Array<StepRow & { compensation: StepCompensation | null }>>`
+    select s.*, case when c.step_id is null then null else json_build_object('status', c.status,
+      'attempt', c.attempt, 'error', c.error, 'started_at', c.started_at, 'finished_at', c.finished_at) end
+      as compensation
+    from step_runs s left join step_runs c on c.run_id = s.run_id and c.step_id = s.step_id and c.phase = 'compensate'
+    where s.run_id = ${runId} and s.phase = 'execute'`;
+  for (const r of rows) {
+    if (!r.compensation) continue;
+    const c = r.compensation as unknown as Record<string, string | null>;
+    r.compensation.started_at = c.started_at ? new Date(c.started_at) : null;
+    r.compensation.finished_at = c.finished_at ? new Date(c.finished_at) : null;
+  }
+  return rows;
 }
 
 export async function stepOutputs(sql: Sql, runId: string, stepIds: readonly string[]) {
   if (stepIds.length === 0) return new Map<string, unknown>();
   const rows = await sql<{ step_id: string; output: unknown }[]>`
-    select step_id, output from step_runs where run_id = ${runId} and step_id in ${sql(stepIds as string[])}`;
+    select step_id, output from step_runs where run_id = ${runId} and phase = 'execute'
+      and step_id in ${sql(stepIds as string[])}`;
   return new Map(rows.map((r) => [r.step_id, r.output]));
 }
 
@@ -202,7 +222,7 @@ export async function setStepStatuses(
       queued_at = ${extra.queued ? sql`now()` : sql`queued_at`},
       finished_at = ${extra.finished ? sql`now()` : sql`finished_at`},
       lease_token = ${extra.finished ? null : sql`lease_token`}
-    where run_id = ${runId} and step_id in ${sql(stepIds as string[])}
+    where run_id = ${runId} and phase = 'execute' and step_id in ${sql(stepIds as string[])}
     returning step_id`;
   return rows.map((r) => r.step_id);
 }

@@ -5,7 +5,7 @@
  * then SIGKILL after a grace period.
  */
 import { spawn } from "node:child_process";
-import { createInterface } from "node:readline";
+import { LineSplitter } from "./lines.ts";
 import { ExecutionError, type ExecutorFn } from "./types.ts";
 
 export const KILL_GRACE_MS = 5000;
@@ -49,9 +49,22 @@ export const runCommand: ExecutorFn<"command"> = (executor, ctx) => {
     if (ctx.signal.aborted) onAbort();
     else ctx.signal.addEventListener("abort", onAbort, { once: true });
 
-    const out = createInterface({ input: child.stdout! });
-    out.on("line", (line) => {
-      ctx.log(line, "stdout");
+    // Lines are bounded in length, and when the attempt's log buffer is full both pipes stop
+    // being read until it drains: the child then blocks on write instead of the worker's memory
+    // growing.
+    const pipes = [child.stdout!, child.stderr!];
+    let paused = false;
+    const record = (line: string, stream: "stdout" | "stderr") => {
+      if (ctx.log(line, stream) || paused) return;
+      paused = true;
+      for (const p of pipes) p.pause();
+      void ctx.logDrained().then(() => {
+        paused = false;
+        for (const p of pipes) p.resume();
+      });
+    };
+    const out = new LineSplitter(ctx.maxLineBytes, (line) => {
+      record(line, "stdout");
       const trimmed = line.trim();
       if (trimmed.startsWith("{") || trimmed.startsWith("[")) {
         try {
@@ -62,13 +75,20 @@ export const runCommand: ExecutorFn<"command"> = (executor, ctx) => {
         }
       }
     });
-    createInterface({ input: child.stderr! }).on("line", (line) => ctx.log(line, "stderr"));
+    const err = new LineSplitter(ctx.maxLineBytes, (line) => record(line, "stderr"));
+    child.stdout!.on("data", (chunk: Buffer) => out.write(chunk));
+    child.stderr!.on("data", (chunk: Buffer) => err.write(chunk));
+    const outEnded = new Promise<void>((r) => child.stdout!.once("close", () => r()));
+    const errEnded = new Promise<void>((r) => child.stderr!.once("close", () => r()));
 
     child.on("error", (error) => {
       ctx.signal.removeEventListener("abort", onAbort);
       reject(new ExecutionError(`could not start "${program}": ${error.message}`, false, "spawn_failed"));
     });
-    child.on("close", (code, signal) => {
+    child.on("close", async (code, signal) => {
+      await Promise.all([outEnded, errEnded]);
+      out.end();
+      err.end();
       ctx.signal.removeEventListener("abort", onAbort);
       clearTimeout(killTimer);
       if (ctx.signal.aborted) return reject(ctx.signal.reason);

@@ -9,7 +9,14 @@ export interface ExecutionContext {
   params: Record<string, unknown>;
   upstream: Record<string, { output: unknown }>;
   signal: AbortSignal;
-  log(line: string, stream?: "stdout" | "stderr" | "log"): void;
+  /**
+   * Records a log line; false when the attempt's log buffer is full and the producer should pause
+   * until `logDrained()` resolves (see jobs/attempt-log.ts).
+   */
+  log(line: string, stream?: "stdout" | "stderr" | "log"): boolean;
+  logDrained(): Promise<void>;
+  /** Longest log line kept; longer ones are cut with a marker. */
+  maxLineBytes: number;
   progress(pct: number, message?: string): void;
   config: Config;
   handlers: HandlerRegistry | null;

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
 import { z } from "zod";
-import type { StepRow } from "../../../db/repositories/runs.ts";
-import { compensationStatuses } from "../../../domain/progress.ts";
+import type { StepCompensation, StepRow } from "../../../db/repositories/runs.ts";
+import { type CompensationStatus, compensationStatuses } from "../../../domain/progress.ts";
 import { isTerminalRun, runKinds, runStatuses } from "../../../domain/status.ts";
 import type { EngineDeps } from "../../../engine/deps.ts";
 import {
@@ -104,7 +104,7 @@ const planSchema = z
 const idParams = z.strictObject({ id: z.uuid() });
 const idempotencyKeyPattern = /^[\x21-\x7e]{1,255}$/;
 
-function presentStep(step: StepRow) {
+function presentStep(step: StepRow & { compensation: StepCompensation | null }) {
   return {
     id: step.step_id,
     status: step.status,
@@ -121,13 +121,13 @@ function presentStep(step: StepRow) {
     queuedAt: toIsoOrNull(step.queued_at),
     startedAt: toIsoOrNull(step.started_at),
     finishedAt: toIsoOrNull(step.finished_at),
-    compensation: step.compensation_status
+    compensation: step.compensation
       ? {
-          status: step.compensation_status,
-          attempt: step.compensation_attempt,
-          error: step.compensation_error ?? null,
-          startedAt: toIsoOrNull(step.compensation_started_at),
-          finishedAt: toIsoOrNull(step.compensation_finished_at),
+          status: step.compensation.status as CompensationStatus,
+          attempt: step.compensation.attempt,
+          error: step.compensation.error ?? null,
+          startedAt: toIsoOrNull(step.compensation.started_at),
+          finishedAt: toIsoOrNull(step.compensation.finished_at),
         }
       : null,
   };
