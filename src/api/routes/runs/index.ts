@@ -1,6 +1,7 @@
 import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
 import { z } from "zod";
 import type { StepRow } from "../../../db/repositories/runs.ts";
+import { isReservedKey, RESERVED_KEY_PREFIX } from "../../../domain/idempotency.ts";
 import { compensationStatuses } from "../../../domain/progress.ts";
 import { isTerminalRun, runKinds, runStatuses } from "../../../domain/status.ts";
 import type { EngineDeps } from "../../../engine/deps.ts";
@@ -157,9 +158,15 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
         summary: "Start a run of a workflow's current version",
         description:
           "Send `Idempotency-Key` to make retries safe: the same key and body answer the original run (200); " +
-          "the same key with another body is 409.",
+          `the same key with another body is 409. Keys starting with \`${RESERVED_KEY_PREFIX}\` are reserved (400).`,
         params: nameParams,
-        headers: z.object({ "idempotency-key": z.string().regex(idempotencyKeyPattern).optional() }),
+        headers: z.object({
+          "idempotency-key": z
+            .string()
+            .regex(idempotencyKeyPattern)
+            .refine((key) => !isReservedKey(key), `keys starting with "${RESERVED_KEY_PREFIX}" are reserved`)
+            .optional(),
+        }),
         body: submitBody.optional(),
         response: { 200: z.union([runSchema, planSchema]), 202: runSchema, ...problemResponses(404, 409) },
       },
