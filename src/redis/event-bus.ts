@@ -9,8 +9,13 @@ import { redisKeys } from "./keys.ts";
 
 export class RedisEventBus implements EventNotifier, ControlBus {
   private readonly runListeners = new Map<string, Set<() => void>>();
-  /** Per run, how many notifications arrived; a read started after generation g sees its commits. */
+  /**
+   * Per run with listeners, the generation of its latest news: a read started after generation g
+   * sees the commits announced by g. Drawn from one process-wide counter that never goes back, so
+   * a run whose listeners all left and came back never reuses a generation an older read has.
+   */
   private readonly generations = new Map<string, number>();
+  private lastGeneration = 0;
   private readonly controlListeners = new Set<(message: ControlMessage) => void>();
   private subscribed: Promise<unknown> | undefined;
 
@@ -37,7 +42,11 @@ export class RedisEventBus implements EventNotifier, ControlBus {
     await this.publisher.publish(this.controlChannel, JSON.stringify(message));
   }
 
-  /** Subscribes the process once; later calls share the subscription. */
+  /**
+   * Subscribes the process once; later calls share the subscription. After the subscription is
+   * confirmed — the first one and every one after a reconnect — every listener is woken, because
+   * notifications published before it took effect were never delivered.
+   */
   start(): Promise<unknown> {
     if (!this.subscriber) throw new Error("this event bus has no subscriber connection");
     const sub = this.subscriber;
@@ -55,23 +64,37 @@ export class RedisEventBus implements EventNotifier, ControlBus {
           for (const listener of this.controlListeners) listener(message);
         }
       });
-      // Notifications published while the connection was down are lost: after every reconnect,
-      // wake every stream so it reads Postgres again.
-      let connectedOnce = false;
+      // ioredis emits 'ready' after a reconnect once it has *sent* its own re-subscription, not
+      // once Redis confirmed it: subscribing again (a no-op for Redis) and waiting for the reply
+      // is what tells us notifications reach us again.
+      let first = true;
       sub.on("ready", () => {
-        if (connectedOnce) for (const runId of [...this.runListeners.keys()]) this.wake(runId);
-        connectedOnce = true;
+        if (first) return;
+        this.subscribe(sub).catch(() => {
+          // The connection dropped again; its next 'ready' tries again.
+        });
       });
-      await sub.subscribe(this.eventsChannel, this.controlChannel);
+      await this.subscribe(sub);
+      first = false;
     })();
     return this.subscribed;
+  }
+
+  private async subscribe(sub: Redis): Promise<void> {
+    await sub.subscribe(this.eventsChannel, this.controlChannel);
+    this.wakeAll();
+  }
+
+  /** Wakes every listener: news may have been missed. */
+  private wakeAll(): void {
+    for (const runId of [...this.runListeners.keys()]) this.wake(runId);
   }
 
   /** News for a run: a new generation first, so reads begun from now on are distinct. */
   private wake(runId: string): void {
     const listeners = this.runListeners.get(runId);
     if (!listeners) return;
-    this.generations.set(runId, (this.generations.get(runId) ?? 0) + 1);
+    this.generations.set(runId, ++this.lastGeneration);
     for (const listener of [...listeners]) listener();
   }
 
@@ -81,6 +104,7 @@ export class RedisEventBus implements EventNotifier, ControlBus {
     if (!set) {
       set = new Set();
       this.runListeners.set(runId, set);
+      this.generations.set(runId, ++this.lastGeneration);
     }
     set.add(listener);
     return () => {
@@ -94,7 +118,7 @@ export class RedisEventBus implements EventNotifier, ControlBus {
     };
   }
 
-  /** Notifications received so far for a run that has listeners. */
+  /** The generation of a run's latest news (or of its first listener's arrival). */
   generation(runId: string): number {
     return this.generations.get(runId) ?? 0;
   }

@@ -243,6 +243,28 @@ describe("submission", () => {
     expect(expectProblem(conflict, 409).code).toBe("idempotency_conflict");
   });
 
+  it("refuses client Idempotency-Keys in the namespace of schedule slots (400, nothing written)", async () => {
+    await putWorkflow(ctx, "reserved", { steps: [{ id: "n", run: { type: "noop" } }] });
+    const res = await call(ctx.app, "POST", "/v1/workflows/reserved/runs", {
+      key: ctx.rootKey,
+      body: {},
+      headers: { "idempotency-key": "flowline:schedule:any-workflow:0:2030-01-01T00:00:00.000Z" },
+    });
+    const problem = expectProblem(res, 400);
+    expect(problem.errors).toEqual([
+      expect.objectContaining({
+        location: "headers",
+        path: "idempotency-key",
+        message: expect.stringMatching(/reserved/),
+      }),
+    ]);
+    const [row] = await ctx.db.sql<{ runs: number; keys: number }[]>`
+      select (select count(*)::int from runs r join workflows w on w.id = r.workflow_id
+              where w.name = 'reserved') as runs,
+             (select count(*)::int from idempotency_keys where key like 'flowline:%') as keys`;
+    expect(row).toEqual({ runs: 0, keys: 0 });
+  });
+
   it("lists runs newest first with filters and cursor pagination, per tenant", async () => {
     await putWorkflow(ctx, "listed", { steps: [{ id: "n", run: { type: "noop" } }] });
     const started: string[] = [];

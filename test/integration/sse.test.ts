@@ -5,6 +5,7 @@
 import { once } from "node:events";
 import { connect } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { cancelRun } from "../../src/engine/runs.ts";
 import { createTestContext, type TestContext } from "../helpers/context.ts";
 import {
   engineSettings,
@@ -126,6 +127,64 @@ describe("run events over SSE", () => {
     const logs = eventFrames(frames);
     expect(logs.map((f) => f.event)).toEqual(["step.log", "step.log", "step.log", "step.log"]);
     expect(JSON.parse(logs[0]!.data!)).toMatchObject({ stepId: "one", line: "sleeping 300 ms" });
+    expect(frames.at(-1)!.event).toBe("end");
+  });
+
+  it("resumes a logs stream after Last-Event-ID with exactly the lines after it", async () => {
+    const run = await startRun(ctx, "chain");
+    await waitForRun(ctx, run.id);
+    const logsUrl = `${base}/v1/runs/${run.id}/logs?follow=true`;
+    const all = eventFrames((await readSse(logsUrl, { key: ctx.rootKey })).frames).map((f) => Number(f.id));
+    expect(all).toHaveLength(4);
+    const resumed = await readSse(logsUrl, { key: ctx.rootKey, lastEventId: String(all[1]) });
+    expect(eventFrames(resumed.frames).map((f) => Number(f.id))).toEqual(all.slice(2));
+    expect(resumed.frames.at(-1)!.event).toBe("end");
+  });
+
+  it("ends a stream whose run's last notification was lost", async () => {
+    // No worker serves this queue: nothing but the cancel below writes events for the run.
+    await putWorkflow(ctx, "parked", { steps: [{ id: "p", queue: "unserved", run: { type: "noop" } }] });
+    const run = await startRun(ctx, "parked");
+    const [row] = await ctx.db.sql<{ tenant_id: string }[]>`select tenant_id from runs where id = ${run.id}`;
+    const silent = { ...ctx.app.flowline.engine, notifier: { notify: async () => {} } };
+    const { frames } = await readSse(url(run.id), {
+      key: ctx.rootKey,
+      onFrame: (f) => {
+        if (f.event === "step.queued") void cancelRun(silent, row!.tenant_id, run.id);
+      },
+    });
+    expect(eventFrames(frames).at(-1)!.event).toBe("run.cancelled");
+    expect(frames.at(-1)!.event).toBe("end");
+  });
+
+  it("goes on through a rollback that begins as a finished run's stream connects", async () => {
+    await putWorkflow(ctx, "undoable", {
+      steps: [
+        {
+          id: "a",
+          run: { type: "noop" },
+          compensate: { type: "handler", name: "test.sleepy", input: { ms: 100 } },
+        },
+      ],
+    });
+    const run = await startRun(ctx, "undoable");
+    expect((await waitForRun(ctx, run.id)).status).toBe("succeeded");
+    // The stream sees the run succeeded; the rollback commits before its first page is read.
+    const hub = ctx.app.flowline.hub;
+    const readPage = hub.readPage;
+    hub.readPage = async (runId, afterId, limit) => {
+      hub.readPage = readPage;
+      const started = await call(ctx.app, "POST", `/v1/runs/${run.id}/rollback`, { key: ctx.rootKey });
+      expect(started.statusCode).toBe(202);
+      return readPage(runId, afterId, limit);
+    };
+    const { frames } = await readSse(url(run.id), { key: ctx.rootKey });
+    const types = eventFrames(frames).map((f) => f.event!);
+    expect(types.filter((t) => t.startsWith("run.")).slice(-3)).toEqual([
+      "run.succeeded",
+      "run.rolling_back",
+      "run.rolled_back",
+    ]);
     expect(frames.at(-1)!.event).toBe("end");
   });
 

@@ -190,6 +190,48 @@ describe("retention", () => {
   });
 });
 
+describe("retention and a rollback", () => {
+  it("never deletes a finished run that enters rolling_back as retention judges it", async () => {
+    const { run } = await submitRun(engine(), { tenantId: "default", workflow: "lonely" });
+    await ctx.db.sql`update step_runs set status = 'succeeded', finished_at = now() where run_id = ${run.id}`;
+    await ctx.db.sql`update runs set status = 'succeeded', finished_at = now() - interval '100 days',
+      pending_steps = 0 where id = ${run.id}`;
+    // A rollback's transaction: it locks the run and moves it to rolling_back, and commits only
+    // once retention has looked at the run (waiting for the lock, or past it).
+    let commit!: () => void;
+    const committed = new Promise<void>((resolve) => {
+      commit = resolve;
+    });
+    let locked!: () => void;
+    const isLocked = new Promise<void>((resolve) => {
+      locked = resolve;
+    });
+    const rollback = ctx.db.sql.begin(async (sql) => {
+      await sql`select id from runs where id = ${run.id} for update`;
+      await sql`update runs set status = 'rolling_back', finished_at = null where id = ${run.id}`;
+      locked();
+      await committed;
+    });
+    await isLocked;
+    let settled = false;
+    const pruning = pruneOldData(engine(), () => true).finally(() => {
+      settled = true;
+    });
+    for (;;) {
+      const [waiting] = await ctx.db.sql<{ n: number }[]>`
+        select count(*)::int as n from pg_stat_activity
+        where datname = current_database() and wait_event_type = 'Lock'`;
+      if (settled || waiting!.n > 0) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    commit();
+    await rollback;
+    await pruning;
+    const [row] = await ctx.db.sql<{ status: string }[]>`select status from runs where id = ${run.id}`;
+    expect(row?.status).toBe("rolling_back");
+  });
+});
+
 describe("two supervisors", () => {
   it("a standby takes over from a frozen leader; each slot fires once; the resumed leader fires nothing", async () => {
     await putWorkflow(ctx, "ticker", {

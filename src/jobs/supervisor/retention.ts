@@ -3,6 +3,11 @@
  * off them (steps, attempts, events, deliveries cascade); events of finished runs older than
  * `retention.eventsDays` are deleted earlier. Runs still in progress keep all their events, which
  * SSE replay needs. Deletes go in bounded batches so a large backlog never holds long locks.
+ *
+ * A finished run can start again at any moment (a rollback moves it to `rolling_back`), and every
+ * writer locks the run row first. So the batches lock the runs they judge and skip locked ones: a
+ * run being changed is judged on a later pass, and a change committed since this statement began
+ * is re-checked on the locked row instead of being missed.
  */
 import type { EngineDeps } from "../../engine/deps.ts";
 
@@ -28,7 +33,7 @@ export async function pruneOldData(
       delete from runs where id in (
         select id from runs where finished_at < now() - make_interval(days => ${runsDays})
           and status in ('succeeded', 'failed', 'cancelled', 'rolled_back')
-        limit ${BATCH})`;
+        limit ${BATCH} for update skip locked)`;
     report.runs += runs.count;
     if (runs.count < BATCH) break;
   }
@@ -37,7 +42,7 @@ export async function pruneOldData(
       delete from events where id in (
         select e.id from events e join runs r on r.id = e.run_id
         where e.created_at < now() - make_interval(days => ${eventsDays}) and r.finished_at is not null
-        limit ${BATCH})`;
+        limit ${BATCH} for share of r skip locked)`;
     report.events += events.count;
     if (events.count < BATCH) break;
   }

@@ -10,6 +10,7 @@ import { createHash } from "node:crypto";
 import { StaleFenceError } from "../../db/repositories/fences.ts";
 import type { Sql } from "../../db/repositories/runs.ts";
 import { FlowlineError } from "../../domain/errors.ts";
+import { scheduleSlotKey } from "../../domain/idempotency.ts";
 import { dueSlot, scheduleIdentity } from "../../domain/schedules.ts";
 import type { WorkflowSpec } from "../../domain/workflow/spec.ts";
 import type { EngineDeps } from "../../engine/deps.ts";
@@ -84,7 +85,7 @@ async function fireOnce(
       deps,
       { tenantId: wf.tenant_id, workflow: wf.name, params: schedule.params ?? {}, trigger: "schedule" },
       {
-        key: `flowline:schedule:${wf.workflow_id}:${key}:${slot.toISOString()}`,
+        key: scheduleSlotKey(wf.workflow_id, key, slot),
         hash: requestHash("schedule", body),
       },
       guard ? { guard } : {},

@@ -1,6 +1,7 @@
 import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
 import { z } from "zod";
 import type { StepCompensation, StepRow } from "../../../db/repositories/runs.ts";
+import { isReservedKey, RESERVED_KEY_PREFIX } from "../../../domain/idempotency.ts";
 import { type CompensationStatus, compensationStatuses } from "../../../domain/progress.ts";
 import { isTerminalRun, runKinds, runStatuses } from "../../../domain/status.ts";
 import type { EngineDeps } from "../../../engine/deps.ts";
@@ -102,6 +103,17 @@ const planSchema = z
   .meta({ id: "RunPlan" });
 
 const idParams = z.strictObject({ id: z.uuid() });
+/** What an EventSource sends when it reconnects: the id of the last event it received. */
+const resumeHeaders = z.object({
+  "last-event-id": z
+    .string()
+    .regex(/^\d{1,16}$/)
+    .optional(),
+});
+const afterQuery = z.coerce.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional();
+/** Where a stream or page resumes: `Last-Event-ID` wins over `?after=`. */
+const resumeAfter = (headers: z.infer<typeof resumeHeaders>, after: number | undefined) =>
+  headers["last-event-id"] !== undefined ? Number(headers["last-event-id"]) : (after ?? 0);
 const idempotencyKeyPattern = /^[\x21-\x7e]{1,255}$/;
 
 function presentStep(step: StepRow & { compensation: StepCompensation | null }) {
@@ -146,9 +158,15 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
         summary: "Start a run of a workflow's current version",
         description:
           "Send `Idempotency-Key` to make retries safe: the same key and body answer the original run (200); " +
-          "the same key with another body is 409.",
+          `the same key with another body is 409. Keys starting with \`${RESERVED_KEY_PREFIX}\` are reserved (400).`,
         params: nameParams,
-        headers: z.object({ "idempotency-key": z.string().regex(idempotencyKeyPattern).optional() }),
+        headers: z.object({
+          "idempotency-key": z
+            .string()
+            .regex(idempotencyKeyPattern)
+            .refine((key) => !isReservedKey(key), `keys starting with "${RESERVED_KEY_PREFIX}" are reserved`)
+            .optional(),
+        }),
         body: submitBody.optional(),
         response: { 200: z.union([runSchema, planSchema]), 202: runSchema, ...problemResponses(404, 409) },
       },
@@ -256,13 +274,16 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
       schema: {
         tags: ["runs"],
         summary: "Step logs of a run (`?follow=true` streams them as SSE until the run ends)",
+        description:
+          "The stream resumes after `Last-Event-ID` (or `?after=`): a reconnecting EventSource gets each line once.",
         params: idParams,
         querystring: z.strictObject({
           step: z.string().max(63).optional().describe("Only this step's lines"),
           follow: booleanQuery.optional(),
-          after: z.coerce.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional(),
+          after: afterQuery,
           limit: z.coerce.number().int().min(1).max(5000).default(1000),
         }),
+        headers: resumeHeaders,
         response: {
           200: z.object({
             items: z.array(
@@ -286,7 +307,7 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
       const q = request.query;
       const include = (e: { type: string; step_id: string | null }) =>
         e.type === "step.log" && (q.step === undefined || e.step_id === q.step);
-      const after = q.after ?? 0;
+      const after = resumeAfter(request.headers, q.after);
       if (q.follow) {
         const { run } = await runEvents(engine, caller.tenantId, request.params.id, after, 0);
         streamRunEvents(hub, request, reply, run.id, after, {
@@ -338,15 +359,10 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
           "in order; `event: end` follows the run's terminal event.",
         params: idParams,
         querystring: z.strictObject({
-          after: z.coerce.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional(),
+          after: afterQuery,
           limit: z.coerce.number().int().min(1).max(1000).default(200),
         }),
-        headers: z.object({
-          "last-event-id": z
-            .string()
-            .regex(/^\d{1,16}$/)
-            .optional(),
-        }),
+        headers: resumeHeaders,
         response: {
           200: z.object({
             items: z.array(eventSchema),
@@ -359,8 +375,7 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
     },
     async (request, reply) => {
       const caller = callerOf(request);
-      const lastEventId = request.headers["last-event-id"];
-      const after = lastEventId !== undefined ? Number(lastEventId) : (request.query.after ?? 0);
+      const after = resumeAfter(request.headers, request.query.after);
       const wantsStream = /text\/event-stream/.test(String(request.headers.accept ?? ""));
       const { run, events } = await runEvents(
         engine,

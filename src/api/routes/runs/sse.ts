@@ -1,7 +1,8 @@
 /**
  * Server-Sent Events for a run (SPEC §5). The stream replays from Postgres after Last-Event-ID and
  * then follows notifications by reading Postgres again from the last id it sent — notifications
- * carry no events, so a lost or late one can neither drop nor duplicate anything. At most one page
+ * carry no events, so a lost or late one can neither drop nor duplicate anything. Every heartbeat
+ * reads again too, so a notification that never arrives costs one heartbeat interval. At most one page
  * of events is in memory per stream, and the next page is read only once the socket has drained,
  * so a slow client costs a bounded amount of memory. Encoding is done here (a few lines) because
  * the frames are fully under our control: `event:` is one of our own types and `id:` a number.
@@ -57,8 +58,12 @@ export function streamRunEvents(
   res.write(`retry: ${RETRY_MS}\n\n`);
 
   let lastId = afterId;
-  /** The last event sent was the run's terminal one; the stream ends once nothing follows it. */
-  let ended = false;
+  /**
+   * The last event read was the run's terminal one; the stream ends once nothing follows it. A run
+   * finished when the stream began has nothing after `afterId` to read when the client resumes at
+   * its end; any event read decides again (a `run.rolling_back` means a rollback follows).
+   */
+  let ended = options.terminalAtStart;
   let closed = false;
   let pumping = false;
   let again = false;
@@ -75,7 +80,10 @@ export function streamRunEvents(
   // Subscribe before the first read, so nothing committed after that read is missed.
   const unsubscribe = hub.bus.onRun(runId, () => void pump());
   const heartbeat = setInterval(() => {
-    if (!closed) res.write(": heartbeat\n\n");
+    if (closed) return;
+    res.write(": heartbeat\n\n");
+    // A notification can be lost (Redis down or resubscribing, a dropped subscriber): read anyway.
+    void pump();
   }, hub.heartbeatMs ?? HEARTBEAT_MS);
   hub.streams.set(close, () => res.writableLength);
   res.on("close", close);
@@ -138,13 +146,7 @@ export function streamRunEvents(
     }
   }
 
-  void pump().then(() => {
-    // Resuming after the end of a finished run: nothing more will come.
-    if (options.terminalAtStart && !closed) {
-      res.write("event: end\ndata: {}\n\n");
-      close();
-    }
-  });
+  void pump();
 }
 
 /**
