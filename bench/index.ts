@@ -223,7 +223,7 @@ async function bench(redisUrl: string) {
       measure,
       flowline: `${num(fl, digits)} ${unit}`,
       raw: `${num(base, digits)} ${unit}`,
-      ratio: `${num(fl / base, 1)}× raw`,
+      ratio: `${num(fl / base, 2)}× raw`,
       goal: `≤ ${times}× raw`,
       met: fl <= times * base,
     });
@@ -251,7 +251,7 @@ async function bench(redisUrl: string) {
       measure: `chain hand-off p${p}, ${CHAIN} steps (raw: enqueue included)`,
       flowline: `${num(fl, 2)} ms`,
       raw: `${num(base, 2)} ms`,
-      ratio: `${num(fl / base, 1)}× raw`,
+      ratio: `${num(fl / base, 2)}× raw`,
       goal: `≤ ${goal} ms`,
       met: fl <= goal,
     });
@@ -285,7 +285,7 @@ async function bench(redisUrl: string) {
       measure: `${name} p99, ${k(STORED_SMALL)} → ${k(STORED_LARGE)} stored runs (${a.n} / ${b.n} requests)`,
       flowline: `${num(a.p99, 1)} → ${num(b.p99, 1)} ms`,
       raw: "–",
-      ratio: `${num(b.p99 / a.p99, 1)}×`,
+      ratio: `${num(b.p99 / a.p99, 2)}×`,
       goal: "flat: ≤ 2×",
       met: b.p99 <= 2 * a.p99,
     });
