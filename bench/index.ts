@@ -147,7 +147,7 @@ async function bench(redisUrl: string) {
   const [wide, wideCost] = await measured(async () => {
     const t0 = Date.now();
     const { run } = await submitRun(engine, { tenantId: "default", workflow: "wide" });
-    const last = await waitRuns(db.sql, [run.id]);
+    const last = await waitRuns(db.sql, [run.id], meter.own);
     return { id: run.id, rate: WIDE / ((last - t0) / 1000) };
   });
 
@@ -164,7 +164,7 @@ async function bench(redisUrl: string) {
   const [one, oneCost] = await measured(async () => {
     const t0 = Date.now();
     const ids = await submitOverHttp(api, "single", ONE_STEP, IN_FLIGHT);
-    const last = await waitRuns(db.sql, ids);
+    const last = await waitRuns(db.sql, ids, meter.own);
     return { ids, rate: ONE_STEP / ((last - t0) / 1000) };
   });
 

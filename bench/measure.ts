@@ -27,6 +27,7 @@ function processCpuMs(pid: number): number | null {
 }
 
 interface Snapshot {
+  own: number;
   processMs: number;
   redisMs: number | null;
   /** Backend pid → its CPU ms, for every connection to the bench database. */
@@ -54,6 +55,8 @@ export interface Cost {
 }
 
 export interface Meter {
+  /** Records one query of the bench's own (one commit), left out of the window's counts. */
+  own(): void;
   snapshot(): Promise<Snapshot>;
   cost(before: Snapshot): Promise<Cost>;
   /** One line saying what the CPU and statement figures count, for the report. */
@@ -70,6 +73,7 @@ export async function createMeter(sql: postgres.Sql, redis: Redis): Promise<Mete
            exists (select 1 from pg_extension where extname = 'pg_stat_statements') as created`;
   const statementsAvailable = Boolean(pss?.loaded && pss.created);
   let pgReadable = true;
+  let own = 0;
 
   const statements = async () => {
     if (!statementsAvailable) return null;
@@ -86,6 +90,7 @@ export async function createMeter(sql: postgres.Sql, redis: Redis): Promise<Mete
     const pgBackends = new Map(backends.map((b) => [b.pid, processCpuMs(b.pid)]));
     if ([...pgBackends.values()].some((v) => v === null)) pgReadable = false;
     return {
+      own,
       processMs: (usage.user + usage.system) / 1000,
       redisMs: redisReadable ? processCpuMs(redisPid) : null,
       pgBackends,
@@ -115,6 +120,9 @@ export async function createMeter(sql: postgres.Sql, redis: Redis): Promise<Mete
   };
 
   return {
+    own: () => {
+      own++;
+    },
     // Counters settle before the window's CPU is read, and after its CPU is read.
     snapshot: async () => {
       const settled = await counters();
@@ -136,11 +144,11 @@ export async function createMeter(sql: postgres.Sql, redis: Redis): Promise<Mete
         processMs,
         redisMs,
         pgMs: pgReadable ? pgMs : null,
-        commits: after.commits - before.commits,
+        commits: after.commits - before.commits - (after.own - before.own),
         rowWrites: after.rowWrites - before.rowWrites,
         statements:
           after.statements !== null && before.statements !== null
-            ? after.statements - before.statements
+            ? after.statements - before.statements - (after.own - before.own)
             : null,
         redisCommands: after.redisCommands - before.redisCommands,
         redisScripts: after.redisScripts - before.redisScripts,

@@ -11,16 +11,18 @@ const active = runStatuses.filter((s) => !isTerminalRun(s));
 /**
  * Waits until every run has ended, and answers when the last one finished (epoch ms, from
  * Postgres). It polls for any active run at all — cheap, so that its own cost stays out of what the
- * bench measures — and reads the runs themselves once none is left.
+ * bench measures — and reads the runs themselves once none is left. `onQuery` counts its queries.
  */
-export async function waitRuns(sql: postgres.Sql, ids: string[]): Promise<number> {
+export async function waitRuns(sql: postgres.Sql, ids: string[], onQuery = () => {}): Promise<number> {
   for (;;) {
+    onQuery();
     const [row] = await sql<
       { busy: boolean }[]
     >`select exists (select 1 from runs where status in ${sql(active)}) as busy`;
     if (!row!.busy) break;
-    await new Promise((r) => setTimeout(r, 20));
+    await new Promise((r) => setTimeout(r, 50));
   }
+  onQuery();
   const [row] = await sql<{ n: number; last: number | null }[]>`
     select count(*)::int as n, (extract(epoch from max(finished_at)) * 1000)::float8 as last
     from runs where id = any(${ids}::uuid[]) and status = 'succeeded'`;
