@@ -180,7 +180,7 @@ async function bench(redisUrl: string) {
   let seeded = 0;
   for (const target of [STORED_SMALL, STORED_LARGE]) {
     const t = performance.now();
-    const more = target - (await countRuns(db.sql));
+    const more = Math.max(0, target - (await countRuns(db.sql)));
     progress(`seeding ${num(more)} runs (to ${k(target)} stored)`);
     await seedRuns(db.sql, one.ids[0]!, seeded + 1, seeded + more);
     seeded += more;
