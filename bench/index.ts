@@ -1,12 +1,17 @@
 /**
- * `npm run bench`: Flowline against raw BullMQ on the same machine and the same Redis, in one run.
- * Prints figures and ratios; asserts nothing. Uses its own database and Redis key prefix and
- * removes both afterwards. BENCH_SCALE (default 1) scales the sizes down for a quick look.
+ * `npm run bench`: Flowline against raw BullMQ on the same machine, the same Postgres and one
+ * redis-server of its own, in one process run. Prints every figure beside its raw BullMQ baseline
+ * (measured in the same run), the ratio and its goal, marked met or NOT met, then what each step
+ * costs (CPU, commits, row writes, statements, Redis commands). Asserts nothing. Uses its own
+ * database and redis-server and removes both afterwards. BENCH_SCALE (default 1) scales the sizes.
+ *
+ * The API runs in this process (buildApp listening on 127.0.0.1:0), next to the worker
+ * (startWorker) and the HTTP client, so that process.cpuUsage counts all three.
  */
 import { randomBytes } from "node:crypto";
-import { FlowProducer, Queue, Worker } from "bullmq";
 import { pino } from "pino";
 import postgres from "postgres";
+import { encodeCursor } from "../src/api/schemas.ts";
 import { parseConfig } from "../src/config/index.ts";
 import { createDb } from "../src/db/client.ts";
 import { runMigrations } from "../src/db/migrate.ts";
@@ -16,19 +21,29 @@ import { createEngineDeps } from "../src/engine/create.ts";
 import { submitRun } from "../src/engine/runs.ts";
 import { startWorker } from "../src/jobs/worker.ts";
 import { RedisAssetLocks } from "../src/redis/asset-locks.ts";
-import { createRedis, deleteByPattern } from "../src/redis/connection.ts";
+import { createRedis } from "../src/redis/connection.ts";
 import { RedisEventBus } from "../src/redis/event-bus.ts";
 import { BullStepDispatcher } from "../src/redis/step-queue.ts";
+import { startPrivateRedis } from "../test/helpers/redis-server.ts";
+import { getLatencies, replayEvents, startApi, submitOverHttp } from "./http.ts";
+import { type Cost, createMeter } from "./measure.ts";
 import { benchPlanner } from "./planner.ts";
+import { rawChain, rawDrain, rawFlow, rawInFlight } from "./raw.ts";
 import { sseBenchmark } from "./sse.ts";
+import { chainGaps, countRuns, seededRunId, seedRuns, stepGap, waitRuns } from "./store.ts";
 
 const scale = Number(process.env.BENCH_SCALE ?? "1");
-const N = Math.max(50, Math.round(5000 * scale));
-const CHAIN = Math.max(20, Math.round(200 * scale));
-const FAN = Math.max(50, Math.round(1000 * scale));
+const WIDE = Math.max(2000, Math.round(5000 * scale));
+const ONE_STEP = Math.max(200, Math.round(5000 * scale));
+const IN_FLIGHT = 20;
+const CHAIN = Math.max(100, Math.round(500 * scale));
+const FAN = Math.max(100, Math.round(1000 * scale));
+const STORED_SMALL = 10_000;
+const STORED_LARGE = Math.max(2 * STORED_SMALL, Math.round(1_000_000 * scale));
+const GET_SAMPLES = 200;
+const GET_BUDGET_MS = 5000;
 const CONCURRENCY = 32;
 const pgBase = process.env.FLOWLINE_TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
-const redisUrl = process.env.FLOWLINE_TEST_REDIS_URL ?? "redis://127.0.0.1:6379";
 
 const id = randomBytes(3).toString("hex");
 const dbUrl = new URL(pgBase);
@@ -40,25 +55,36 @@ const percentile = (values: number[], p: number) => {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN;
 };
-const fmt = (n: number, digits = 1) => n.toFixed(digits);
-const rows: Array<[string, string, string, string]> = [];
-const report = (name: string, flowline: number, raw: number, unit: string, higherIsBetter: boolean) => {
-  const ratio = higherIsBetter ? flowline / raw : raw / flowline;
-  rows.push([name, `${fmt(flowline)} ${unit}`, `${fmt(raw)} ${unit}`, `${fmt(ratio * 100, 0)}%`]);
-  console.log(`${name}: flowline ${fmt(flowline)} ${unit}, raw BullMQ ${fmt(raw)} ${unit}`);
-};
+const num = (n: number, digits = 0) =>
+  n.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
+const k = (n: number) => (n >= 1_000_000 ? `${n / 1_000_000}M` : n >= 1000 ? `${n / 1000}k` : String(n));
 
-async function main() {
+interface Row {
+  measure: string;
+  flowline: string;
+  raw: string;
+  ratio: string;
+  goal: string;
+  /** Undefined: no goal. */
+  met?: boolean;
+}
+const rows: Row[] = [];
+const started = performance.now();
+const progress = (text: string) => console.log(`${num((performance.now() - started) / 1000, 1)} s: ${text}`);
+
+async function bench(redisUrl: string) {
   await runMigrations(dbUrl.toString());
   const config = parseConfig({
     database: { url: dbUrl.toString(), poolMax: 20 },
     redis: { url: redisUrl, prefix },
     log: { level: "warn" },
     worker: { stallSeconds: 30 },
+    rateLimit: { enabled: false },
   });
   const db = createDb({ ...config.database, applicationName: "flowline-bench" });
   const redis = createRedis(redisUrl, "consumer");
   await redis.connect();
+  const meter = await createMeter(db.sql, redis);
   const bus = new RedisEventBus(redis, null, prefix);
   const dispatcher = new BullStepDispatcher(redis, prefix);
   const engine = createEngineDeps({
@@ -72,190 +98,274 @@ async function main() {
   });
   const workflows = workflowsRepository(db.db);
   await db.sql`insert into tenants (id) values ('default') on conflict do nothing`;
-  const put = async (spec: unknown) => {
-    const result = validateWorkflowDefinition(spec, {
-      commands: new Set(),
-      allowedHosts: [],
-      maxSteps: 10_000,
-    });
+  const put = async (name: string, steps: unknown[]) => {
+    const result = validateWorkflowDefinition(
+      { name, steps },
+      { commands: new Set(), allowedHosts: [], maxSteps: 10_000 },
+    );
     if (!result.ok) throw new Error(JSON.stringify(result.issues.slice(0, 2)));
     await workflows.put("default", result.spec);
   };
-  const waitRuns = async (ids: string[]) => {
-    for (;;) {
-      const [row] = await db.sql<{ n: number }[]>`
-        select count(*)::int as n from runs where id in ${db.sql(ids)} and status in ('succeeded', 'failed', 'cancelled')`;
-      if (row!.n === ids.length) return;
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  };
-  const worker = await startWorker({ config, queues: ["default"], concurrency: CONCURRENCY, log });
-
-  // 1. Throughput: one wide workflow of N no-op steps, and N one-step runs.
-  await put({
-    name: "wide",
-    steps: Array.from({ length: N }, (_, i) => ({ id: `s${i}`, run: { type: "noop" } })),
-  });
-  await put({ name: "single", steps: [{ id: "s", run: { type: "noop" } }] });
-  let t = performance.now();
-  const wide = await submitRun(engine, { tenantId: "default", workflow: "wide" });
-  await waitRuns([wide.run.id]);
-  const wideRate = N / ((performance.now() - t) / 1000);
-  t = performance.now();
-  const singles: string[] = [];
-  for (let i = 0; i < N; i += 100) {
-    const batch = await Promise.all(
-      Array.from({ length: Math.min(100, N - i) }, () =>
-        submitRun(engine, { tenantId: "default", workflow: "single" }),
-      ),
-    );
-    singles.push(...batch.map((b) => b.run.id));
-  }
-  await waitRuns(singles);
-  const singleRate = N / ((performance.now() - t) / 1000);
-
-  const rawQueue = new Queue("raw", { connection: redis, prefix: `${prefix}:raw` });
-  let done = 0;
-  let onDone: () => void = () => {};
-  const rawWorker = new Worker("raw", async () => null, {
-    connection: createRedis(redisUrl, "consumer"),
-    prefix: `${prefix}:raw`,
-    concurrency: CONCURRENCY,
-  });
-  rawWorker.on("completed", () => {
-    done++;
-    onDone();
-  });
-  const until = (n: number) =>
-    new Promise<void>((resolve) => {
-      onDone = () => done >= n && resolve();
-      onDone();
-    });
-  t = performance.now();
-  for (let i = 0; i < N; i += 1000) {
-    await rawQueue.addBulk(
-      Array.from({ length: Math.min(1000, N - i) }, (_, k) => ({ name: "noop", data: { k } })),
-    );
-  }
-  await until(N);
-  const rawRate = N / ((performance.now() - t) / 1000);
-  report(`throughput, ${N} steps in one wide run`, wideRate, rawRate, "steps/s", true);
-  report(`throughput, ${N} one-step runs`, singleRate, rawRate, "steps/s", true);
-
-  // 2. Hand-off latency along a chain.
-  await put({
-    name: "chain",
-    steps: Array.from({ length: CHAIN }, (_, i) => ({
+  const noop = { type: "noop" };
+  await put(
+    "wide",
+    Array.from({ length: WIDE }, (_, i) => ({ id: `s${i}`, run: noop })),
+  );
+  await put("single", [{ id: "s", run: noop }]);
+  await put(
+    "chain",
+    Array.from({ length: CHAIN }, (_, i) => ({
       id: `c${i}`,
       ...(i > 0 ? { needs: [`c${i - 1}`] } : {}),
-      run: { type: "noop" },
+      run: noop,
     })),
+  );
+  await put("fan", [
+    { id: "root", run: noop },
+    ...Array.from({ length: FAN }, (_, i) => ({ id: `f${i}`, needs: ["root"], run: noop })),
+    { id: "join", needs: Array.from({ length: FAN }, (_, i) => `f${i}`), run: noop },
+  ]);
+  const measured = async <T>(work: () => Promise<T>): Promise<[T, Cost]> => {
+    const before = await meter.snapshot();
+    const result = await work();
+    return [result, await meter.cost(before)];
+  };
+
+  // Raw BullMQ first, with no Flowline worker polling the same Redis.
+  const raw = { redisUrl, prefix: `${prefix}:raw`, concurrency: CONCURRENCY };
+  progress(
+    `raw BullMQ: drain ${WIDE}, ${ONE_STEP} adds ${IN_FLIGHT} at a time, chain ${CHAIN}, flow of ${FAN}`,
+  );
+  const [rawWideRate, rawWideCost] = await measured(() => rawDrain(raw, WIDE));
+  const [rawOneRate, rawOneCost] = await measured(() => rawInFlight(raw, ONE_STEP, IN_FLIGHT));
+  const rawGaps = await rawChain(raw, CHAIN);
+  const rawJoin = await rawFlow(raw, FAN);
+
+  const worker = await startWorker({ config, queues: ["default"], concurrency: CONCURRENCY, log });
+
+  progress(`Flowline: wide run of ${WIDE} steps`);
+  const [wide, wideCost] = await measured(async () => {
+    const t0 = Date.now();
+    const { run } = await submitRun(engine, { tenantId: "default", workflow: "wide" });
+    const last = await waitRuns(db.sql, [run.id], meter.own);
+    return { id: run.id, rate: WIDE / ((last - t0) / 1000) };
   });
+
+  progress(`Flowline: chain of ${CHAIN}, fan-out/join of ${FAN}`);
   const chain = await submitRun(engine, { tenantId: "default", workflow: "chain" });
-  await waitRuns([chain.run.id]);
-  const steps = await db.sql<{ step_id: string; started_at: Date; finished_at: Date }[]>`
-    select step_id, started_at, finished_at from step_runs where run_id = ${chain.run.id}`;
-  const byIndex = new Map(steps.map((s) => [Number(s.step_id.slice(1)), s]));
-  const flowlineHandoffs: number[] = [];
-  for (let i = 1; i < CHAIN; i++) {
-    flowlineHandoffs.push(byIndex.get(i)!.started_at.getTime() - byIndex.get(i - 1)!.finished_at.getTime());
-  }
-  // Postgres timestamps are in microseconds but read as ms Dates; good enough for ms percentiles.
-  const rawHandoffs: number[] = [];
-  const chainQueue = new Queue("rawchain", { connection: redis, prefix: `${prefix}:raw` });
-  let previousEnd = 0;
-  let finishChain: () => void = () => {};
-  const chainDone = new Promise<void>((r) => {
-    finishChain = r;
-  });
-  const chainWorker = new Worker(
-    "rawchain",
-    async (job) => {
-      const start = performance.now();
-      if (previousEnd) rawHandoffs.push(start - previousEnd);
-      const k = job.data.k as number;
-      previousEnd = performance.now();
-      if (k + 1 < CHAIN) await chainQueue.add("step", { k: k + 1 });
-      else finishChain();
-      previousEnd = performance.now();
-    },
-    { connection: createRedis(redisUrl, "consumer"), prefix: `${prefix}:raw`, concurrency: 1 },
-  );
-  await chainQueue.add("step", { k: 0 });
-  await chainDone;
-  report("hand-off p50", percentile(flowlineHandoffs, 50), percentile(rawHandoffs, 50), "ms", false);
-  report("hand-off p99", percentile(flowlineHandoffs, 99), percentile(rawHandoffs, 99), "ms", false);
-
-  // 3. Fan-out to FAN steps joined by one.
-  await put({
-    name: "fan",
-    steps: [
-      { id: "root", run: { type: "noop" } },
-      ...Array.from({ length: FAN }, (_, i) => ({ id: `f${i}`, needs: ["root"], run: { type: "noop" } })),
-      { id: "join", needs: Array.from({ length: FAN }, (_, i) => `f${i}`), run: { type: "noop" } },
-    ],
-  });
+  await waitRuns(db.sql, [chain.run.id]);
+  const gaps = await chainGaps(db.sql, chain.run.id);
   const fan = await submitRun(engine, { tenantId: "default", workflow: "fan" });
-  await waitRuns([fan.run.id]);
-  const [fanTimes] = await db.sql<{ root_end: Date; join_start: Date }[]>`
-    select (select finished_at from step_runs where run_id = ${fan.run.id} and step_id = 'root') as root_end,
-           (select started_at from step_runs where run_id = ${fan.run.id} and step_id = 'join') as join_start`;
-  const flowlineJoin = fanTimes!.join_start.getTime() - fanTimes!.root_end.getTime();
-  let parentStarted = 0;
-  const parentWorker = new Worker(
-    "rawparent",
-    async () => {
-      parentStarted = performance.now();
-    },
-    { connection: createRedis(redisUrl, "consumer"), prefix: `${prefix}:raw` },
-  );
-  const childWorker = new Worker("rawchild", async () => null, {
-    connection: createRedis(redisUrl, "consumer"),
-    prefix: `${prefix}:raw`,
-    concurrency: CONCURRENCY,
-  });
-  const flow = new FlowProducer({ connection: redis, prefix: `${prefix}:raw` });
-  t = performance.now();
-  await flow.add({
-    name: "join",
-    queueName: "rawparent",
-    children: Array.from({ length: FAN }, (_, i) => ({ name: "child", queueName: "rawchild", data: { i } })),
-  });
-  while (!parentStarted) await new Promise((r) => setTimeout(r, 5));
-  const rawJoin = parentStarted - t;
-  report(`fan-out/join of ${FAN}: until the join starts`, flowlineJoin, rawJoin, "ms", false);
+  await waitRuns(db.sql, [fan.run.id]);
+  const join = await stepGap(db.sql, fan.run.id, "root", "join");
 
-  await Promise.all([rawWorker.close(), chainWorker.close(), parentWorker.close(), childWorker.close()]);
-  await Promise.all([rawQueue.close(), chainQueue.close(), flow.close()]);
+  const api = await startApi(config);
+  progress(`Flowline: ${ONE_STEP} one-step runs over HTTP, ${IN_FLIGHT} requests in flight`);
+  const [one, oneCost] = await measured(async () => {
+    const t0 = Date.now();
+    const ids = await submitOverHttp(api, "single", ONE_STEP, IN_FLIGHT);
+    const last = await waitRuns(db.sql, ids, meter.own);
+    return { ids, rate: ONE_STEP / ((last - t0) / 1000) };
+  });
+
+  progress(`event replay of the ${WIDE}-step run`);
+  const replay = await replayEvents(api, wide.id);
+
+  // Reads at 10k and at 1M stored runs: copies of a finished one-step run, seeded in SQL.
+  interface Latency {
+    p99: number;
+    n: number;
+  }
+  const reads = new Map<number, { list: Latency; page: Latency; get: Latency; seedMs: number }>();
+  let seeded = 0;
+  for (const target of [STORED_SMALL, STORED_LARGE]) {
+    const t = performance.now();
+    const more = Math.max(0, target - (await countRuns(db.sql)));
+    progress(`seeding ${num(more)} runs (to ${k(target)} stored)`);
+    await seedRuns(db.sql, one.ids[0]!, seeded + 1, seeded + more);
+    seeded += more;
+    const seedMs = performance.now() - t;
+    progress(`GET latencies at ${k(target)} stored runs`);
+    const anySeeded = () => seededRunId(1 + Math.floor(Math.random() * seeded));
+    const p99 = async (path: () => string) => {
+      const latencies = await getLatencies(api, path, GET_SAMPLES, GET_BUDGET_MS);
+      return { p99: percentile(latencies, 99), n: latencies.length };
+    };
+    reads.set(target, {
+      list: await p99(() => "/v1/runs"),
+      page: await p99(() => `/v1/runs?cursor=${encodeCursor(anySeeded())}`),
+      get: await p99(() => `/v1/runs/${anySeeded()}`),
+      seedMs,
+    });
+  }
+  await api.close();
   await worker.close();
 
-  // 4. SSE: memory per idle stream and delivery latency, on a separate API process.
+  const add = (row: Row) => rows.push(row);
+  const atLeast = (fl: number, base: number, share: number, unit: string, measure: string) =>
+    add({
+      measure,
+      flowline: `${num(fl)} ${unit}`,
+      raw: `${num(base)} ${unit}`,
+      ratio: `${num((fl / base) * 100)}% of raw`,
+      goal: `≥ ${num(share * 100)}% of raw`,
+      met: fl >= share * base,
+    });
+  const atMostTimes = (
+    fl: number,
+    base: number,
+    times: number,
+    unit: string,
+    digits: number,
+    measure: string,
+  ) =>
+    add({
+      measure,
+      flowline: `${num(fl, digits)} ${unit}`,
+      raw: `${num(base, digits)} ${unit}`,
+      ratio: `${num(fl / base, 2)}× raw`,
+      goal: `≤ ${times}× raw`,
+      met: fl <= times * base,
+    });
+  atLeast(
+    wide.rate,
+    rawWideRate,
+    0.5,
+    "steps/s",
+    `wide run, ${num(WIDE)} no-op steps (raw: drain of ${num(WIDE)} jobs)`,
+  );
+  atLeast(
+    one.rate,
+    rawOneRate,
+    0.33,
+    "runs/s",
+    `${num(ONE_STEP)} one-step runs over HTTP, ${IN_FLIGHT} in flight (raw: ${IN_FLIGHT} adds in flight)`,
+  );
+  for (const [p, goal] of [
+    [50, 1],
+    [99, 3],
+  ] as const) {
+    const fl = percentile(gaps, p);
+    const base = percentile(rawGaps, p);
+    add({
+      measure: `chain hand-off p${p}, ${CHAIN} steps (raw: enqueue included)`,
+      flowline: `${num(fl, 2)} ms`,
+      raw: `${num(base, 2)} ms`,
+      ratio: `${num(fl / base, 2)}× raw`,
+      goal: `≤ ${goal} ms`,
+      met: fl <= goal,
+    });
+  }
+  atMostTimes(
+    join,
+    rawJoin,
+    1.5,
+    "ms",
+    0,
+    `fan-out/join of ${num(FAN)}: root's finish → join's start (raw: FlowProducer)`,
+  );
+  atMostTimes(wideCost.cpuMs / WIDE, rawWideCost.cpuMs / WIDE, 2, "ms", 3, "CPU per step, wide run");
+  atMostTimes(
+    oneCost.cpuMs / ONE_STEP,
+    rawOneCost.cpuMs / ONE_STEP,
+    2,
+    "ms",
+    3,
+    "CPU per run, one-step runs over HTTP",
+  );
+  const small = reads.get(STORED_SMALL)!;
+  const large = reads.get(STORED_LARGE)!;
+  for (const [key, name] of [
+    ["list", "GET /v1/runs (first page)"],
+    ["page", "GET /v1/runs?cursor= (a random page)"],
+    ["get", "GET /v1/runs/{id}"],
+  ] as const) {
+    const [a, b] = [small[key], large[key]];
+    add({
+      measure: `${name} p99, ${k(STORED_SMALL)} → ${k(STORED_LARGE)} stored runs (${a.n} / ${b.n} requests)`,
+      flowline: `${num(a.p99, 1)} → ${num(b.p99, 1)} ms`,
+      raw: "–",
+      ratio: `${num(b.p99 / a.p99, 2)}×`,
+      goal: "flat: ≤ 2×",
+      met: b.p99 <= 2 * a.p99,
+    });
+  }
+  add({
+    measure: `event replay (SSE from after=0 to end), ${num(WIDE)}-step run, ${num(replay.events)} events`,
+    flowline: `${num(replay.ms)} ms`,
+    raw: "–",
+    ratio: "–",
+    goal: "< 1,000 ms",
+    met: replay.ms < 1000,
+  });
+
+  progress("SSE streams on an API process of its own");
   const sse = await sseBenchmark({
     dbUrl: dbUrl.toString(),
     redisUrl,
     prefix,
     streams: Math.max(100, Math.round(2000 * scale)),
   });
-  rows.push([
-    `SSE: memory per idle stream (${sse.streams} streams)`,
-    `${fmt(sse.bytesPerStream / 1024)} KB`,
-    "-",
-    "-",
-  ]);
-  rows.push(["SSE: event delivery p50 / p99", `${fmt(sse.p50)} / ${fmt(sse.p99)} ms`, "-", "-"]);
+  add({
+    measure: `SSE memory per idle stream (${num(sse.streams)} streams)`,
+    flowline: `${num(sse.bytesPerStream / 1024, 1)} KB`,
+    raw: "–",
+    ratio: "–",
+    goal: "≤ 50 KB",
+    met: sse.bytesPerStream <= 50 * 1024,
+  });
+  add({
+    measure: `SSE delivery p50 / p99 (${num(sse.delivered)} of ${num(sse.streams)} streams)`,
+    flowline: `${num(sse.p50, 1)} / ${num(sse.p99, 1)} ms`,
+    raw: "–",
+    ratio: "–",
+    goal: "–",
+  });
 
-  console.log("\n| measure | Flowline | raw BullMQ | Flowline vs raw |\n|---|---|---|---|");
-  for (const r of rows) console.log(`| ${r.join(" | ")} |`);
-  console.log("");
+  const marker = (r: Row) => (r.met === undefined ? "" : r.met ? "met" : "**NOT met**");
+  console.log(`\nBENCH_SCALE=${scale}\n`);
+  console.log("| measure | Flowline | raw BullMQ | ratio | goal | |\n|---|---|---|---|---|---|");
+  for (const r of rows)
+    console.log(`| ${r.measure} | ${r.flowline} | ${r.raw} | ${r.ratio} | ${r.goal} | ${marker(r)} |`);
+  const goals = rows.filter((r) => r.met !== undefined);
+  console.log(`\n${goals.filter((r) => r.met).length} of ${goals.length} goals met.`);
+
+  console.log("\nPer step (per run for one-step runs; per job for raw BullMQ):\n");
+  console.log(
+    "| case | CPU ms: total (process + Redis + Postgres) | Postgres commits | Postgres row writes | Postgres statements | Redis commands (script calls) |\n|---|---|---|---|---|---|",
+  );
+  const breakdown = (name: string, cost: Cost, n: number) => {
+    const per = (v: number | null, digits = 1) => (v === null ? "n/a" : num(v / n, digits));
+    console.log(
+      `| ${name} | ${per(cost.cpuMs, 3)} (${per(cost.processMs, 3)} + ${per(cost.redisMs, 3)} + ${per(cost.pgMs, 3)}) | ${per(cost.commits, 2)} | ${per(cost.rowWrites)} | ${per(cost.statements)} | ${per(cost.redisCommands)} (${per(cost.redisScripts)}) |`,
+    );
+  };
+  breakdown(`Flowline wide run (${num(WIDE)} steps)`, wideCost, WIDE);
+  breakdown(`raw BullMQ drain (${num(WIDE)} jobs)`, rawWideCost, WIDE);
+  breakdown(`Flowline one-step runs over HTTP (${num(ONE_STEP)})`, oneCost, ONE_STEP);
+  breakdown(`raw BullMQ, ${IN_FLIGHT} adds in flight (${num(ONE_STEP)} jobs)`, rawOneCost, ONE_STEP);
+  console.log(`\n${meter.describe()}`);
+  console.log(
+    `Seeding (SQL copies of a finished one-step run with its step row and events): ${num(small.seedMs / 1000, 1)} s to ${k(STORED_SMALL)}, ${num(large.seedMs / 1000, 1)} s to ${k(STORED_LARGE)}.\n`,
+  );
   await benchPlanner();
+  progress("done");
 
   await dispatcher.close();
-  await deleteByPattern(redis, `${prefix}:*`);
   await redis.quit();
   await db.close();
-  const admin = postgres(pgBase, { max: 1, onnotice: () => {} });
-  await admin.unsafe(`drop database if exists "flowline_bench_${id}" with (force)`);
-  await admin.end();
+}
+
+async function main() {
+  const redisServer = await startPrivateRedis();
+  try {
+    await bench(redisServer.url);
+  } finally {
+    const admin = postgres(pgBase, { max: 1, onnotice: () => {} });
+    await admin.unsafe(`drop database if exists "flowline_bench_${id}" with (force)`);
+    await admin.end();
+    await redisServer.stop();
+  }
 }
 
 main().then(
