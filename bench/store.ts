@@ -36,7 +36,7 @@ export async function chainGaps(sql: postgres.Sql, runId: string): Promise<numbe
     select (extract(epoch from s.started_at - p.finished_at) * 1000)::float8 as gap
     from step_runs s join step_runs p
       on p.run_id = s.run_id and p.step_id = 'c' || (substr(s.step_id, 2)::int - 1)::text
-    where s.run_id = ${runId} and s.step_id <> 'c0'`;
+    where s.run_id = ${runId} and s.step_id <> 'c0' and s.phase = 'execute' and p.phase = 'execute'`;
   return rows.map((r) => r.gap);
 }
 
@@ -45,7 +45,8 @@ export async function stepGap(sql: postgres.Sql, runId: string, from: string, to
   const [row] = await sql<{ gap: number }[]>`
     select (extract(epoch from t.started_at - f.finished_at) * 1000)::float8 as gap
     from step_runs f, step_runs t
-    where f.run_id = ${runId} and f.step_id = ${from} and t.run_id = ${runId} and t.step_id = ${to}`;
+    where f.run_id = ${runId} and f.step_id = ${from} and t.run_id = ${runId} and t.step_id = ${to}
+      and f.phase = 'execute' and t.phase = 'execute'`;
   return row!.gap;
 }
 

@@ -244,27 +244,43 @@ export interface ListRunsFilter {
   status?: RunStatus;
   kind?: RunKind;
   limit: number;
-  /** The id of the last run of the previous page. */
-  before?: string;
+  /** Where the previous page ended: its last run's creation time (µs since the epoch) and id. */
+  before?: RunListPosition;
+}
+
+/** A place in the run list that holds whether or not its run still exists (retention). */
+export interface RunListPosition {
+  atMicros: string;
+  id: string;
 }
 
 export async function listRuns(deps: EngineDeps, tenantId: string, filter: ListRunsFilter) {
   const sql = deps.db.sql;
-  const rows = await sql<(RunRow & { workflow_name: string })[]>`
-    select ${runColumns(deps.db.sql, "r")}, w.name as workflow_name from runs r join workflows w on w.id = r.workflow_id
+  const rows = await sql<(RunRow & { workflow_name: string; position_us: string })[]>`
+    select ${runColumns(deps.db.sql, "r")}, w.name as workflow_name,
+      (extract(epoch from r.created_at) * 1000000)::bigint::text as position_us
+    from runs r join workflows w on w.id = r.workflow_id
     where r.tenant_id = ${tenantId}
       ${filter.workflow ? sql`and w.name = ${filter.workflow}` : sql``}
       ${filter.status ? sql`and r.status = ${filter.status}` : sql``}
       ${filter.kind ? sql`and r.kind = ${filter.kind}` : sql``}
       ${
+        // A position, not a row: the cursor holds even when retention deleted the run it names.
         // Compared in the database: created_at has microseconds, which a JSON timestamp would lose.
         filter.before
-          ? sql`and (r.created_at, r.id) < (select c.created_at, c.id from runs c where c.id = ${filter.before})`
+          ? sql`and (r.created_at, r.id) < (timestamptz 'epoch' + ${filter.before.atMicros}::bigint * interval '1 microsecond', ${filter.before.id}::uuid)`
           : sql``
       }
-    order by r.created_at desc, r.id desc
+    -- NULLS LAST matches runs_tenant_created_idx, so the page is read from the index, not sorted.
+    order by r.created_at desc nulls last, r.id desc nulls last
     limit ${filter.limit + 1}`;
-  return { items: rows.slice(0, filter.limit), hasMore: rows.length > filter.limit };
+  const items = rows.slice(0, filter.limit);
+  const last = items.at(-1);
+  return {
+    items,
+    hasMore: rows.length > filter.limit,
+    last: last ? { atMicros: last.position_us, id: last.id } : undefined,
+  };
 }
 
 /** A page of a run's events after `afterId` (the run must belong to the tenant). */

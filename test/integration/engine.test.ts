@@ -308,6 +308,24 @@ describe("submission", () => {
     expectProblem(await call(ctx.app, "GET", "/v1/runs?cursor=bogus", { key: ctx.rootKey }), 400);
   });
 
+  it("keeps paging when retention deletes the run a cursor ends at", async () => {
+    await putWorkflow(ctx, "pruned", { steps: [{ id: "n", run: { type: "noop" } }] });
+    const started: string[] = [];
+    for (let i = 0; i < 5; i++) started.push((await startRun(ctx, "pruned")).id);
+    for (const id of started) await waitForRun(ctx, id);
+    const first = (
+      await call(ctx.app, "GET", "/v1/runs?workflow=pruned&limit=2", { key: ctx.rootKey })
+    ).json();
+    expect(first.items.map((r: { id: string }) => r.id)).toEqual([started[4], started[3]]);
+    await ctx.db.sql`delete from runs where id = ${started[3]!}`;
+    const next = (
+      await call(ctx.app, "GET", `/v1/runs?workflow=pruned&limit=2&cursor=${first.nextCursor}`, {
+        key: ctx.rootKey,
+      })
+    ).json();
+    expect(next.items.map((r: { id: string }) => r.id)).toEqual([started[2], started[1]]);
+  });
+
   it("answers a dry run with the plan and writes nothing; refuses bad input", async () => {
     await putWorkflow(ctx, "planned", {
       steps: [

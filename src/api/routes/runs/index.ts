@@ -215,7 +215,10 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
     async (request) => {
       const caller = callerOf(request);
       const q = request.query;
-      const before = decodeCursor(q.cursor, (v) => /^[0-9a-f-]{36}$/.test(v));
+      const position = decodeCursor(q.cursor, (v) => /^\d{1,19}:[0-9a-f-]{36}$/.test(v));
+      const before = position
+        ? { atMicros: position.split(":")[0]!, id: position.split(":")[1]! }
+        : undefined;
       const page = await listRuns(engine, caller.tenantId, {
         limit: q.limit,
         ...(q.workflow ? { workflow: q.workflow } : {}),
@@ -223,10 +226,9 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
         ...(q.kind ? { kind: q.kind } : {}),
         ...(before ? { before } : {}),
       });
-      const last = page.items.at(-1);
       return {
         items: page.items.map((r) => presentRun(r)),
-        nextCursor: page.hasMore && last ? encodeCursor(last.id) : null,
+        nextCursor: page.hasMore && page.last ? encodeCursor(`${page.last.atMicros}:${page.last.id}`) : null,
       };
     },
   );
