@@ -14,7 +14,7 @@
  * that lost its lock (supervisor gone past the lease, Redis failover) can never record late.
  */
 import type { RunRow, Sql } from "../db/repositories/runs.ts";
-import { appendEvents, lockRun, runColumns } from "../db/repositories/runs.ts";
+import { activeLockHolder, appendEvents, heldLocksOf, lockRun, runColumns } from "../db/repositories/runs.ts";
 import type { WorkflowSpec } from "../domain/workflow/spec.ts";
 import { queueSteps } from "./advance.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
@@ -72,6 +72,11 @@ export async function tryAdmit(
     limit 1`;
   if (earlier)
     return { ok: false, reason: `run ${earlier.id}, submitted earlier, waits for the same assets` };
+  // Postgres, not the lock store, says who holds a lock: after a flush or failover the store may
+  // have forgotten a lock an active run still holds (SPEC §8.6).
+  const holder = await activeLockHolder(sql, run.tenant_id, wanted, run.id);
+  if (holder)
+    return { ok: false, reason: `asset ${holder.lock_key} is being materialized by run ${holder.id}` };
 
   const fences = new Map(
     (
@@ -180,7 +185,7 @@ export async function admitQueuedRuns(deps: EngineDeps, limit = 100): Promise<nu
       });
       if (admitted) started++;
     } catch (error) {
-      for (const t of taken) await deps.locks.release(t.tenantId, t.lockKey, t.token).catch(() => false);
+      await releaseTaken(deps, taken);
       deps.log.warn({ err: error, runId: id }, "could not admit a queued run");
       continue;
     }
@@ -189,7 +194,11 @@ export async function admitQueuedRuns(deps: EngineDeps, limit = 100): Promise<nu
   return started;
 }
 
-/** Renews the asset locks of active runs (supervisor duty). Returns the locks it could not renew. */
+/**
+ * Renews the asset locks of active runs (supervisor duty). A lock the store lost (flush,
+ * failover, lease expired) is taken again for its holder: admission refuses it to anyone else
+ * anyway, and the store should say so too. Returns the locks it could neither renew nor re-take.
+ */
 export async function renewAssetLocks(deps: EngineDeps): Promise<number> {
   const active = await deps.db.sql<Pick<RunRow, "id" | "tenant_id" | "locks_held">[]>`
     select id, tenant_id, locks_held from runs
@@ -199,12 +208,43 @@ export async function renewAssetLocks(deps: EngineDeps): Promise<number> {
   for (const run of active) {
     for (const lockKey of Object.keys(run.locks_held)) {
       if (await deps.locks.renew(run.tenant_id, lockKey, run.id, ttlMs)) continue;
+      // The run keeps writing with the fencing token it was granted; the new grant's token only
+      // keeps the store's counter moving.
+      const grant = await deps.locks.acquire(run.tenant_id, lockKey, run.id, ttlMs);
+      if (grant) {
+        deps.log.warn({ runId: run.id, lock: lockKey }, "asset lock was lost by the lock store; taken again");
+        continue;
+      }
       lost++;
+      const holder = await deps.locks.holder(run.tenant_id, lockKey);
       // Its materializations will be refused if another run has written since (fencing).
-      deps.log.warn({ runId: run.id, lock: lockKey }, "run lost an asset lock (lease expired)");
+      deps.log.warn({ runId: run.id, lock: lockKey, holder }, "run lost an asset lock to another holder");
     }
   }
   return lost;
+}
+
+/**
+ * Gives back locks taken by a transaction that then failed. A failure can also be a lost
+ * acknowledgement of a commit that happened: locks of a run Postgres shows active are kept, and
+ * when Postgres cannot be asked, none are released (they expire unless their run renews them).
+ */
+export async function releaseTaken(
+  deps: EngineDeps,
+  taken: ReadonlyArray<{ tenantId: string; lockKey: string; token: string }>,
+): Promise<void> {
+  if (taken.length === 0) return;
+  let held: Set<string>;
+  try {
+    held = await heldLocksOf(deps.db.sql, [...new Set(taken.map((t) => t.token))]);
+  } catch (error) {
+    deps.log.warn({ err: error }, "could not check which locks a failed transaction left held; they expire");
+    return;
+  }
+  for (const t of taken) {
+    if (held.has(`${t.tenantId}\u0000${t.lockKey}\u0000${t.token}`)) continue;
+    await deps.locks.release(t.tenantId, t.lockKey, t.token).catch(() => false);
+  }
 }
 
 /** Frees a finished run's asset locks (after its final state committed). */

@@ -8,10 +8,10 @@ import { type FieldIssue, FlowlineError, notFound } from "../domain/errors.ts";
 import type { AssetState, ParentRun, Plan, PlanAction, PlanReason } from "../domain/planner.ts";
 import { planRun } from "../domain/planner.ts";
 import { resolveStep } from "../domain/workflow/resolve.ts";
-import { concurrencySlot } from "./admission.ts";
+import { concurrencySlot, releaseTaken } from "./admission.ts";
 import { type CreatedRun, concurrencyKeyOf, insertRun, type NewRun, type TakenLocks } from "./create-run.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
-import { mergeParams, releaseTaken } from "./runs.ts";
+import { mergeParams } from "./runs.ts";
 import type { LoadedSpec } from "./specs.ts";
 
 /** Most partitions one backfill request may create. */

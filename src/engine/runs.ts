@@ -22,14 +22,10 @@ import { planRun } from "../domain/planner.ts";
 import { isTerminalRun, type RunKind, type RunStatus } from "../domain/status.ts";
 import { canonicalJson } from "../domain/workflow/canonical.ts";
 import { resolveStep } from "../domain/workflow/resolve.ts";
+import { releaseTaken } from "./admission.ts";
 import { insertRun, type TakenLocks } from "./create-run.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
 import { loadedSpec } from "./specs.ts";
-
-/** Gives back locks taken by a transaction that then failed. */
-export async function releaseTaken(deps: EngineDeps, taken: TakenLocks): Promise<void> {
-  for (const t of taken) await deps.locks.release(t.tenantId, t.lockKey, t.token).catch(() => false);
-}
 
 export interface SubmitRunInput {
   tenantId: string;

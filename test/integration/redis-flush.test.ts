@@ -6,6 +6,8 @@
  */
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { admitQueuedRuns, renewAssetLocks } from "../../src/engine/admission.ts";
+import { completeAttempt, startAttempt } from "../../src/engine/attempts.ts";
 import { startSupervisor } from "../../src/jobs/supervisor/index.ts";
 import { createTestContext, type TestContext } from "../helpers/context.ts";
 import {
@@ -16,6 +18,7 @@ import {
   stopProcess,
   waitForRun,
 } from "../helpers/engine.ts";
+import { call } from "../helpers/http.ts";
 import type { Spawned } from "../helpers/processes.ts";
 import { type PrivateRedis, startPrivateRedis } from "../helpers/redis-server.ts";
 
@@ -75,4 +78,46 @@ describe("Redis FLUSHALL mid-run", () => {
       select count(*) from events where type = 'step.succeeded'`;
     expect(Number(row!.count)).toBe(runs.length * 5);
   }, 120_000);
+});
+
+describe("Redis losing an asset lock held by a running materialization", () => {
+  it("grants it to no other run; the renewer takes it back for its holder (SPEC §8.6)", async () => {
+    await putWorkflow(ctx, "locked-asset", {
+      // A queue no worker serves: the test plays the worker, so the holder runs as long as needed.
+      steps: [{ id: "make", queue: "nowhere", provides: ["guarded"], run: { type: "noop" } }],
+    });
+    const engine = ctx.app.flowline.engine;
+    const materialize = async () => {
+      const res = await call(ctx.app, "POST", "/v1/materializations", {
+        key: ctx.rootKey,
+        body: { assets: ["guarded"], force: true },
+      });
+      expect(res.statusCode).toBe(202);
+      return res.json().runs[0];
+    };
+    const a = await materialize();
+    const b = await materialize();
+    expect([a.status, b.status]).toEqual(["running", "queued"]);
+    const started = await startAttempt(
+      engine,
+      { runId: a.id, stepId: "make", attempt: 1 },
+      { id: "w", leaseSeconds: 60 },
+    );
+    if (!started.accepted) throw new Error(started.reason);
+
+    await redis.client().flushall();
+    // The next admission pass must not hand the asset to b while a materializes it.
+    await admitQueuedRuns(engine);
+    expect((await waitForRun(ctx, b.id, () => true)).status).toBe("queued");
+    // The lock is a's again in the store, not only in Postgres.
+    await renewAssetLocks(engine);
+    expect(await engine.locks.holder("default", "guarded")).toBe(a.id);
+    await admitQueuedRuns(engine);
+    expect((await waitForRun(ctx, b.id, () => true)).status).toBe("queued");
+
+    expect(await completeAttempt(engine, started.attempt, { rows: 1 })).toEqual({ accepted: true });
+    expect((await waitForRun(ctx, a.id)).status).toBe("succeeded");
+    // a's end frees the lock and admits b.
+    await waitForRun(ctx, b.id, (r) => r.status === "running");
+  });
 });

@@ -247,3 +247,35 @@ export async function setRunStatus(
       error = ${extra.error === undefined ? sql`error` : sql`${sql.json(extra.error as Json)}`}
     where id = ${runId}`;
 }
+
+/** Statuses in which a run holds its asset locks (and counts against its concurrency limit). */
+export const LOCK_HOLDING_STATUSES = ["running", "paused", "rolling_back"] as const;
+
+/**
+ * The active run, other than `exceptRunId`, whose recorded locks include one of `lockKeys`: the
+ * lock is that run's whatever the lock store says (it may have lost it to a flush or failover).
+ */
+export async function activeLockHolder(
+  sql: Sql,
+  tenantId: string,
+  lockKeys: readonly string[],
+  exceptRunId: string,
+): Promise<{ id: string; lock_key: string } | undefined> {
+  const [row] = await sql<{ id: string; lock_key: string }[]>`
+    select r.id, k.lock_key from runs r, jsonb_object_keys(r.locks_held) as k(lock_key)
+    where r.tenant_id = ${tenantId} and r.status in ${sql(LOCK_HOLDING_STATUSES as unknown as string[])}
+      and r.id <> ${exceptRunId} and r.locks_held ?| ${lockKeys as string[]}
+      and k.lock_key = any(${sql.array(lockKeys as string[])}::text[])
+    limit 1`;
+  return row;
+}
+
+/** Of these runs, the locks each active one holds, as `tenant\0lockKey\0runId`. */
+export async function heldLocksOf(sql: Sql, runIds: readonly string[]): Promise<Set<string>> {
+  if (runIds.length === 0) return new Set();
+  const rows = await sql<{ id: string; tenant_id: string; lock_key: string }[]>`
+    select r.id, r.tenant_id, k.lock_key from runs r, jsonb_object_keys(r.locks_held) as k(lock_key)
+    where r.id = any(${sql.array(runIds as string[])}::uuid[])
+      and r.status in ${sql(LOCK_HOLDING_STATUSES as unknown as string[])}`;
+  return new Set(rows.map((r) => `${r.tenant_id}\u0000${r.lock_key}\u0000${r.id}`));
+}
