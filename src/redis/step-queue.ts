@@ -75,6 +75,11 @@ export class BullStepDispatcher implements StepDispatcher {
     );
   }
 
+  /**
+   * A job is live when its hash exists, it has not finished, and it sits in one of the queue's
+   * lists (waiting, prioritized, delayed, active…): Redis can lose part of a job's data (a
+   * partial flush, a failover mid-write), and a hash in no list would never be handed out.
+   */
   async liveJobs(jobs: ReadonlyArray<{ queue: string; jobId: string }>): Promise<Set<string>> {
     const live = new Set<string>();
     for (let i = 0; i < jobs.length; i += 500) {
@@ -84,10 +89,15 @@ export class BullStepDispatcher implements StepDispatcher {
       for (const { queue, jobId } of batch)
         pipeline.hmget(this.queue(queue).toKey(jobId), "timestamp", "finishedOn");
       const results = (await pipeline.exec()) ?? [];
+      const unfinished: Array<{ queue: string; jobId: string }> = [];
       results.forEach(([error, value], n) => {
         if (error) throw error;
         const [timestamp, finishedOn] = value as [string | null, string | null];
-        if (timestamp !== null && finishedOn === null) live.add(batch[n]!.jobId);
+        if (timestamp !== null && finishedOn === null) unfinished.push(batch[n]!);
+      });
+      const states = await Promise.all(unfinished.map((j) => this.queue(j.queue).getJobState(j.jobId)));
+      unfinished.forEach((j, n) => {
+        if (states[n] !== "unknown" && states[n] !== "completed" && states[n] !== "failed") live.add(j.jobId);
       });
     }
     return live;

@@ -78,6 +78,21 @@ describe("reconciler", () => {
     expect(current.accepted).toBe(true);
   });
 
+  it("enqueues again a queued step whose job hash survived a partial loss but sits in no list", async () => {
+    const { run } = await submitRun(engine(), { tenantId: "default", workflow: "lonely" });
+    const before = await stepRow(run.id);
+    const queue = dispatcher().queue("nowhere");
+    // What a partial loss can leave: the job's hash, in none of the lists a worker takes jobs from.
+    for (const list of ["wait", "paused"]) await ctx.redis.lrem(queue.toKey(list), 0, before.job_id);
+    for (const set of ["prioritized", "delayed"]) await ctx.redis.zrem(queue.toKey(set), before.job_id);
+    expect(await ctx.redis.exists(queue.toKey(before.job_id))).toBe(1);
+    expect(await reconcile(engine(), repairNow)).toMatchObject({ requeued: 1 });
+    const after = await stepRow(run.id);
+    expect(after.job_id).toMatch(new RegExp(`^${run.id}\\.s\\.1\\.r\\d+$`));
+    expect(await queue.getJobState(after.job_id)).toBe("prioritized");
+    await cancelRun(engine(), "default", run.id);
+  });
+
   it("recovers a running step whose lease expired: next attempt queued, the old holder is refused", async () => {
     const { run } = await submitRun(engine(), { tenantId: "default", workflow: "lonely" });
     const started = await startAttempt(
