@@ -14,7 +14,14 @@
  * that lost its lock (supervisor gone past the lease, Redis failover) can never record late.
  */
 import type { RunRow, Sql } from "../db/repositories/runs.ts";
-import { activeLockHolder, appendEvents, heldLocksOf, lockRun, runColumns } from "../db/repositories/runs.ts";
+import {
+  activeLockHolder,
+  appendEvents,
+  concurrencySlotUse,
+  heldLocksOf,
+  lockRun,
+  runColumns,
+} from "../db/repositories/runs.ts";
 import type { WorkflowSpec } from "../domain/workflow/spec.ts";
 import { queueSteps } from "./advance.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
@@ -23,10 +30,6 @@ import type { LoadedSpec } from "./specs.ts";
 /** The lock that guards materializing `asset` (in one partition, when given). */
 export const assetLockKey = (asset: string, partition?: string | null): string =>
   partition ? `${asset}@${partition}` : asset;
-
-/** The advisory lock name that serialises admission for one workflow and concurrency key. */
-export const concurrencySlot = (workflowId: string, key: string | null): string =>
-  `flowline:concurrency:${workflowId}:${key ?? ""}`;
 
 export type AdmitRun = Pick<
   RunRow,
@@ -48,17 +51,9 @@ export async function tryAdmit(
 ): Promise<Admission> {
   const limit = spec.concurrency?.limit;
   if (limit !== undefined) {
-    await sql`select pg_advisory_xact_lock(hashtextextended(${concurrencySlot(run.workflow_id, run.concurrency_key)}, 0))`;
-    const [row] = await sql<{ active: string; earlier: string }[]>`
-      select
-        count(*) filter (where status in ('running', 'paused', 'rolling_back')) as active,
-        count(*) filter (where status = 'queued' and (created_at, id) < (${run.created_at}, ${run.id}::uuid)) as earlier
-      from runs
-      where workflow_id = ${run.workflow_id} and concurrency_key is not distinct from ${run.concurrency_key}
-        and id <> ${run.id}
-        and status in ('running', 'paused', 'rolling_back', 'queued')`;
-    if (Number(row!.earlier) > 0) return { ok: false, reason: "earlier runs of this workflow are waiting" };
-    if (Number(row!.active) >= limit)
+    const slot = await concurrencySlotUse(sql, run);
+    if (slot.earlier > 0) return { ok: false, reason: "earlier runs of this workflow are waiting" };
+    if (slot.active >= limit)
       return { ok: false, reason: `concurrency limit of ${limit} active run(s) reached` };
   }
 

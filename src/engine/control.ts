@@ -59,12 +59,15 @@ export async function resumeRun(deps: EngineDeps, tenantId: string, runId: strin
       update runs set status = 'running', updated_at = now(), revision = revision + 1
       where id = ${runId} returning ${runColumns(sql)}`;
     const events: NewEvent[] = [{ type: "run.resumed", data: {} }];
-    const steps = await sql<StepRow[]>`
-      select * from step_runs where run_id = ${runId} and phase = 'execute' and status in ('queued', 'retrying')`;
+    // A retry's remaining delay is measured on the database clock, which set next_attempt_at:
+    // this process's clock may be off.
+    const steps = await sql<Array<StepRow & { due_in_ms: number | null }>>`
+      select *, (extract(epoch from (next_attempt_at - now())) * 1000)::float8 as due_in_ms
+      from step_runs where run_id = ${runId} and phase = 'execute' and status in ('queued', 'retrying')`;
     // Jobs of waiting steps may have reached a worker while the run was paused and been refused.
     // Each gets a fresh job; an old one still waiting is refused as superseded when it arrives.
     for (const step of steps) {
-      const delayMs = step.next_attempt_at ? Math.max(0, step.next_attempt_at.getTime() - Date.now()) : 0;
+      const delayMs = step.status === "retrying" ? Math.max(0, Math.round(step.due_in_ms ?? 0)) : 0;
       const job = jobFor(resumed!, step, step.attempt, {
         jobSuffix: `p${Date.now()}`,
         ...(delayMs ? { delayMs } : {}),

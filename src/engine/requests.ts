@@ -3,12 +3,12 @@
  * backfills), subgraphs, retries — turned into runs by the same path (`create-run.ts`).
  */
 import { randomUUID } from "node:crypto";
-import { type RunRow, runColumns, type Sql, type StepRow } from "../db/repositories/runs.ts";
+import { concurrencySlot, type RunRow, runColumns, type Sql, type StepRow } from "../db/repositories/runs.ts";
 import { type FieldIssue, FlowlineError, notFound } from "../domain/errors.ts";
 import type { AssetState, ParentRun, Plan, PlanAction, PlanReason } from "../domain/planner.ts";
 import { planRun } from "../domain/planner.ts";
 import { resolveStep } from "../domain/workflow/resolve.ts";
-import { concurrencySlot, releaseTaken } from "./admission.ts";
+import { releaseTaken } from "./admission.ts";
 import { type CreatedRun, concurrencyKeyOf, insertRun, type NewRun, type TakenLocks } from "./create-run.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
 import { mergeParams } from "./runs.ts";

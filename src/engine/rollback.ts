@@ -20,6 +20,7 @@
  */
 import {
   appendEvents,
+  concurrencySlotUse,
   lockRun,
   type NewEvent,
   type RunRow,
@@ -71,6 +72,15 @@ export async function rollbackRun(
       );
     }
     const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
+    // A rollback makes the run active again: it needs a slot of its workflow's concurrency limit.
+    const limit = loaded.spec.concurrency?.limit;
+    if (limit !== undefined && (await concurrencySlotUse(sql, run)).active >= limit) {
+      throw new FlowlineError(
+        "conflict",
+        `the workflow's concurrency limit of ${limit} active run(s) is reached; request the rollback again when a run has ended`,
+        { retryAfterSeconds: 5 },
+      );
+    }
     const events: NewEvent[] = [];
     const updated = await beginRollback(sql, run, loaded, { reason: "requested" }, after, events);
     await appendEvents(sql, run.tenant_id, run.id, events);

@@ -366,6 +366,36 @@ describe("POST /v1/runs/{id}/rollback", () => {
     expect(frames.at(-1)!.event).toBe("end");
   });
 
+  it("a rollback on request needs a slot of its workflow's concurrency limit", async () => {
+    await putWorkflow(ctx, "one-at-a-time", {
+      concurrency: { limit: 1 },
+      steps: [{ id: "a", queue: "nowhere", run: { type: "noop" }, compensate: { type: "noop" } }],
+    });
+    const engine = ctx.app.flowline.engine;
+    const { run: first } = await submitRun(engine, { tenantId: "default", workflow: "one-at-a-time" });
+    const a = await startAttempt(
+      engine,
+      { runId: first.id, stepId: "a", attempt: 1 },
+      { id: "w", leaseSeconds: 30 },
+    );
+    if (!a.accepted) throw new Error(a.reason);
+    await completeAttempt(engine, a.attempt, null);
+    expect((await waitForRun(ctx, first.id)).status).toBe("succeeded");
+    const { run: second } = await submitRun(engine, { tenantId: "default", workflow: "one-at-a-time" });
+    expect(second.status).toBe("running");
+
+    const refused = expectProblem(
+      await call(ctx.app, "POST", `/v1/runs/${first.id}/rollback`, { key: ctx.rootKey }),
+      409,
+    );
+    expect(refused.detail).toMatch(/concurrency limit of 1/);
+    expect((await waitForRun(ctx, first.id, () => true)).status).toBe("succeeded");
+
+    await call(ctx.app, "POST", `/v1/runs/${second.id}/cancel`, { key: ctx.rootKey });
+    const started = await call(ctx.app, "POST", `/v1/runs/${first.id}/rollback`, { key: ctx.rootKey });
+    expect(started.statusCode).toBe(202);
+  });
+
   it("a run with nothing to compensate is rolled back at once", async () => {
     await putWorkflow(ctx, "nothing", { steps: [{ id: "n", run: { type: "noop" } }] });
     const run = await startRun(ctx, "nothing");

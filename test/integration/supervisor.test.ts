@@ -3,8 +3,8 @@
  * sharing one lease — the standby takes over from a frozen leader, every cron slot fires once,
  * and the leader, once resumed, notices it lost the lease and fires nothing.
  */
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { completeAttempt, startAttempt, startAttempts } from "../../src/engine/attempts.ts";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { completeAttempt, failAttempt, startAttempt, startAttempts } from "../../src/engine/attempts.ts";
 import { pauseRun, resumeRun } from "../../src/engine/control.ts";
 import { reconcile } from "../../src/engine/reconcile.ts";
 import { cancelRun, submitRun } from "../../src/engine/runs.ts";
@@ -147,6 +147,39 @@ describe("batched starts and paused runs", () => {
     expect(second).toMatchObject({ accepted: false, reason: expect.stringMatching(/duplicate/) });
     expect(await stepRow(run.id)).toMatchObject({ status: "running", attempt: 1 });
     expect((await eventsOf(ctx, run.id)).map((e) => e.type)).not.toContain("step.retrying");
+    await cancelRun(engine(), "default", run.id);
+  });
+
+  it("resume keeps a retry's remaining delay by the database clock, whatever this process's clock says", async () => {
+    await putWorkflow(ctx, "patient", {
+      steps: [
+        {
+          id: "s",
+          queue: "nowhere",
+          retry: { maxAttempts: 2, backoff: "fixed", delaySeconds: 600 },
+          run: { type: "noop" },
+        },
+      ],
+    });
+    const { run } = await submitRun(engine(), { tenantId: "default", workflow: "patient" });
+    const started = await startAttempt(
+      engine(),
+      { runId: run.id, stepId: "s", attempt: 1 },
+      { id: "w", leaseSeconds: 30 },
+    );
+    if (!started.accepted) throw new Error(started.reason);
+    await failAttempt(engine(), started.attempt, { message: "try later" });
+    await pauseRun(engine(), "default", run.id);
+    vi.useFakeTimers({ toFake: ["Date"] });
+    try {
+      vi.setSystemTime(Date.now() + 3_600_000); // this process runs an hour ahead
+      await resumeRun(engine(), "default", run.id);
+    } finally {
+      vi.useRealTimers();
+    }
+    const row = await stepRow(run.id);
+    expect(row.status).toBe("retrying");
+    expect(await dispatcher().queue("nowhere").getJobState(row.job_id)).toBe("delayed");
     await cancelRun(engine(), "default", run.id);
   });
 

@@ -279,3 +279,27 @@ export async function heldLocksOf(sql: Sql, runIds: readonly string[]): Promise<
       and r.status in ${sql(LOCK_HOLDING_STATUSES as unknown as string[])}`;
   return new Set(rows.map((r) => `${r.tenant_id}\u0000${r.lock_key}\u0000${r.id}`));
 }
+
+/** The advisory lock name that serialises admission for one workflow and concurrency key. */
+export const concurrencySlot = (workflowId: string, key: string | null): string =>
+  `flowline:concurrency:${workflowId}:${key ?? ""}`;
+
+/**
+ * How many other runs of `run`'s workflow and concurrency key are active, and how many wait ahead
+ * of it; serialised per slot by an advisory lock held to the end of the transaction.
+ */
+export async function concurrencySlotUse(
+  sql: Sql,
+  run: Pick<RunRow, "id" | "workflow_id" | "concurrency_key" | "created_at">,
+): Promise<{ active: number; earlier: number }> {
+  await sql`select pg_advisory_xact_lock(hashtextextended(${concurrencySlot(run.workflow_id, run.concurrency_key)}, 0))`;
+  const [row] = await sql<{ active: string; earlier: string }[]>`
+    select
+      count(*) filter (where status in ('running', 'paused', 'rolling_back')) as active,
+      count(*) filter (where status = 'queued' and (created_at, id) < (${run.created_at}, ${run.id}::uuid)) as earlier
+    from runs
+    where workflow_id = ${run.workflow_id} and concurrency_key is not distinct from ${run.concurrency_key}
+      and id <> ${run.id}
+      and status in ('running', 'paused', 'rolling_back', 'queued')`;
+  return { active: Number(row!.active), earlier: Number(row!.earlier) };
+}
