@@ -77,7 +77,26 @@ export type StartResult =
   | { accepted: true; attempt: StartedAttempt }
   | (Refused & { /** Ask again after this long (a live attempt's lease). */ retryAfterMs?: number });
 
-export type FinishResult = { accepted: true; retry?: { attempt: number; delayMs: number } } | Refused;
+export type FinishResult =
+  | {
+      accepted: true;
+      retry?: { attempt: number; delayMs: number };
+      /** A child this success made ready, claimed for the same worker (see `Continuation`). */
+      next?: StartedAttempt;
+    }
+  | Refused;
+
+/**
+ * Continue in the worker: a success that makes a child ready may claim it for the worker that
+ * reported it, in the same transaction, instead of sending it through the queue. The claimed
+ * attempt is queued, started, leased and fenced exactly like one a job started (its events say
+ * so), and recovered the same way if that worker dies; only the queue round trip is skipped.
+ */
+export interface Continuation {
+  worker: { id: string; leaseSeconds: number };
+  /** Queues this worker serves: only their steps can be claimed. */
+  queues: ReadonlySet<string>;
+}
 
 export type StartRequest = AttemptRef & { jobId?: string };
 
@@ -162,52 +181,74 @@ export async function startAttempts(
             ? refuse("not_current", "step moved on")
             : refuse("run_inactive", `run is ${run.status}`);
     }
-    if (accepted.length === 0) return results;
-    await appendEvents(
+    const attempts = await announceStarts(
+      deps,
       sql,
-      run.tenant_id,
-      run.id,
-      accepted.map((c) => ({
-        type: "step.started",
-        stepId: c.job.stepId,
-        attempt: c.job.attempt,
-        data: { ...phaseData(c.phase), attempt: c.job.attempt, workerId: worker.id },
-      })),
+      run,
+      loaded,
+      accepted.map((c) => ({ stepId: c.job.stepId, phase: c.phase, attempt: c.job.attempt, token: c.token })),
+      worker,
+      after,
     );
-    after.runs.add(run.id);
-
-    const executors = accepted.map((c) => {
-      const spec = loaded.steps.get(c.job.stepId)!;
-      return c.phase === "compensate" ? spec.compensate! : spec.run;
-    });
-    const referencedBy = executors.map((executor) => {
-      const refs: string[] = [];
-      for (const found of collectTemplateRefs(executor))
-        if (found.ref?.kind === "step") refs.push(found.ref.stepId);
-      return refs;
-    });
-    const outputs = await stepOutputs(sql, run.id, [...new Set(referencedBy.flat())]);
-    for (const [i, c] of accepted.entries()) {
-      const spec = loaded.steps.get(c.job.stepId)!;
-      const upstream: Record<string, { output: unknown }> = {};
-      for (const id of referencedBy[i]!) if (outputs.has(id)) upstream[id] = { output: outputs.get(id) };
-      results[c.index] = {
-        accepted: true,
-        attempt: {
-          runId: run.id,
-          stepId: c.job.stepId,
-          attempt: c.job.attempt,
-          phase: c.phase,
-          tenantId: run.tenant_id,
-          token: c.token,
-          executor: executors[i]!,
-          timeoutSeconds: resolveStep(loaded.spec, spec, deps.config.tags, run.priority).timeoutSeconds,
-          params: run.params,
-          upstream,
-        },
-      };
-    }
+    for (const [i, c] of accepted.entries()) results[c.index] = { accepted: true, attempt: attempts[i]! };
     return results;
+  });
+}
+
+/**
+ * Writes the `step.started` events of attempts just moved to running and builds what their
+ * worker needs to execute them (executor, params, the upstream outputs its templates read).
+ */
+async function announceStarts(
+  deps: EngineDeps,
+  sql: Sql,
+  run: RunRow,
+  loaded: LoadedSpec,
+  started: ReadonlyArray<{ stepId: string; phase: Phase; attempt: number; token: string }>,
+  worker: { id: string },
+  after: AfterCommit,
+): Promise<StartedAttempt[]> {
+  if (started.length === 0) return [];
+  await appendEvents(
+    sql,
+    run.tenant_id,
+    run.id,
+    started.map((c) => ({
+      type: "step.started",
+      stepId: c.stepId,
+      attempt: c.attempt,
+      data: { ...phaseData(c.phase), attempt: c.attempt, workerId: worker.id },
+    })),
+  );
+  after.runs.add(run.id);
+  const executors = started.map((c) => {
+    const spec = loaded.steps.get(c.stepId)!;
+    return c.phase === "compensate" ? spec.compensate! : spec.run;
+  });
+  const referencedBy = executors.map((executor) => {
+    const refs: string[] = [];
+    for (const found of collectTemplateRefs(executor))
+      if (found.ref?.kind === "step") refs.push(found.ref.stepId);
+    return refs;
+  });
+  const wanted = [...new Set(referencedBy.flat())];
+  const outputs = wanted.length === 0 ? new Map<string, unknown>() : await stepOutputs(sql, run.id, wanted);
+  return started.map((c, i) => {
+    const upstream: Record<string, { output: unknown }> = {};
+    for (const id of referencedBy[i]!) if (outputs.has(id)) upstream[id] = { output: outputs.get(id) };
+    return {
+      runId: run.id,
+      stepId: c.stepId,
+      attempt: c.attempt,
+      phase: c.phase,
+      tenantId: run.tenant_id,
+      token: c.token,
+      executor: executors[i]!,
+      timeoutSeconds: resolveStep(loaded.spec, loaded.steps.get(c.stepId)!, deps.config.tags, run.priority)
+        .timeoutSeconds,
+      params: run.params,
+      upstream,
+    };
   });
 }
 
@@ -227,6 +268,8 @@ export async function renewLease(deps: EngineDeps, ref: HeldRef, leaseSeconds: n
 export interface FinishRequest {
   ref: HeldRef;
   end: Extract<AttemptEnd, { kind: "succeeded" | "failed" }>;
+  /** Ask to continue with a child this success makes ready (see `Continuation`). */
+  continue?: boolean;
 }
 
 /**
@@ -238,6 +281,7 @@ export async function finishAttempts(
   deps: EngineDeps,
   runId: string,
   items: readonly FinishRequest[],
+  continuation?: Continuation,
 ): Promise<FinishResult[]> {
   const results = await inRunTransaction(deps, runId, async (sql, run, after): Promise<FinishResult[]> => {
     if (!run) return items.map(() => refuse("run_not_found", "run not found"));
@@ -345,12 +389,59 @@ export async function finishAttempts(
         after,
       );
     }
+    if (continuation) await claimReadyChildren(deps, sql, loaded, items, results, continuation, after);
     return results;
   });
   for (const [i, r] of results.entries())
     if (!r.accepted)
       deps.log.warn({ ...items[i]!.ref, token: undefined, refusal: r.refusal }, "stale result refused");
   return results;
+}
+
+/**
+ * Claims, for the worker that asked, children the successes in this transaction made ready on
+ * queues it serves: one per success that asked. Their jobs are not sent; everything else about
+ * them is as if a job had started them. The caller holds the run lock.
+ */
+async function claimReadyChildren(
+  deps: EngineDeps,
+  sql: Sql,
+  loaded: LoadedSpec,
+  items: readonly FinishRequest[],
+  results: FinishResult[],
+  continuation: Continuation,
+  after: AfterCommit,
+): Promise<void> {
+  const wanting = items.flatMap((item, i) => (item.continue && results[i]!.accepted ? [i] : []));
+  if (wanting.length === 0) return;
+  const runId = items[0]!.ref.runId;
+  const claimable = after.jobs.filter(
+    (j) =>
+      j.runId === runId &&
+      j.phase === undefined &&
+      !j.delayMs &&
+      !j.jobSuffix &&
+      j.attempt === 1 &&
+      continuation.queues.has(j.queue),
+  );
+  if (claimable.length === 0) return;
+  const run = (await lockRun(sql, runId))!;
+  if (run.status !== "running") return;
+  const picked = claimable.slice(0, wanting.length).map((job) => ({
+    job,
+    stepId: job.stepId,
+    phase: "execute" as const,
+    attempt: job.attempt,
+    token: randomUUID(),
+  }));
+  const moved = await markRunning(sql, runId, picked, continuation.worker);
+  const claimed = picked.filter((p) => moved.has(attemptKey(p.stepId, p.phase)));
+  for (const p of claimed) after.jobs.splice(after.jobs.indexOf(p.job), 1);
+  const attempts = await announceStarts(deps, sql, run, loaded, claimed, continuation.worker, after);
+  attempts.forEach((attempt, k) => {
+    const i = wanting[k]!;
+    results[i] = { ...(results[i] as { accepted: true }), next: attempt };
+  });
 }
 
 /** Records a successful attempt and advances the run (a batch of one). */

@@ -60,6 +60,10 @@ const LOG_HIGH_WATER = 500;
 const LOG_LINE_BYTES = 8192;
 const LOG_LINES_PER_ATTEMPT = 100_000;
 
+/** Steps and time one job may go on with children it made ready before handing back to the queue. */
+const CONTINUE_MAX_STEPS = 100;
+const CONTINUE_MAX_MS = 1000;
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export async function startWorker(options: WorkerOptions): Promise<RunningWorker> {
@@ -90,8 +94,9 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   const starts = new GroupCommitter<StartRequest, StartResult>((runId, jobs) =>
     startAttempts(deps, runId, jobs, { id, leaseSeconds }),
   );
+  const serves = new Set(options.queues);
   const finishes = new GroupCommitter<FinishRequest, FinishResult>((runId, items) =>
-    finishAttempts(deps, runId, items),
+    finishAttempts(deps, runId, items, { worker: { id, leaseSeconds }, queues: serves }),
   );
   let stopping = false;
   let stoppingAt = 0;
@@ -181,7 +186,22 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       log.info({ ...payload, phase, refusal: started.refusal, reason: started.reason }, "job skipped");
       return;
     }
-    const attempt = started.attempt;
+    // Continue in the worker: a child the step made ready runs here next, within a budget, then
+    // the queue takes over again (so one chain cannot hold a slot forever or starve priorities).
+    const began = Date.now();
+    let next: StartedAttempt | undefined = started.attempt;
+    for (let n = 0; next; n++) {
+      const mayContinue = !stopping && n + 1 < CONTINUE_MAX_STEPS && Date.now() - began < CONTINUE_MAX_MS;
+      next = await runAttempt(next, mayContinue);
+    }
+  }
+
+  /** Executes a started attempt and records its end; answers the child it may continue with. */
+  async function runAttempt(
+    attempt: StartedAttempt,
+    mayContinue: boolean,
+  ): Promise<StartedAttempt | undefined> {
+    const phase = attempt.phase;
     const ref: HeldRef = {
       runId: attempt.runId,
       stepId: attempt.stepId,
@@ -283,12 +303,20 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       const lost = () => leaseLost || (stopping && closingFor() > config.worker.graceSeconds * 1000);
       if (outcome.ok) {
         const result = await finish(
-          { ref, end: { kind: "succeeded", output: outcome.output } },
+          {
+            ref,
+            end: { kind: "succeeded", output: outcome.output },
+            ...(mayContinue ? { continue: true } : {}),
+          },
           lost,
           stepLog,
         );
-        stepLog.info({ accepted: result.accepted }, "attempt succeeded");
-        return;
+        const next = result.accepted ? result.next : undefined;
+        stepLog.info(
+          { accepted: result.accepted, ...(next ? { continuesWith: next.stepId } : {}) },
+          "attempt succeeded",
+        );
+        return next;
       }
       const error = outcome.error;
       if (error.code === "shutdown") {
@@ -314,6 +342,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
           "attempt failed",
         );
       }
+      return undefined;
     } finally {
       clearInterval(heartbeat);
       running.remove(entry);

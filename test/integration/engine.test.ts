@@ -3,6 +3,7 @@
  * processes, state in a real Postgres and Redis.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { BullStepDispatcher } from "../../src/redis/step-queue.ts";
 import { createTestContext, type TestContext } from "../helpers/context.ts";
 import {
   engineSettings,
@@ -219,6 +220,36 @@ describe("execution engine", () => {
       expect(run.steps[0].error.code, host).toMatch(/ssrf_refused|invalid_url/);
       expect(run.steps[0].attempt).toBe(1);
     }
+  });
+});
+
+describe("continue in the worker", () => {
+  it("runs a chain's next step on the same worker without a queue round trip, visibly and fenced", async () => {
+    await putWorkflow(ctx, "chained", {
+      steps: [
+        { id: "a", run: { type: "noop", output: { n: 1 } } },
+        { id: "b", needs: ["a"], run: { type: "noop", output: { n: "{{steps.a.output.n}}" } } },
+        { id: "c", needs: ["b"], run: { type: "noop" } },
+      ],
+    });
+    const run = await startRun(ctx, "chained");
+    const done = await waitForRun(ctx, run.id);
+    expect(done.status).toBe("succeeded");
+    expect(done.steps[1].output).toEqual({ n: 1 });
+    expect(new Set(done.steps.map((s: { workerId: string }) => s.workerId)).size).toBe(1);
+    // Every step went through queued, started and succeeded, with its attempt, as ever.
+    const events = await eventsOf(ctx, run.id);
+    for (const id of ["a", "b", "c"])
+      expect(events.filter((e) => e.stepId === id).map((e) => e.type)).toEqual([
+        "step.queued",
+        "step.started",
+        "step.succeeded",
+      ]);
+    // One queue job carried the whole chain.
+    const jobs = await (ctx.app.flowline.engine.dispatcher as BullStepDispatcher)
+      .queue("default")
+      .getJobs(["completed", "active", "wait", "prioritized", "delayed"]);
+    expect(jobs.filter((j) => j.data.runId === run.id)).toHaveLength(1);
   });
 });
 
