@@ -187,13 +187,27 @@ async function bench(redisUrl: string) {
     const seedMs = performance.now() - t;
     progress(`GET latencies at ${k(target)} stored runs`);
     const anySeeded = () => seededRunId(1 + Math.floor(Math.random() * seeded));
+    // A cursor is a position in the list (creation time in µs and id), taken from random runs.
+    const positions = (
+      await db.sql<{ pos: string }[]>`
+        select (extract(epoch from created_at) * 1000000)::bigint::text || ':' || id as pos
+        from runs tablesample system (1) limit 200`
+    ).map((r) => r.pos);
+    if (positions.length === 0)
+      positions.push(
+        ...(
+          await db.sql<{ pos: string }[]>`
+            select (extract(epoch from created_at) * 1000000)::bigint::text || ':' || id as pos from runs limit 200`
+        ).map((r) => r.pos),
+      );
+    const anyPosition = () => positions[Math.floor(Math.random() * positions.length)]!;
     const p99 = async (path: () => string) => {
       const latencies = await getLatencies(api, path, GET_SAMPLES, GET_BUDGET_MS);
       return { p99: percentile(latencies, 99), n: latencies.length };
     };
     reads.set(target, {
       list: await p99(() => "/v1/runs"),
-      page: await p99(() => `/v1/runs?cursor=${encodeCursor(anySeeded())}`),
+      page: await p99(() => `/v1/runs?cursor=${encodeCursor(anyPosition())}`),
       get: await p99(() => `/v1/runs/${anySeeded()}`),
       seedMs,
     });

@@ -144,7 +144,7 @@ export async function startAdmittedRun(
     after,
     events,
   );
-  await appendEvents(sql, run.tenant_id, run.id, events);
+  await appendEvents(sql, run.tenant_id, run.id, events, loaded.notifyOn);
   after.runs.add(run.id);
   return started!;
 }

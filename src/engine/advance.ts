@@ -143,7 +143,7 @@ export async function advanceRun(
     await queueSteps(deps, sql, run, loaded, progress.ready, after, events);
     if (pending <= 0 && progress.ready.length === 0) await endRun(sql, run, after, events);
   }
-  await appendEvents(sql, run.tenant_id, run.id, events);
+  await appendEvents(sql, run.tenant_id, run.id, events, loaded.notifyOn);
   after.runs.add(run.id);
 }
 
@@ -202,6 +202,6 @@ export async function advanceAfterSuccesses(
   const pending = await decrementPending(sql, run.id, stepIds.length);
   await queueSteps(deps, sql, run, loaded, ready, after, events);
   if (pending <= 0 && ready.length === 0) await endRun(sql, run, after, events);
-  await appendEvents(sql, run.tenant_id, run.id, events);
+  await appendEvents(sql, run.tenant_id, run.id, events, loaded.notifyOn);
   after.runs.add(run.id);
 }

@@ -353,7 +353,8 @@ export async function finishAttempts(
         type: "step.succeeded",
         stepId: ref.stepId,
         attempt: ref.attempt,
-        data: { ...phaseData(phase), attempt: ref.attempt, output },
+        // The output is written once, on the step's row (GET /v1/runs/{id}), not again here.
+        data: { ...phaseData(phase), attempt: ref.attempt },
       });
       if (phase === "execute") {
         const provides = loaded.steps.get(ref.stepId)?.provides ?? [];

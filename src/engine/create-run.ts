@@ -149,11 +149,11 @@ export async function insertRun(
   if (unrestricted) {
     events.push({ type: "run.started", data: {} });
     await queueSteps(deps, sql, run, loaded, plan.ready, after, events);
-    await appendEvents(sql, run.tenant_id, run.id, events);
+    await appendEvents(sql, run.tenant_id, run.id, events, loaded.notifyOn);
     after.runs.add(run.id);
     return { run };
   }
-  await appendEvents(sql, run.tenant_id, run.id, events);
+  await appendEvents(sql, run.tenant_id, run.id, events, loaded.notifyOn);
   after.runs.add(run.id);
   if (!admission.ok) return { run, waiting: admission.reason };
   return { run: await startAdmittedRun(deps, sql, run, loaded, admission.held, after) };

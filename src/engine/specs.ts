@@ -13,6 +13,8 @@ export interface LoadedSpec {
   steps: ReadonlyMap<string, StepSpec>;
   /** Declaration order of each step, for stable listings. */
   order: ReadonlyMap<string, number>;
+  /** Run-level event types the workflow's `notify` entries deliver: only these go to the outbox. */
+  notifyOn: ReadonlySet<string>;
 }
 
 /** Workflow versions are immutable, so a process may keep them; a small LRU bounds the memory. */
@@ -57,5 +59,6 @@ export function loadedSpec(workflowId: string, version: number, spec: WorkflowSp
     graph: stepGraph(spec),
     steps: new Map(spec.steps.map((s) => [s.id, s])),
     order: new Map(spec.steps.map((s, i) => [s.id, i])),
+    notifyOn: new Set((spec.notify ?? []).flatMap((n) => n.on)),
   };
 }

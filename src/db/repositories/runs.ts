@@ -126,8 +126,18 @@ export async function lockRun(sql: Sql, runId: string, tenantId?: string): Promi
   return rows[0];
 }
 
-/** Appends events (the run row must be locked by this transaction); returns the last id. */
-export async function appendEvents(sql: Sql, tenantId: string, runId: string, events: readonly NewEvent[]) {
+/**
+ * Appends events (the run row must be locked by this transaction); returns the last id. Run-level
+ * events also go to the notification outbox (webhooks), in the same statement: only the types in
+ * `notifyOn` when the caller knows what the run's workflow notifies on, else every run-level one.
+ */
+export async function appendEvents(
+  sql: Sql,
+  tenantId: string,
+  runId: string,
+  events: readonly NewEvent[],
+  notifyOn?: ReadonlySet<string>,
+) {
   if (events.length === 0) return 0;
   const rows = events.map((e) => ({
     step_id: e.stepId ?? null,
@@ -135,8 +145,22 @@ export async function appendEvents(sql: Sql, tenantId: string, runId: string, ev
     attempt: e.attempt ?? null,
     data: e.data ?? {},
   }));
+  const outbox = events.some((e) => e.type.startsWith("run.") && (!notifyOn || notifyOn.has(e.type)));
   // One parameter for the whole batch; ordinality keeps ids in the order the events were given.
-  // Run-level events also go to the notification outbox (webhooks), in the same statement.
+  if (!outbox) {
+    const [row] = await sql<{ id: string }[]>`
+      with ins as (
+        insert into events (tenant_id, run_id, step_id, type, attempt, data)
+        select ${tenantId}, ${runId}, e.value->>'step_id', e.value->>'type', (e.value->>'attempt')::int,
+          coalesce(e.value->'data', '{}'::jsonb)
+        from jsonb_array_elements(${sql.json(rows as Json)}) with ordinality as e(value, n)
+        order by e.n
+        returning id
+      )
+      select max(id) as id from ins`;
+    return Number(row!.id);
+  }
+  const notifyTypes = notifyOn ? [...notifyOn] : null;
   const [row] = await sql<{ id: string }[]>`
     with ins as (
       insert into events (tenant_id, run_id, step_id, type, attempt, data)
@@ -147,7 +171,8 @@ export async function appendEvents(sql: Sql, tenantId: string, runId: string, ev
       returning id, type
     ), outbox as (
       insert into notification_outbox (event_id, tenant_id, run_id, type)
-      select id, ${tenantId}, ${runId}, type from ins where type like 'run.%'
+      select id, ${tenantId}, ${runId}, type from ins
+      where type like 'run.%' and (${notifyTypes}::text[] is null or type = any(${notifyTypes}::text[]))
     )
     select max(id) as id from ins`;
   return Number(row!.id);
