@@ -36,7 +36,10 @@ const fieldsOf: { [T in EventType]: z.ZodRawShape } = {
     warning: z.string().describe("Set when no configured worker pool serves the queue"),
   },
   "step.started": { attempt: z.number().int(), workerId: z.string() },
-  "step.progress": { progress: z.number().nullable(), message: z.string().nullable() },
+  "step.progress": {
+    progress: z.number().nullable().describe("A fraction from 0 to 1"),
+    message: z.string().nullable(),
+  },
   "step.log": { stream: z.string().describe("stdout, stderr or log"), line: z.string() },
   "step.retrying": { attempt: z.number().int(), delayMs: z.number(), error, reason: z.string() },
   "step.succeeded": { attempt: z.number().int(), output: z.unknown() },
