@@ -127,6 +127,16 @@ function planTable(plan: Schemas["Plan"] | Schemas["RunPlan"]): string {
   return `${head}\n${table(["STEP", "ACTION", "REASON", "QUEUE", "NEEDS"], rows)}`;
 }
 
+const changeOf = (r: Schemas["WorkflowPutResult"]) =>
+  !r.created ? "unchanged" : r.version === 1 ? "created" : "new version";
+
+/** A value on one table cell: compact JSON, cut at 60 characters (json/yaml show it whole). */
+function brief(value: unknown): string | null {
+  if (value === null || value === undefined) return null;
+  const text = JSON.stringify(value);
+  return text.length > 60 ? `${text.slice(0, 59)}…` : text;
+}
+
 function assetTable(assets: Array<Schemas["Asset"]>): string {
   return table(
     ["ASSET", "FRESHNESS", "LAST MATERIALIZED", "WORKFLOWS"],
@@ -192,7 +202,7 @@ export function registerClientCommands(program: Command): void {
         print(ctx.format, results, () =>
           table(
             ["WORKFLOW", "VERSION", "CHANGE", "FILE"],
-            results.map((r) => [r.name, r.version, r.created ? "created" : "unchanged", r.file]),
+            results.map((r) => [r.name, r.version, changeOf(r), r.file]),
           ),
         );
         return EXIT.ok;
@@ -241,9 +251,10 @@ export function registerClientCommands(program: Command): void {
             s.attempt,
             s.progress === null ? null : percent(s.progress),
             s.planReason,
-            s.error ? JSON.stringify(s.error) : null,
+            brief(s.error ?? s.output),
           ]);
-          return `${runLine(run)}\n\n${table(["STEP", "STATUS", "ATTEMPT", "PROGRESS", "PLAN", "ERROR"], steps)}`;
+          const header = ["STEP", "STATUS", "ATTEMPT", "PROGRESS", "PLAN", "OUTPUT OR ERROR"];
+          return `${runLine(run)}\n\n${table(header, steps)}`;
         });
         return EXIT.ok;
       }),
