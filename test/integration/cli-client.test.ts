@@ -243,6 +243,12 @@ describe("flowline client commands", () => {
 
     const logs = await flowline(["logs", started.id, "--step", "transform"]);
     expect(logs.stdout).toMatch(/transform \[\w+\] sleeping 300 ms/);
+    const followed = await flowline(["logs", started.id, "--follow", "--format", "json"]);
+    expect(followed.code, followed.stderr).toBe(0);
+    const lines = jsonLines(followed.stdout);
+    expect(lines.map((l) => [l.type, l.stepId, l.line])).toEqual([
+      ["step.log", "transform", "sleeping 300 ms"],
+    ]);
   });
 
   it("graph draws the DAG as text, Mermaid and DOT", async () => {
