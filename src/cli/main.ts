@@ -57,6 +57,11 @@ export function buildProgram(): Command {
 }
 
 export async function main(argv: string[]): Promise<void> {
+  // `flowline … | head`: a reader that went away ends the command, not with a stack trace.
+  process.stdout.on("error", (error: NodeJS.ErrnoException) => {
+    if (error.code === "EPIPE") process.exit(EXIT.ok);
+    throw error;
+  });
   const program = buildProgram();
   try {
     await program.parseAsync(argv);

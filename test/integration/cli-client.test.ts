@@ -187,6 +187,10 @@ describe("flowline client commands", () => {
     expect(refused.code).toBe(2);
     expect(refused.stderr).toMatch(/steps\[0\]\.run/);
 
+    const noFile = await flowline(["apply", "-f", join(dir, "missing.yaml")]);
+    expect(noFile.code).toBe(2);
+    expect(noFile.stderr).toMatch(/^flowline: ENOENT: no such file or directory, stat '.*missing\.yaml'\n$/);
+
     const unreachable = await flowline(["runs", "--url", `http://127.0.0.1:${await freePort()}`]);
     expect(unreachable.code).toBe(3);
     expect(unreachable.stderr).toMatch(/cannot reach/);

@@ -3,6 +3,7 @@
  * objects, complete), the exit codes of SPEC §11, and errors as the server's problem detail with
  * its field paths — never a stack trace.
  */
+import { CommanderError } from "commander";
 import { stringify } from "yaml";
 import { ProblemError, UnreachableError } from "../../client/index.ts";
 
@@ -46,8 +47,13 @@ export function exitCodeOfRun(status: string): number {
   return status === "succeeded" ? EXIT.ok : EXIT.runFailed;
 }
 
-/** Prints a failed request on stderr and answers the exit code; rethrows what is not one. */
+/**
+ * Prints why a command failed on stderr and answers the exit code: 3 when the server is
+ * unreachable, else 2 (a refused request, an unreadable or invalid file). Commander's own usage
+ * errors are rethrown for the program to handle.
+ */
 export function reportError(error: unknown): number {
+  if (error instanceof CommanderError) throw error;
   if (error instanceof UnreachableError) {
     process.stderr.write(`flowline: ${error.message}\n`);
     return EXIT.unreachable;
@@ -63,5 +69,6 @@ export function reportError(error: unknown): number {
     if (problem.instance) process.stderr.write(`  request id: ${problem.instance}\n`);
     return EXIT.usage;
   }
-  throw error;
+  process.stderr.write(`flowline: ${error instanceof Error ? error.message : String(error)}\n`);
+  return EXIT.usage;
 }
