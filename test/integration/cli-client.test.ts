@@ -125,6 +125,17 @@ beforeAll(async () => {
       "",
     ].join("\n"),
   );
+  await writeFile(
+    join(dir, "sales.yaml"),
+    [
+      "name: sales",
+      "assets: { raw_sales: { maxAgeSeconds: 86400 }, sales_report: {} }",
+      "steps:",
+      "  - { id: extract, provides: [raw_sales], run: { type: noop, output: { rows: 42 } } }",
+      "  - { id: report, needs: [extract], provides: [sales_report], run: { type: noop } }",
+      "",
+    ].join("\n"),
+  );
   const applied = await flowline(["apply", "-f", dir, "--format", "json"]);
   expect(applied.code, applied.stderr).toBe(0);
   created = JSON.parse(applied.stdout);
@@ -166,6 +177,7 @@ describe("flowline client commands", () => {
     expect(created.map((r) => [r.name, r.version, r.created])).toEqual([
       ["broken", 1, true],
       ["chain", 1, true],
+      ["sales", 1, true],
       ["slow", 1, true],
     ]);
     const again = await flowline(["apply", "-f", join(dir, "chain.yaml")]);
@@ -253,6 +265,26 @@ describe("flowline client commands", () => {
     expect(lines.map((l) => [l.type, l.stepId, l.line])).toEqual([
       ["step.log", "transform", "sleeping 300 ms"],
     ]);
+  });
+
+  it("materialize --dry-run plans, --watch follows the run; a second request has nothing to run", async () => {
+    const plan = await flowline(["materialize", "sales_report", "--dry-run"]);
+    expect(plan.stdout).toMatch(/extract\s+run\s+missing/);
+    const watched = await flowline(["materialize", "sales_report", "--watch", "--format", "json"]);
+    expect(watched.code, watched.stderr).toBe(0);
+    const events = jsonLines(watched.stdout);
+    expect(events.filter((e) => e.type === "asset.materialized").map((e) => e.asset)).toEqual([
+      "raw_sales",
+      "sales_report",
+    ]);
+    // The JSON page of the same events carries the same ids (and serializes every event type seen).
+    const page = await api$(`/v1/runs/${events[0].runId}/events`);
+    expect(page.items.map((e: { id: number }) => e.id)).toEqual(events.map((e) => e.id));
+    const again = await flowline(["materialize", "sales_report"]);
+    expect(again.stdout).toMatch(/extract\s+skip\s+fresh/);
+    expect((await flowline(["assets", "sales_report", "--format", "json"])).stdout).toMatch(
+      /"freshness": "fresh"/,
+    );
   });
 
   it("graph draws the DAG as text, Mermaid and DOT", async () => {
