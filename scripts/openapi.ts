@@ -2,6 +2,7 @@
  * The OpenAPI document the API serves at /openapi.json, built without Postgres or Redis (the
  * connections are lazy and never used): `node bin/run-ts.js scripts/openapi.ts > openapi.json`.
  */
+import { pathToFileURL } from "node:url";
 import { pino } from "pino";
 import { buildApp } from "../src/api/app.ts";
 import { parseConfig } from "../src/config/index.ts";
@@ -21,7 +22,7 @@ export async function openApiDocument(): Promise<Record<string, unknown>> {
   return app.swagger() as unknown as Record<string, unknown>;
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) {
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   process.stdout.write(`${JSON.stringify(await openApiDocument(), null, 2)}\n`);
   // The unused lazy connections would keep retrying: nothing else is left to do.
   process.exit(0);
