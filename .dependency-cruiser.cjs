@@ -39,6 +39,13 @@ module.exports = {
       to: { path: "^src/(jobs|cli)" },
     },
     {
+      name: "client-stands-alone",
+      comment: "src/client talks to a server over HTTP only: it can be copied out of the repository.",
+      severity: "error",
+      from: { path: "^src/client" },
+      to: { path: "^src/(?!client)" },
+    },
+    {
       name: "jobs-never-api",
       severity: "error",
       from: { path: "^src/jobs" },

@@ -15,6 +15,7 @@ import {
   type ZodTypeProvider,
 } from "fastify-type-provider-zod";
 import type { Redis } from "ioredis";
+import type { OpenAPIV3_1 } from "openapi-types";
 import type { Config } from "../config/index.ts";
 import type { DbHandle } from "../db/client.ts";
 import { keysRepository } from "../db/repositories/keys.ts";
@@ -29,6 +30,7 @@ import { RedisEventBus } from "../redis/event-bus.ts";
 import { redisKeys } from "../redis/keys.ts";
 import { WorkerRegistry } from "../redis/registry.ts";
 import { BullStepDispatcher } from "../redis/step-queue.ts";
+import { tidyDocument } from "./openapi.ts";
 import { registerAuth } from "./plugins/auth.ts";
 import { registerBodyParsers } from "./plugins/body-parsers.ts";
 import { registerMetrics } from "./plugins/metrics.ts";
@@ -119,6 +121,13 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
 
   registerBodyParsers(app, { maxDepth: config.server.maxJsonDepth });
+  // Generated clients name their methods after operationIds: a documented route without one is a
+  // start-up error, like a route without a scope.
+  app.addHook("onRoute", (route) => {
+    const schema = route.schema as { hide?: boolean; operationId?: string } | undefined;
+    if (schema && !schema.hide && !schema.operationId && !route.url.startsWith("/docs"))
+      throw new Error(`route ${route.method} ${route.url} is documented without an operationId`);
+  });
   // Before any route is added, so that every route is checked for a scope.
   const keys = keysRepository(deps.db.db);
   registerAuth(app, keys);
@@ -132,12 +141,15 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
         description:
           "Workflow orchestration over HTTP. Authenticate with `Authorization: Bearer <api key>`. " +
           "Errors are RFC 9457 problem+json.",
+        license: { name: "Apache-2.0", identifier: "Apache-2.0" },
       },
+      // Relative to where the document is served, unless the public address is configured.
+      servers: [{ url: config.server.publicUrl ?? "/" }],
       components: { securitySchemes: { bearer: { type: "http", scheme: "bearer" } } },
       security: [{ bearer: [] }],
     },
     transform: jsonSchemaTransform,
-    transformObject: jsonSchemaTransformObject,
+    transformObject: (document) => tidyDocument(jsonSchemaTransformObject(document) as OpenAPIV3_1.Document),
   });
   await app.register(swaggerUi, { routePrefix: "/docs", uiConfig: { deepLinking: true } });
 

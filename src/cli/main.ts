@@ -1,204 +1,75 @@
 /**
- * The `flowline` command: the only place where configuration, clients and processes are wired
- * together. Each subcommand loads the config (stopping with a message that names the bad key)
- * and runs one role.
+ * The `flowline` command: server roles (`up`, `api`, `worker`, …, in roles.ts, loaded only when one
+ * starts) and client commands that talk to a server over HTTP (client/commands.ts).
+ *
+ * Exit codes (SPEC §11): 0 success, 1 the run failed or was cancelled, 2 usage or request error,
+ * 3 the server is unreachable; 78 invalid configuration for a server role.
  */
-
 import { Command, CommanderError } from "commander";
-import { pino } from "pino";
-import { startApiServer } from "../api/server.ts";
-import { type Config, ConfigError, loadConfig } from "../config/index.ts";
-import { runMigrations } from "../db/migrate.ts";
-import { startAutoscaler } from "../jobs/autoscaler.ts";
-import { KILL_GRACE_MS } from "../jobs/executors/command.ts";
-import { startSupervisor } from "../jobs/supervisor/index.ts";
-import { startWorker } from "../jobs/worker.ts";
+import { registerClientCommands } from "./client/commands.ts";
+import { EXIT } from "./client/output.ts";
 
-const EXIT_CONFIG = 78;
-
-function loadConfigOrExit(): Config {
-  try {
-    return loadConfig();
-  } catch (error) {
-    if (error instanceof ConfigError) {
-      process.stderr.write(`flowline: invalid configuration\n${error.message}\n`);
-      process.exit(EXIT_CONFIG);
-    }
-    throw error;
-  }
-}
-
-function createLogger(config: Config, role: string) {
-  return pino({ level: config.log.level, base: { role, pid: process.pid } });
-}
-
-/**
- * Runs until SIGTERM/SIGINT, then `stop()`; a second signal, or a stuck stop, exits at once.
- * Returns a function that starts the same shutdown for another reason.
- */
-function untilSignal(
-  log: pino.Logger,
-  graceSeconds: number,
-  stop: () => Promise<void>,
-  options: { ignoreSigint?: boolean } = {},
-): (reason: string) => void {
-  let stopping = false;
-  const shutdown = (reason: string) => {
-    if (stopping) {
-      log.warn({ reason }, "second signal: exiting now");
-      process.exit(1);
-    }
-    stopping = true;
-    log.info({ reason }, "shutting down");
-    const deadline = setTimeout(
-      () => {
-        log.error("shutdown did not finish in time: exiting");
-        process.exit(1);
-      },
-      (graceSeconds + 5) * 1000,
-    );
-    deadline.unref();
-    stop().then(
-      () => process.exit(0),
-      (error) => {
-        log.error({ err: error }, "shutdown failed");
-        process.exit(1);
-      },
-    );
-  };
-  process.on("SIGTERM", () => shutdown("SIGTERM"));
-  process.on("SIGINT", () => {
-    if (options.ignoreSigint) log.info("SIGINT ignored: the supervising process stops this one");
-    else shutdown("SIGINT");
-  });
-  return shutdown;
-}
-
-async function runApi(role: string): Promise<void> {
-  const config = loadConfigOrExit();
-  const log = createLogger(config, role);
-  process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
-  const server = await startApiServer(config, { logger: log, onGeneratedRootKey: printRootKey });
-  untilSignal(log, config.server.shutdownGraceSeconds, () => server.close());
-}
-
-/**
- * `up`: the whole system on one machine — the API and a supervisor in this process, and the
- * autoscaled worker pools as child processes. Ctrl-C / SIGTERM stops everything: the pools drain
- * their workers, the supervisor hands its lease over, the API closes its streams.
- */
-async function runUp(): Promise<void> {
-  const config = loadConfigOrExit();
-  const log = createLogger(config, "up");
-  process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
-  // The API first: it applies migrations before any worker touches the database.
-  const server = await startApiServer(config, { logger: log, onGeneratedRootKey: printRootKey });
-  const supervisor = await startSupervisor({ config, log: log.child({ role: "supervisor" }) });
-  const autoscaler = await startAutoscaler({ config, log: log.child({ role: "workers" }) });
-  untilSignal(log, workerStopSeconds(config) + 20, async () => {
-    await Promise.all([autoscaler.close(), supervisor.close(), server.close()]);
-  });
-}
-
-/** How long a worker may take to stop: its grace, then a command's kill grace, then hand-backs. */
-const workerStopSeconds = (config: Config) => config.worker.graceSeconds + KILL_GRACE_MS / 1000 + 5;
-
-function printRootKey(key: string): void {
-  process.stdout.write(
-    `\nFlowline generated a root API key. It is shown only this once; store it now:\n\n    ${key}\n\n` +
-      "Set FLOWLINE_BOOTSTRAP_KEY to choose the root key yourself.\n\n",
-  );
-}
+const roles = () => import("./roles.ts");
 
 export function buildProgram(): Command {
   const program = new Command("flowline")
-    .description("Self-hosted workflow orchestration server")
+    .description("Self-hosted workflow orchestration: run the server, or talk to one")
     .version("0.1.0")
+    .exitOverride()
     .showHelpAfterError();
 
+  program.commandsGroup("Server:");
   program
     .command("up")
     .description("Run the whole system on this machine: API, supervisor and autoscaled worker pools")
-    .action(() => runUp());
+    .action(async () => (await roles()).runUp());
   program
     .command("api")
     .description("Run the HTTP API")
-    .action(() => runApi("api"));
+    .action(async () => (await roles()).runApi("api"));
   program
     .command("migrate")
     .description("Create the database if needed and apply pending migrations")
-    .action(async () => {
-      const config = loadConfigOrExit();
-      const { createdDatabase } = await runMigrations(config.database.url);
-      process.stdout.write(`migrations applied${createdDatabase ? " (database created)" : ""}\n`);
-    });
+    .action(async () => (await roles()).runMigrate());
   program
     .command("worker")
     .description("Run a worker process for one or more queues")
     .option("--queues <names>", "comma-separated queue names", "default")
     .option("--concurrency <n>", "attempts run at once (default: the first queue's configured concurrency)")
     .option("--supervised", "run under `flowline up`: ignore SIGINT, stop when stdin closes")
-    .action(async (opts: { queues: string; concurrency?: string; supervised?: boolean }) => {
-      const config = loadConfigOrExit();
-      const queues = opts.queues
-        .split(",")
-        .map((q) => q.trim())
-        .filter(Boolean);
-      const concurrency =
-        opts.concurrency === undefined
-          ? (config.queues[queues[0]!]?.concurrency ?? 8)
-          : Number(opts.concurrency);
-      if (queues.length === 0 || !Number.isInteger(concurrency) || concurrency < 1) {
-        process.stderr.write(
-          "flowline worker: --queues needs at least one name and --concurrency a positive integer\n",
-        );
-        process.exit(2);
-      }
-      const log = createLogger(config, "worker");
-      process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
-      const worker = await startWorker({ config, queues, concurrency, log });
-      // Aborted commands get KILL_GRACE_MS after SIGTERM before SIGKILL; hand-backs follow that.
-      const stop = untilSignal(log, workerStopSeconds(config), () => worker.close(), {
-        ignoreSigint: opts.supervised === true,
-      });
-      if (opts.supervised) {
-        process.stdin.on("end", () => stop("parent gone"));
-        process.stdin.on("error", () => stop("parent gone"));
-        process.stdin.resume();
-      }
-    });
+    .action(async (opts: { queues: string; concurrency?: string; supervised?: boolean }) =>
+      (await roles()).runWorker(opts),
+    );
   program
     .command("workers")
     .description("Run autoscaled worker pools: per configured queue, between its min and max processes")
-    .action(async () => {
-      const config = loadConfigOrExit();
-      const log = createLogger(config, "workers");
-      process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
-      const autoscaler = await startAutoscaler({ config, log });
-      untilSignal(log, workerStopSeconds(config) + 20, () => autoscaler.close());
-    });
+    .action(async () => (await roles()).runWorkers());
   program
     .command("supervisor")
     .description(
       "Run a supervisor: schedules, reconciler, webhooks, retention (one is active at a time; others stand by)",
     )
-    .action(async () => {
-      const config = loadConfigOrExit();
-      const log = createLogger(config, "supervisor");
-      process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
-      await runMigrations(config.database.url);
-      const supervisor = await startSupervisor({ config, log });
-      untilSignal(log, 10, () => supervisor.close());
-    });
+    .action(async () => (await roles()).runSupervisorRole());
+
+  program.commandsGroup("Client (FLOWLINE_URL, FLOWLINE_KEY):");
+  registerClientCommands(program);
   return program;
 }
 
 export async function main(argv: string[]): Promise<void> {
-  const program = buildProgram().exitOverride();
+  // `flowline … | head`: a reader that went away ends the command, not with a stack trace.
+  process.stdout.on("error", (error: NodeJS.ErrnoException) => {
+    if (error.code === "EPIPE") process.exit(EXIT.ok);
+    throw error;
+  });
+  const program = buildProgram();
   try {
     await program.parseAsync(argv);
   } catch (error) {
-    if (error instanceof CommanderError) process.exit(error.exitCode);
+    if (error instanceof CommanderError) {
+      // --help and --version exit 0; anything else commander refuses is a usage error.
+      process.exit(error.exitCode === 0 ? EXIT.ok : EXIT.usage);
+    }
     process.stderr.write(`flowline: ${(error as Error).stack ?? String(error)}\n`);
     process.exit(1);
   }

@@ -260,6 +260,13 @@ describe("environment", () => {
     );
   });
 
+  it("ignores the client's FLOWLINE_URL and FLOWLINE_KEY, so one shell can run server and CLI", () => {
+    const env = { FLOWLINE_URL: "http://127.0.0.1:3000", FLOWLINE_KEY: "flk_abc" };
+    expect(() => loadConfig({ cwd: tempDir(), env })).not.toThrow();
+    // Still a typo next to them is refused.
+    expect(() => loadConfig({ cwd: tempDir(), env: { ...env, FLOWLINE_KYE: "x" } })).toThrow(/FLOWLINE_KYE/);
+  });
+
   it("leaves the test suite's FLOWLINE_TEST_ variables alone", () => {
     expect(() =>
       loadConfig({ cwd: tempDir(), env: { FLOWLINE_TEST_DATABASE_URL: "postgres://x@y/z" } }),

@@ -124,6 +124,7 @@ export const assetRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps }> = async 
       config: { scope: "read" },
       schema: {
         tags: ["assets"],
+        operationId: "listAssets",
         summary: "List assets with their freshness, in key order",
         querystring: z.strictObject({
           ...pageQuery,
@@ -160,6 +161,7 @@ export const assetRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps }> = async 
       config: { scope: "read" },
       schema: {
         tags: ["assets"],
+        operationId: "getAsset",
         summary: "An asset with its freshness, past materializations and partitions",
         params: z.strictObject({ key: assetKey }),
         querystring: z.strictObject({

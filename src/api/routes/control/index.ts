@@ -16,6 +16,7 @@ export const controlRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps }> = asyn
       config: { scope: "write" },
       schema: {
         tags: ["runs"],
+        operationId: "pauseRun",
         summary: "Pause a running run: no new steps start; running ones finish (idempotent)",
         params: idParams,
         response: { 200: runSchema, ...problemResponses(404, 409) },
@@ -29,6 +30,7 @@ export const controlRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps }> = asyn
       config: { scope: "write" },
       schema: {
         tags: ["runs"],
+        operationId: "resumeRun",
         summary: "Resume a paused run: what became ready meanwhile starts (idempotent)",
         params: idParams,
         response: { 200: runSchema, ...problemResponses(404, 409) },

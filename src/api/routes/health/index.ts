@@ -37,6 +37,7 @@ export const healthRoutes: FastifyPluginAsyncZod<{ db: DbHandle; redis: Redis }>
       config: { public: true },
       schema: {
         tags: ["health"],
+        operationId: "getHealth",
         summary: "Liveness: the process is up",
         security: [],
         response: { 200: z.object({ status: z.literal("ok") }) },
@@ -51,6 +52,7 @@ export const healthRoutes: FastifyPluginAsyncZod<{ db: DbHandle; redis: Redis }>
       config: { public: true },
       schema: {
         tags: ["health"],
+        operationId: "getReadiness",
         summary: "Readiness: Postgres and Redis answer",
         security: [],
         response: {

@@ -64,6 +64,7 @@ export const keyRoutes: FastifyPluginAsyncZod<{ keys: KeysRepository }> = async 
       config: { scope: "admin" },
       schema: {
         tags: ["keys"],
+        operationId: "createKey",
         summary: "Create an API key (the secret is shown once)",
         body: createBody,
         response: { 201: createdKey, ...problemResponses(403) },
@@ -91,6 +92,7 @@ export const keyRoutes: FastifyPluginAsyncZod<{ keys: KeysRepository }> = async 
       config: { scope: "admin" },
       schema: {
         tags: ["keys"],
+        operationId: "listKeys",
         summary: "List the active API keys of a tenant",
         querystring: z.strictObject({
           tenant: tenantId.optional().describe("Root keys only; defaults to the caller's"),
@@ -114,6 +116,7 @@ export const keyRoutes: FastifyPluginAsyncZod<{ keys: KeysRepository }> = async 
       config: { scope: "admin" },
       schema: {
         tags: ["keys"],
+        operationId: "revokeKey",
         summary: "Revoke an API key",
         params: z.strictObject({ id: z.uuid() }),
         response: { 204: z.null().describe("Revoked"), ...problemResponses(403, 404) },

@@ -72,6 +72,7 @@ export const planRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps }> = async (
       config: { scope: "write" },
       schema: {
         tags: ["assets"],
+        operationId: "materialize",
         summary: "Bring assets up to date: run only what is missing or stale (or all upstream with force)",
         description:
           "Answers 202 with the runs created, or 200 with the plan and no run when every asset is fresh or on " +
@@ -113,6 +114,7 @@ export const planRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps }> = async (
       config: { scope: "write" },
       schema: {
         tags: ["runs"],
+        operationId: "runSubgraph",
         summary: "Run selected steps of a workflow, optionally with their upstream/downstream closure",
         description:
           "With `parentRunId`, steps outside the selection that succeeded in that run are reused (their " +
@@ -149,6 +151,7 @@ export const planRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps }> = async (
       config: { scope: "write" },
       schema: {
         tags: ["runs"],
+        operationId: "retryRun",
         summary: "Retry a failed or cancelled run from where it failed",
         description:
           "Creates a subgraph run of the same workflow version that re-executes the failed, cancelled and " +

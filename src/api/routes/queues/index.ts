@@ -172,6 +172,7 @@ export const queueRoutes: FastifyPluginAsyncZod<QueueSources> = async (app, sour
       config: { scope: "read" },
       schema: {
         tags: ["queues"],
+        operationId: "listQueues",
         summary: "Queues: backlog, job counts, workers online and the autoscaler's target",
         querystring: z.strictObject({}),
         response: { 200: z.object({ items: z.array(queueSchema) }), ...problemResponses(401) },

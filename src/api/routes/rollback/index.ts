@@ -16,6 +16,7 @@ export const rollbackRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps }> = asy
       config: { scope: "write" },
       schema: {
         tags: ["runs"],
+        operationId: "rollbackRun",
         summary: "Roll back a succeeded or failed run: its steps' compensations run in reverse order",
         description:
           "202 when this request started the rollback (the run is `rolling_back`, or already `rolled_back` when " +

@@ -26,6 +26,7 @@ import {
   toIso,
   toIsoOrNull,
 } from "../../schemas.ts";
+import { eventStreamContent, runEventSchema } from "./events.ts";
 import { presentRun, runSchema } from "./present.ts";
 import { type SseHub, streamRunEvents } from "./sse.ts";
 
@@ -58,18 +59,6 @@ const stepSchema = z
       .describe("The step's compensation during a rollback; null when it has none to run"),
   })
   .meta({ id: "StepRun" });
-
-const eventSchema = z
-  .object({
-    id: z.number().int(),
-    type: z.string(),
-    runId: z.uuid(),
-    stepId: z.string().nullable(),
-    attempt: z.number().int().nullable(),
-    data: z.record(z.string(), z.unknown()),
-    at: isoDate,
-  })
-  .meta({ id: "RunEvent" });
 
 const submitBody = z
   .strictObject({
@@ -155,6 +144,7 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
       config: { scope: "write" },
       schema: {
         tags: ["runs"],
+        operationId: "startRun",
         summary: "Start a run of a workflow's current version",
         description:
           "Send `Idempotency-Key` to make retries safe: the same key and body answer the original run (200); " +
@@ -199,6 +189,7 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
       config: { scope: "read" },
       schema: {
         tags: ["runs"],
+        operationId: "listRuns",
         summary: "List runs, newest first",
         querystring: z.strictObject({
           ...pageQuery,
@@ -239,6 +230,7 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
       config: { scope: "read" },
       schema: {
         tags: ["runs"],
+        operationId: "getRun",
         summary: "A run with its steps",
         params: idParams,
         response: {
@@ -259,6 +251,7 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
       config: { scope: "write" },
       schema: {
         tags: ["runs"],
+        operationId: "cancelRun",
         summary: "Cancel a run (idempotent)",
         params: idParams,
         response: { 200: runSchema, ...problemResponses(404) },
@@ -275,6 +268,7 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
       config: { scope: "read" },
       schema: {
         tags: ["runs"],
+        operationId: "getRunLogs",
         summary: "Step logs of a run (`?follow=true` streams them as SSE until the run ends)",
         description:
           "The stream resumes after `Last-Event-ID` (or `?after=`): a reconnecting EventSource gets each line once.",
@@ -287,19 +281,29 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
         }),
         headers: resumeHeaders,
         response: {
-          200: z.object({
-            items: z.array(
-              z.object({
-                id: z.number().int(),
-                stepId: z.string().nullable(),
-                attempt: z.number().int().nullable(),
-                stream: z.string(),
-                line: z.string(),
-                at: isoDate,
-              }),
-            ),
-            nextAfter: z.number().int(),
-          }),
+          200: {
+            description: "A page of log lines, or with `follow=true` an SSE stream of `step.log` frames",
+            content: {
+              "application/json": {
+                schema: z
+                  .object({
+                    items: z.array(
+                      z.object({
+                        id: z.number().int(),
+                        stepId: z.string().nullable(),
+                        attempt: z.number().int().nullable(),
+                        stream: z.string(),
+                        line: z.string(),
+                        at: isoDate,
+                      }),
+                    ),
+                    nextAfter: z.number().int(),
+                  })
+                  .meta({ id: "LogPage" }),
+              },
+              ...eventStreamContent,
+            },
+          },
           ...problemResponses(404),
         },
       },
@@ -355,6 +359,7 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
       config: { scope: "read" },
       schema: {
         tags: ["runs"],
+        operationId: "getRunEvents",
         summary: "A run's events: SSE with `Accept: text/event-stream`, else a JSON page",
         description:
           "SSE replays events after `Last-Event-ID` (or `?after=`) and then streams live ones, each exactly once and " +
@@ -366,11 +371,21 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
         }),
         headers: resumeHeaders,
         response: {
-          200: z.object({
-            items: z.array(eventSchema),
-            nextAfter: z.number().int(),
-            runStatus: z.enum(runStatuses),
-          }),
+          200: {
+            description: "A page of events (JSON), or the live stream (`Accept: text/event-stream`)",
+            content: {
+              "application/json": {
+                schema: z
+                  .object({
+                    items: z.array(runEventSchema),
+                    nextAfter: z.number().int(),
+                    runStatus: z.enum(runStatuses),
+                  })
+                  .meta({ id: "EventPage" }),
+              },
+              ...eventStreamContent,
+            },
+          },
           ...problemResponses(404),
         },
       },

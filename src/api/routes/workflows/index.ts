@@ -77,6 +77,7 @@ export const workflowRoutes: FastifyPluginAsyncZod<{
       validatorCompiler: domainValidatesBody,
       schema: {
         tags: ["workflows"],
+        operationId: "putWorkflow",
         summary: "Create or update a workflow definition",
         description:
           "Send JSON, or YAML with `Content-Type: application/yaml`. The same content as the current " +
@@ -123,6 +124,7 @@ export const workflowRoutes: FastifyPluginAsyncZod<{
       config: { scope: "read" },
       schema: {
         tags: ["workflows"],
+        operationId: "listWorkflows",
         summary: "List workflows",
         querystring: z.strictObject({ ...pageQuery, archived: booleanQuery.optional() }),
         response: {
@@ -158,6 +160,7 @@ export const workflowRoutes: FastifyPluginAsyncZod<{
       config: { scope: "read" },
       schema: {
         tags: ["workflows"],
+        operationId: "getWorkflow",
         summary: "Read a workflow definition (the current version, or ?version=N)",
         params: nameParams,
         querystring: z.strictObject({
@@ -194,6 +197,7 @@ export const workflowRoutes: FastifyPluginAsyncZod<{
       config: { scope: "write" },
       schema: {
         tags: ["workflows"],
+        operationId: "archiveWorkflow",
         summary: "Archive a workflow (its versions stay readable; PUT restores it)",
         params: nameParams,
         response: { 204: z.null().describe("Archived"), ...problemResponses(404) },

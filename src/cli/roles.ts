@@ -1,0 +1,164 @@
+/**
+ * The server roles of the `flowline` command: each loads the config (stopping with a message that
+ * names the bad key) and runs one role until a signal stops it. Loaded only when a role starts, so
+ * the client commands do not pay for the server's modules.
+ */
+import { pino } from "pino";
+import { startApiServer } from "../api/server.ts";
+import { type Config, ConfigError, loadConfig } from "../config/index.ts";
+import { runMigrations } from "../db/migrate.ts";
+import { startAutoscaler } from "../jobs/autoscaler.ts";
+import { KILL_GRACE_MS } from "../jobs/executors/command.ts";
+import { startSupervisor } from "../jobs/supervisor/index.ts";
+import { startWorker } from "../jobs/worker.ts";
+
+const EXIT_CONFIG = 78;
+
+function loadConfigOrExit(): Config {
+  try {
+    return loadConfig();
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`flowline: invalid configuration\n${error.message}\n`);
+      process.exit(EXIT_CONFIG);
+    }
+    throw error;
+  }
+}
+
+function createLogger(config: Config, role: string) {
+  return pino({ level: config.log.level, base: { role, pid: process.pid } });
+}
+
+/**
+ * Runs until SIGTERM/SIGINT, then `stop()`; a second signal, or a stuck stop, exits at once.
+ * Returns a function that starts the same shutdown for another reason.
+ */
+function untilSignal(
+  log: pino.Logger,
+  graceSeconds: number,
+  stop: () => Promise<void>,
+  options: { ignoreSigint?: boolean } = {},
+): (reason: string) => void {
+  let stopping = false;
+  const shutdown = (reason: string) => {
+    if (stopping) {
+      log.warn({ reason }, "second signal: exiting now");
+      process.exit(1);
+    }
+    stopping = true;
+    log.info({ reason }, "shutting down");
+    const deadline = setTimeout(
+      () => {
+        log.error("shutdown did not finish in time: exiting");
+        process.exit(1);
+      },
+      (graceSeconds + 5) * 1000,
+    );
+    deadline.unref();
+    stop().then(
+      () => process.exit(0),
+      (error) => {
+        log.error({ err: error }, "shutdown failed");
+        process.exit(1);
+      },
+    );
+  };
+  process.on("SIGTERM", () => shutdown("SIGTERM"));
+  process.on("SIGINT", () => {
+    if (options.ignoreSigint) log.info("SIGINT ignored: the supervising process stops this one");
+    else shutdown("SIGINT");
+  });
+  return shutdown;
+}
+
+export async function runApi(role: string): Promise<void> {
+  const config = loadConfigOrExit();
+  const log = createLogger(config, role);
+  process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
+  const server = await startApiServer(config, { logger: log, onGeneratedRootKey: printRootKey });
+  untilSignal(log, config.server.shutdownGraceSeconds, () => server.close());
+}
+
+/**
+ * `up`: the whole system on one machine — the API and a supervisor in this process, and the
+ * autoscaled worker pools as child processes. Ctrl-C / SIGTERM stops everything: the pools drain
+ * their workers, the supervisor hands its lease over, the API closes its streams.
+ */
+export async function runUp(): Promise<void> {
+  const config = loadConfigOrExit();
+  const log = createLogger(config, "up");
+  process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
+  // The API first: it applies migrations before any worker touches the database.
+  const server = await startApiServer(config, { logger: log, onGeneratedRootKey: printRootKey });
+  const supervisor = await startSupervisor({ config, log: log.child({ role: "supervisor" }) });
+  const autoscaler = await startAutoscaler({ config, log: log.child({ role: "workers" }) });
+  untilSignal(log, workerStopSeconds(config) + 20, async () => {
+    await Promise.all([autoscaler.close(), supervisor.close(), server.close()]);
+  });
+}
+
+/** How long a worker may take to stop: its grace, then a command's kill grace, then hand-backs. */
+const workerStopSeconds = (config: Config) => config.worker.graceSeconds + KILL_GRACE_MS / 1000 + 5;
+
+function printRootKey(key: string): void {
+  process.stdout.write(
+    `\nFlowline generated a root API key. It is shown only this once; store it now:\n\n    ${key}\n\n` +
+      "Set FLOWLINE_BOOTSTRAP_KEY to choose the root key yourself.\n\n",
+  );
+}
+
+export async function runMigrate(): Promise<void> {
+  const config = loadConfigOrExit();
+  const { createdDatabase } = await runMigrations(config.database.url);
+  process.stdout.write(`migrations applied${createdDatabase ? " (database created)" : ""}\n`);
+}
+
+export async function runWorker(opts: {
+  queues: string;
+  concurrency?: string;
+  supervised?: boolean;
+}): Promise<void> {
+  const config = loadConfigOrExit();
+  const queues = opts.queues
+    .split(",")
+    .map((q) => q.trim())
+    .filter(Boolean);
+  const concurrency =
+    opts.concurrency === undefined ? (config.queues[queues[0]!]?.concurrency ?? 8) : Number(opts.concurrency);
+  if (queues.length === 0 || !Number.isInteger(concurrency) || concurrency < 1) {
+    process.stderr.write(
+      "flowline worker: --queues needs at least one name and --concurrency a positive integer\n",
+    );
+    process.exit(2);
+  }
+  const log = createLogger(config, "worker");
+  process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
+  const worker = await startWorker({ config, queues, concurrency, log });
+  // Aborted commands get KILL_GRACE_MS after SIGTERM before SIGKILL; hand-backs follow that.
+  const stop = untilSignal(log, workerStopSeconds(config), () => worker.close(), {
+    ignoreSigint: opts.supervised === true,
+  });
+  if (opts.supervised) {
+    process.stdin.on("end", () => stop("parent gone"));
+    process.stdin.on("error", () => stop("parent gone"));
+    process.stdin.resume();
+  }
+}
+
+export async function runWorkers(): Promise<void> {
+  const config = loadConfigOrExit();
+  const log = createLogger(config, "workers");
+  process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
+  const autoscaler = await startAutoscaler({ config, log });
+  untilSignal(log, workerStopSeconds(config) + 20, () => autoscaler.close());
+}
+
+export async function runSupervisorRole(): Promise<void> {
+  const config = loadConfigOrExit();
+  const log = createLogger(config, "supervisor");
+  process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
+  await runMigrations(config.database.url);
+  const supervisor = await startSupervisor({ config, log });
+  untilSignal(log, 10, () => supervisor.close());
+}
