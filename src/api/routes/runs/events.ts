@@ -42,7 +42,7 @@ const fieldsOf: { [T in EventType]: z.ZodRawShape } = {
   },
   "step.log": { stream: z.string().describe("stdout, stderr or log"), line: z.string() },
   "step.retrying": { attempt: z.number().int(), delayMs: z.number(), error, reason: z.string() },
-  "step.succeeded": { attempt: z.number().int(), output: z.unknown() },
+  "step.succeeded": { attempt: z.number().int() },
   "step.failed": { attempt: z.number().int(), error },
   "step.skipped": { reason: z.string() },
   "step.cancelled": { reason: z.string() },
