@@ -9,6 +9,7 @@
  */
 import { type Graph, topologicalOrder } from "./dag.ts";
 import { type FieldIssue, FlowlineError } from "./errors.ts";
+import { ownValue } from "./records.ts";
 import { isTerminalRun, type RunKind, type RunStatus, type StepStatus } from "./status.ts";
 import type { WorkflowSpec } from "./workflow/spec.ts";
 import { stepGraph } from "./workflow/validate.ts";
@@ -243,7 +244,8 @@ function planMaterialize(
   const worstRequested = new Int8Array(n).fill(-1);
   const policies = spec.assets ?? {};
   for (const [asset, at] of providerOf) {
-    const rank = rankOf[assetFreshness(policies[asset], request.assetStates.get(asset), request.now)];
+    const rank =
+      rankOf[assetFreshness(ownValue(policies, asset), request.assetStates.get(asset), request.now)];
     worstAll[at] = Math.max(worstAll[at]!, rank);
     if (requested.has(asset)) worstRequested[at] = Math.max(worstRequested[at]!, rank);
   }

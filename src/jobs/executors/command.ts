@@ -6,12 +6,13 @@
  */
 import { spawn } from "node:child_process";
 import { createInterface } from "node:readline";
+import { ownValue } from "../../domain/records.ts";
 import { ExecutionError, type ExecutorFn } from "./types.ts";
 
 export const KILL_GRACE_MS = 5000;
 
 export const runCommand: ExecutorFn<"command"> = (executor, ctx) => {
-  const entry = ctx.config.commands[executor.command];
+  const entry = ownValue(ctx.config.commands, executor.command);
   if (!entry) {
     return Promise.reject(
       new ExecutionError(

@@ -1,3 +1,4 @@
+import { ownValue } from "../../domain/records.ts";
 import type { Executor } from "../../domain/workflow/spec.ts";
 import { renderTemplates, TemplateError } from "../../domain/workflow/templates.ts";
 import { runCommand } from "./command.ts";
@@ -27,7 +28,7 @@ export async function execute(executor: Executor, ctx: ExecutionContext): Promis
     case "http":
       return runHttp(rendered, ctx);
     case "handler": {
-      const handler = ctx.handlers?.[rendered.name];
+      const handler = ownValue(ctx.handlers, rendered.name);
       if (!handler) {
         throw new ExecutionError(
           ctx.handlers

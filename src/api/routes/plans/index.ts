@@ -5,7 +5,7 @@
 import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
 import { z } from "zod";
 import { expandPartitions, partitionsSchema } from "../../../domain/partitions.ts";
-import { assetKey, stepId } from "../../../domain/workflow/spec.ts";
+import { assetKey, requestParams, stepId } from "../../../domain/workflow/spec.ts";
 import type { EngineDeps } from "../../../engine/deps.ts";
 import { MAX_BACKFILL_PARTITIONS, materialize, retryRun, runSubgraph } from "../../../engine/requests.ts";
 import { callerOf } from "../../plugins/auth.ts";
@@ -24,7 +24,7 @@ const materializeBody = z
       .refine(unique, "assets must not repeat")
       .describe("Assets to bring up to date"),
     force: z.boolean().optional().describe("Recompute the assets and everything upstream of them"),
-    params: z.record(z.string(), z.unknown()).optional(),
+    params: requestParams.optional(),
     priority: z.number().int().min(1).max(10).optional(),
     partitions: partitionsSchema
       .optional()
@@ -47,7 +47,7 @@ const subgraphBody = z
       .uuid()
       .optional()
       .describe("Reuse the outputs of steps that succeeded in this run of the same workflow"),
-    params: z.record(z.string(), z.unknown()).optional(),
+    params: requestParams.optional(),
     priority: z.number().int().min(1).max(10).optional(),
     dryRun: z.boolean().optional(),
   })

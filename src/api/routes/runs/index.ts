@@ -3,6 +3,7 @@ import { z } from "zod";
 import type { StepRow } from "../../../db/repositories/runs.ts";
 import { compensationStatuses } from "../../../domain/progress.ts";
 import { isTerminalRun, runKinds, runStatuses } from "../../../domain/status.ts";
+import { requestParams } from "../../../domain/workflow/spec.ts";
 import type { EngineDeps } from "../../../engine/deps.ts";
 import {
   cancelRun,
@@ -72,10 +73,7 @@ const eventSchema = z
 
 const submitBody = z
   .strictObject({
-    params: z
-      .record(z.string(), z.unknown())
-      .optional()
-      .describe("Merged over the workflow's default params"),
+    params: requestParams.optional().describe("Merged over the workflow's default params"),
     priority: z.number().int().min(1).max(10).optional().describe("1–10, higher is served first; default 5"),
     dryRun: z.boolean().optional().describe("Answer the plan and start nothing"),
   })
