@@ -7,6 +7,7 @@ import { randomBytes } from "node:crypto";
 import { FlowProducer, Queue, Worker } from "bullmq";
 import { pino } from "pino";
 import postgres from "postgres";
+import { definitionContext } from "../src/api/routes/workflows/index.ts";
 import { parseConfig } from "../src/config/index.ts";
 import { createDb } from "../src/db/client.ts";
 import { runMigrations } from "../src/db/migrate.ts";
@@ -74,8 +75,7 @@ async function main() {
   await db.sql`insert into tenants (id) values ('default') on conflict do nothing`;
   const put = async (spec: unknown) => {
     const result = validateWorkflowDefinition(spec, {
-      commands: new Set(),
-      allowedHosts: [],
+      ...definitionContext(config, "default"),
       maxSteps: 10_000,
     });
     if (!result.ok) throw new Error(JSON.stringify(result.issues.slice(0, 2)));

@@ -59,7 +59,8 @@ export async function sseBenchmark(opts: {
     await fetch(`${base}/v1/workflows/parked`, {
       method: "PUT",
       headers,
-      body: JSON.stringify({ steps: [{ id: "wait", queue: "parked", run: { type: "noop" } }] }),
+      // Only the API runs: nothing serves the default queue, so the run stays active.
+      body: JSON.stringify({ steps: [{ id: "wait", run: { type: "noop" } }] }),
     });
     const run = (await (
       await fetch(`${base}/v1/workflows/parked/runs`, { method: "POST", headers, body: "{}" })

@@ -4,10 +4,12 @@
  */
 import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
 import { z } from "zod";
+import { quotasOf } from "../../../config/index.ts";
+import { checkRequestPriority } from "../../../domain/limits.ts";
 import { expandPartitions, partitionsSchema } from "../../../domain/partitions.ts";
 import { assetKey, requestParams, stepId } from "../../../domain/workflow/spec.ts";
 import type { EngineDeps } from "../../../engine/deps.ts";
-import { MAX_BACKFILL_PARTITIONS, materialize, retryRun, runSubgraph } from "../../../engine/requests.ts";
+import { materialize, retryRun, runSubgraph } from "../../../engine/requests.ts";
 import { callerOf } from "../../plugins/auth.ts";
 import { problemResponses } from "../../problem.ts";
 import { nameParams } from "../../schemas.ts";
@@ -85,8 +87,9 @@ export const planRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps }> = async (
     async (request, reply) => {
       const caller = callerOf(request);
       const body = request.body;
+      checkRequestPriority(body.priority, quotasOf(engine.config, caller.tenantId).maxPriority);
       const partitions = body.partitions
-        ? expandPartitions(body.partitions, { max: MAX_BACKFILL_PARTITIONS })
+        ? expandPartitions(body.partitions, { max: engine.config.limits.backfillRuns })
         : undefined;
       const result = await materialize(engine, {
         tenantId: caller.tenantId,
@@ -124,6 +127,7 @@ export const planRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps }> = async (
     async (request, reply) => {
       const caller = callerOf(request);
       const body = request.body;
+      checkRequestPriority(body.priority, quotasOf(engine.config, caller.tenantId).maxPriority);
       const result = await runSubgraph(engine, {
         tenantId: caller.tenantId,
         workflow: body.workflow,

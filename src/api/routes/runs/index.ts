@@ -1,6 +1,8 @@
 import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
 import { z } from "zod";
+import { quotasOf } from "../../../config/index.ts";
 import type { StepRow } from "../../../db/repositories/runs.ts";
+import { checkRequestPriority } from "../../../domain/limits.ts";
 import { compensationStatuses } from "../../../domain/progress.ts";
 import { isTerminalRun, runKinds, runStatuses } from "../../../domain/status.ts";
 import { requestParams } from "../../../domain/workflow/spec.ts";
@@ -154,6 +156,7 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
     async (request, reply) => {
       const caller = callerOf(request);
       const body = request.body ?? {};
+      checkRequestPriority(body.priority, quotasOf(engine.config, caller.tenantId).maxPriority);
       const input = {
         tenantId: caller.tenantId,
         workflow: request.params.name,

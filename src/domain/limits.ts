@@ -1,0 +1,22 @@
+/**
+ * Sizes and ceilings shared by the API and the workers (SPEC §13). A refusal names the setting
+ * that bounds it and the value that crossed it.
+ */
+import { FlowlineError } from "./errors.ts";
+
+const encoder = new TextEncoder();
+
+/** The size of a value as UTF-8 JSON, the form in which it is stored and sent. */
+export function jsonBytes(value: unknown): number {
+  return encoder.encode(JSON.stringify(value) ?? "null").length;
+}
+
+/** 400 for a request priority above the tenant's `quotas.maxPriority`. */
+export function checkRequestPriority(priority: number | undefined, maxPriority: number): void {
+  if (priority === undefined || priority <= maxPriority) return;
+  throw new FlowlineError(
+    "validation_failed",
+    `priority ${priority} is above this tenant's ceiling of ${maxPriority} (quotas.maxPriority)`,
+    { issues: [{ location: "body", path: ["priority"], message: `must be at most ${maxPriority}` }] },
+  );
+}
