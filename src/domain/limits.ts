@@ -20,3 +20,20 @@ export function checkRequestPriority(priority: number | undefined, maxPriority: 
     { issues: [{ location: "body", path: ["priority"], message: `must be at most ${maxPriority}` }] },
   );
 }
+
+/**
+ * 400 for a request's own params over `limits.maxRunParamsBytes`, naming the limit; the engine
+ * checks the params merged over the definition's defaults again.
+ */
+export function checkRequestParams(params: Record<string, unknown> | undefined, maxBytes: number): void {
+  if (params === undefined) return;
+  const bytes = jsonBytes(params);
+  if (bytes <= maxBytes) return;
+  throw new FlowlineError(
+    "validation_failed",
+    `params are ${bytes} bytes as JSON; the limit is ${maxBytes} (limits.maxRunParamsBytes)`,
+    {
+      issues: [{ location: "body", path: ["params"], message: `must be at most ${maxBytes} bytes as JSON` }],
+    },
+  );
+}

@@ -13,7 +13,7 @@ beforeAll(async () => {
     ...c,
     rateLimit: { enabled: false },
     queues: { default: {}, heavy: { min: 0 } },
-    limits: { backfillRuns: 3 },
+    limits: { backfillRuns: 3, maxRunParamsBytes: 200 },
     quotas: { tenants: { acme: { maxPriority: 3 } } },
   }));
   acme = (
@@ -72,5 +72,23 @@ describe("ceilings", () => {
     expect(expectProblem(res, 400).detail).toMatch(
       /queue "gpu" is not configured \(configured queues: default, heavy\)/,
     );
+  });
+
+  it("refuses request params over limits.maxRunParamsBytes, naming the limit and the size", async () => {
+    for (const [url, body] of [
+      ["/v1/workflows/calm/runs", {}],
+      ["/v1/materializations", { assets: ["x"] }],
+      ["/v1/subgraphs", { workflow: "calm", steps: ["a"] }],
+    ] as const) {
+      const res = await call(ctx.app, "POST", url, {
+        key: acme,
+        body: { ...body, params: { p: "x".repeat(300) } },
+      });
+      const problem = expectProblem(res, 400);
+      expect(problem.detail).toMatch(
+        /params are 3\d\d bytes as JSON; the limit is 200 \(limits.maxRunParamsBytes\)/,
+      );
+      expect(problem.errors[0].path).toBe("params");
+    }
   });
 });

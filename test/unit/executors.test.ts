@@ -49,3 +49,63 @@ describe("executors and inherited property names", () => {
     expect(error.code).toBe("command_not_allowed");
   });
 });
+
+describe("what one attempt may make the system hold", () => {
+  const small = {
+    limits: { renderedInputBytes: 10_000, outputBytes: 2000, logLineBytes: 100, logLinesPerAttempt: 3 },
+  };
+
+  it("fails an output over limits.outputBytes with output_too_large, not retryable", async () => {
+    const big = "x".repeat(3000);
+    const error = await failure(
+      execute({ type: "noop", output: { v: "{{params.p}}" } }, context({ params: { p: big } }, small)),
+    );
+    expect(error.code).toBe("output_too_large");
+    expect(error.retryable).toBe(false);
+    expect(error.message).toMatch(/is 30\d\d bytes as JSON; the limit is 2000 \(limits.outputBytes\)/);
+    const handler = await failure(
+      execute({ type: "handler", name: "big" }, context({ handlers: { big: () => ({ rows: big }) } }, small)),
+    );
+    expect(handler.code).toBe("output_too_large");
+    expect(
+      await execute({ type: "noop", output: { v: "{{params.p}}" } }, context({ params: { p: "ok" } }, small)),
+    ).toEqual({
+      v: "ok",
+    });
+  });
+
+  it("stops rendering as soon as the input passes limits.renderedInputBytes", async () => {
+    // 100 copies of a 60 KB param would render 6 MB; rendering stops after the first.
+    const output = Array.from({ length: 100 }, () => "{{params.p}}");
+    const started = performance.now();
+    const error = await failure(
+      execute({ type: "noop", output }, context({ params: { p: "y".repeat(60_000) } }, small)),
+    );
+    expect(error.code).toBe("input_too_large");
+    expect(error.retryable).toBe(false);
+    expect(error.message).toMatch(/limits.renderedInputBytes/);
+    expect(performance.now() - started).toBeLessThan(1000);
+  });
+
+  it("cuts long log lines with a marker and drops lines past the per-attempt cap with one summary", async () => {
+    const lines: string[] = [];
+    const chatty = (log: (line: string) => void) => {
+      log(`é${"z".repeat(300)}`);
+      for (let i = 0; i < 10; i++) log(`line ${i}`);
+      return null;
+    };
+    await execute(
+      { type: "handler", name: "chatty" },
+      context({ log: (line) => lines.push(line), handlers: { chatty: (c) => chatty(c.log) } }, small),
+    );
+    expect(lines).toHaveLength(4);
+    expect(lines[0]).toMatch(
+      /^éz+ \[flowline: line cut, 302 bytes; at most 100 are kept \(limits.logLineBytes\)\]$/,
+    );
+    expect(Buffer.byteLength(lines[0]!.split(" [flowline")[0]!)).toBeLessThanOrEqual(100);
+    expect(lines.slice(1, 3)).toEqual(["line 0", "line 1"]);
+    expect(lines[3]).toMatch(
+      /8 more log lines dropped; at most 3 are kept per attempt \(limits.logLinesPerAttempt\)/,
+    );
+  });
+});

@@ -5,7 +5,7 @@
 import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
 import { z } from "zod";
 import { quotasOf } from "../../../config/index.ts";
-import { checkRequestPriority } from "../../../domain/limits.ts";
+import { checkRequestParams, checkRequestPriority } from "../../../domain/limits.ts";
 import { expandPartitions, partitionsSchema } from "../../../domain/partitions.ts";
 import { assetKey, requestParams, stepId } from "../../../domain/workflow/spec.ts";
 import type { EngineDeps } from "../../../engine/deps.ts";
@@ -88,6 +88,7 @@ export const planRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps }> = async (
       const caller = callerOf(request);
       const body = request.body;
       checkRequestPriority(body.priority, quotasOf(engine.config, caller.tenantId).maxPriority);
+      checkRequestParams(body.params, engine.config.limits.maxRunParamsBytes);
       const partitions = body.partitions
         ? expandPartitions(body.partitions, { max: engine.config.limits.backfillRuns })
         : undefined;
@@ -128,6 +129,7 @@ export const planRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps }> = async (
       const caller = callerOf(request);
       const body = request.body;
       checkRequestPriority(body.priority, quotasOf(engine.config, caller.tenantId).maxPriority);
+      checkRequestParams(body.params, engine.config.limits.maxRunParamsBytes);
       const result = await runSubgraph(engine, {
         tenantId: caller.tenantId,
         workflow: body.workflow,

@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
 import { z } from "zod";
 import { quotasOf } from "../../../config/index.ts";
 import type { StepRow } from "../../../db/repositories/runs.ts";
-import { checkRequestPriority } from "../../../domain/limits.ts";
+import { checkRequestParams, checkRequestPriority } from "../../../domain/limits.ts";
 import { compensationStatuses } from "../../../domain/progress.ts";
 import { isTerminalRun, runKinds, runStatuses } from "../../../domain/status.ts";
 import { requestParams } from "../../../domain/workflow/spec.ts";
@@ -157,6 +157,7 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
       const caller = callerOf(request);
       const body = request.body ?? {};
       checkRequestPriority(body.priority, quotasOf(engine.config, caller.tenantId).maxPriority);
+      checkRequestParams(body.params, engine.config.limits.maxRunParamsBytes);
       const input = {
         tenantId: caller.tenantId,
         workflow: request.params.name,
