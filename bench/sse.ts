@@ -4,8 +4,11 @@
  */
 import { spawn } from "node:child_process";
 import { once } from "node:events";
+import { rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const KEY = "flk_bench_root_key_0123456789abcdefghij";
@@ -32,9 +35,13 @@ export async function sseBenchmark(opts: {
 }) {
   const port = await freePort();
   const bin = fileURLToPath(new URL("../bin/flowline.js", import.meta.url));
+  // Every stream belongs to one tenant: its quota of open streams must admit them all.
+  const configFile = join(tmpdir(), `flowline-bench-sse-${process.pid}.yaml`);
+  writeFileSync(configFile, `quotas: { streams: ${opts.streams + 10} }\n`);
   const api = spawn(process.execPath, ["--expose-gc", bin, "api"], {
     env: {
       PATH: process.env.PATH,
+      FLOWLINE_CONFIG: configFile,
       DATABASE_URL: opts.dbUrl,
       REDIS_URL: opts.redisUrl,
       FLOWLINE_REDIS_PREFIX: opts.prefix,
@@ -127,6 +134,7 @@ export async function sseBenchmark(opts: {
     };
   } finally {
     api.kill("SIGTERM");
+    rmSync(configFile, { force: true });
     await once(api, "exit");
   }
 }

@@ -233,6 +233,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const hub: SseHub = {
     bus,
     streams: new Map(),
+    perTenant: new Map(),
     readPage: coalesceReads(
       (runId) => bus.generation(runId),
       (runId, afterId, limit) => readEvents(deps.db.sql, runId, afterId, limit),

@@ -172,7 +172,7 @@ const quotaOverrideSchema = section({
 const quotasSchema = section({
   activeRuns: quotaFields.activeRuns.default(1000),
   queuedSteps: quotaFields.queuedSteps.default(50_000),
-  streams: quotaFields.streams.default(200),
+  streams: quotaFields.streams.default(500),
   maxPriority: quotaFields.maxPriority.default(10),
   tenants: recordOf(
     TENANT_ID,

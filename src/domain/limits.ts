@@ -37,3 +37,12 @@ export function checkRequestParams(params: Record<string, unknown> | undefined, 
     },
   );
 }
+
+/** 429 `quota_exceeded` naming the quota (`quotas.activeRuns`…), its value and what is held now. */
+export function quotaExceeded(quota: string, limit: number, current: string): FlowlineError {
+  return new FlowlineError(
+    "quota_exceeded",
+    `${current}; the quota is ${limit} (quotas.${quota}). Wait for work to finish or raise the quota`,
+    { retryAfterSeconds: 5 },
+  );
+}

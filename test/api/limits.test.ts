@@ -14,12 +14,21 @@ beforeAll(async () => {
     rateLimit: { enabled: false },
     queues: { default: {}, heavy: { min: 0 } },
     limits: { backfillRuns: 3, maxRunParamsBytes: 200 },
-    quotas: { tenants: { acme: { maxPriority: 3 } } },
+    quotas: {
+      tenants: {
+        acme: { maxPriority: 3 },
+        busy: { activeRuns: 2 },
+        wide: { queuedSteps: 5 },
+        watcher: { streams: 1 },
+      },
+    },
   }));
-  acme = (
-    await call(ctx.app, "POST", "/v1/keys", { key: ctx.rootKey, body: { tenant: "acme", scopes: ["write"] } })
-  ).json().key;
+  acme = await keyFor("acme");
 });
+
+const keyFor = async (tenant: string) =>
+  (await call(ctx.app, "POST", "/v1/keys", { key: ctx.rootKey, body: { tenant, scopes: ["write"] } })).json()
+    .key as string;
 afterAll(() => ctx?.close());
 
 const put = (key: string, name: string, definition: unknown) =>
@@ -90,5 +99,89 @@ describe("ceilings", () => {
       );
       expect(problem.errors[0].path).toBe("params");
     }
+  });
+});
+
+describe("quotas", () => {
+  const threeSteps = {
+    steps: [
+      { id: "a", provides: ["t"], run: { type: "noop" } },
+      { id: "b", needs: ["a"], run: { type: "noop" } },
+      { id: "c", needs: ["b"], run: { type: "noop" } },
+    ],
+  };
+  const start = (key: string, name: string) =>
+    call(ctx.app, "POST", `/v1/workflows/${name}/runs`, { key, body: {} });
+
+  it("refuses a run past the tenant's active runs with 429 quota_exceeded naming the quota", async () => {
+    const busy = await keyFor("busy");
+    expect((await put(busy, "three", threeSteps)).statusCode).toBe(201);
+    // No worker serves the queue: the runs stay active.
+    expect((await start(busy, "three")).statusCode).toBe(202);
+    expect((await start(busy, "three")).statusCode).toBe(202);
+    const res = await start(busy, "three");
+    const problem = expectProblem(res, 429);
+    expect(problem.code).toBe("quota_exceeded");
+    expect(problem.detail).toMatch(
+      /has 2 active runs and asks for 1 more; the quota is 2 \(quotas.activeRuns\)/,
+    );
+    expect(Number(res.headers["retry-after"])).toBeGreaterThan(0);
+    for (const [url, body] of [
+      ["/v1/materializations", { assets: ["t"] }],
+      ["/v1/subgraphs", { workflow: "three", steps: ["a"] }],
+    ] as const) {
+      expect(expectProblem(await call(ctx.app, "POST", url, { key: busy, body }), 429).code).toBe(
+        "quota_exceeded",
+      );
+    }
+    // A dry run holds nothing: it is still answered.
+    const dry = await call(ctx.app, "POST", "/v1/workflows/three/runs", {
+      key: busy,
+      body: { dryRun: true },
+    });
+    expect(dry.statusCode).toBe(200);
+    // Other tenants are not affected.
+    expect((await put(ctx.rootKey, "three", threeSteps)).statusCode).toBeLessThan(300);
+    expect((await start(ctx.rootKey, "three")).statusCode).toBe(202);
+    // Cancelling a run frees its place.
+    const runs = (await call(ctx.app, "GET", "/v1/runs?workflow=three", { key: busy })).json().items;
+    await call(ctx.app, "POST", `/v1/runs/${runs[0].id}/cancel`, { key: busy });
+    expect((await start(busy, "three")).statusCode).toBe(202);
+  });
+
+  it("refuses a run whose steps would take the tenant past its queued steps", async () => {
+    const wide = await keyFor("wide");
+    expect((await put(wide, "three", threeSteps)).statusCode).toBe(201);
+    expect((await start(wide, "three")).statusCode).toBe(202);
+    const problem = expectProblem(await start(wide, "three"), 429);
+    expect(problem.detail).toMatch(
+      /has 3 steps to run and asks for 3 more; the quota is 5 \(quotas.queuedSteps\)/,
+    );
+  });
+
+  it("refuses a stream past the tenant's open streams, and admits one again once a stream closes", async () => {
+    const watcher = await keyFor("watcher");
+    expect((await put(watcher, "three", threeSteps)).statusCode).toBe(201);
+    const run = (await start(watcher, "three")).json();
+    const base = await ctx.app.listen({ host: "127.0.0.1", port: 0 });
+    const open = (path = "events") =>
+      fetch(`${base}/v1/runs/${run.id}/${path}`, {
+        headers: { authorization: `Bearer ${watcher}`, accept: "text/event-stream" },
+      });
+    const first = await open();
+    expect(first.status).toBe(200);
+    const second = await open("logs?follow=true");
+    expect(second.status).toBe(429);
+    expect(second.headers.get("content-type")).toMatch(/^application\/problem\+json/);
+    expect(((await second.json()) as { detail: string }).detail).toMatch(/quotas.streams/);
+    await first.body!.cancel();
+    let third = await open();
+    for (let i = 0; third.status === 429 && i < 50; i++) {
+      await third.body?.cancel();
+      await new Promise((r) => setTimeout(r, 50));
+      third = await open();
+    }
+    expect(third.status).toBe(200);
+    await third.body!.cancel();
   });
 });

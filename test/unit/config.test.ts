@@ -68,7 +68,7 @@ describe("defaults", () => {
     expect(config.quotas).toEqual({
       activeRuns: 1000,
       queuedSteps: 50_000,
-      streams: 200,
+      streams: 500,
       maxPriority: 10,
       tenants: {},
     });
@@ -111,7 +111,7 @@ describe("defaults", () => {
     expect(quotasOf(config, "batch")).toEqual({
       activeRuns: 10,
       queuedSteps: 50_000,
-      streams: 200,
+      streams: 500,
       maxPriority: 3,
     });
     expect(quotasOf(config, "other").maxPriority).toBe(10);

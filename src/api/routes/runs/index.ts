@@ -18,6 +18,7 @@ import {
 } from "../../../engine/runs.ts";
 import { callerOf } from "../../plugins/auth.ts";
 import { problemResponses } from "../../problem.ts";
+import { checkSubmissionQuotas } from "../../quotas.ts";
 import {
   booleanQuery,
   decodeCursor,
@@ -137,6 +138,11 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
   app,
   { engine, hub },
 ) => {
+  const streamQuota = (tenantId: string) => ({
+    id: tenantId,
+    max: quotasOf(engine.config, tenantId).streams,
+  });
+
   app.post(
     "/workflows/:name/runs",
     {
@@ -166,6 +172,7 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
       };
       if (body.dryRun)
         return reply.code(200).send({ dryRun: true as const, ...(await planWorkflowRun(engine, input)) });
+      await checkSubmissionQuotas(engine, caller.tenantId, { workflow: request.params.name });
       const key = request.headers["idempotency-key"];
       const { run, created } = await submitRun(
         engine,
@@ -294,6 +301,7 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
         streamRunEvents(hub, request, reply, run.id, after, {
           terminalAtStart: isTerminalRun(run.status),
           include,
+          tenant: streamQuota(caller.tenantId),
         });
         return reply;
       }
@@ -372,7 +380,10 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
         wantsStream ? 0 : request.query.limit,
       );
       if (wantsStream) {
-        streamRunEvents(hub, request, reply, run.id, after, { terminalAtStart: isTerminalRun(run.status) });
+        streamRunEvents(hub, request, reply, run.id, after, {
+          terminalAtStart: isTerminalRun(run.status),
+          tenant: streamQuota(caller.tenantId),
+        });
         return reply;
       }
       return {
