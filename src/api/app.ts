@@ -29,6 +29,7 @@ import { FlowlineError } from "../domain/errors.ts";
 import { createEngineDeps } from "../engine/create.ts";
 import type { EngineDeps } from "../engine/deps.ts";
 import { RedisAssetLocks } from "../redis/asset-locks.ts";
+import { AuthFailureLimiter } from "../redis/auth-failures.ts";
 import { createRedis } from "../redis/connection.ts";
 import { RedisEventBus } from "../redis/event-bus.ts";
 import { redisKeys } from "../redis/keys.ts";
@@ -168,7 +169,18 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   registerBodyParsers(app, { maxDepth: config.server.maxJsonDepth });
   // Before any route is added, so that every route is checked for a scope.
   const keys = keysRepository(deps.db.db);
-  registerAuth(app, keys);
+  registerAuth(
+    app,
+    keys,
+    config.rateLimit.enabled
+      ? new AuthFailureLimiter(
+          deps.redis,
+          config.redis.prefix,
+          config.rateLimit.failedAuthMax,
+          config.rateLimit.failedAuthWindowSeconds,
+        )
+      : null,
+  );
 
   await app.register(swagger, {
     openapi: {

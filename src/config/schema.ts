@@ -124,6 +124,12 @@ const rateLimitSchema = section({
   /** Requests per API key per window. */
   max: intAtLeast(1).default(1200),
   windowSeconds: intAtLeast(1).default(60),
+  /**
+   * Failed authentications per client address per window; past it the address gets 429 before
+   * its key is looked up.
+   */
+  failedAuthMax: intAtLeast(1).default(30),
+  failedAuthWindowSeconds: intAtLeast(1).default(300),
 });
 
 const logSchema = section({

@@ -52,7 +52,13 @@ describe("defaults", () => {
     });
     expect(config.redis).toEqual({ url: "redis://127.0.0.1:6379", prefix: "flowline" });
     expect(config.auth.bootstrapKey).toBeUndefined();
-    expect(config.rateLimit).toEqual({ enabled: true, max: 1200, windowSeconds: 60 });
+    expect(config.rateLimit).toEqual({
+      enabled: true,
+      max: 1200,
+      windowSeconds: 60,
+      failedAuthMax: 30,
+      failedAuthWindowSeconds: 300,
+    });
     expect(config.log.level).toBe("info");
     expect(config.limits).toEqual({
       maxSteps: 5000,
