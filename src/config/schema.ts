@@ -148,6 +148,8 @@ const limitsSchema = section({
   outputBytes: intAtLeast(1).default(1_048_576),
   /** A log line longer than this is cut and marked. */
   logLineBytes: intAtLeast(64).default(8192),
+  /** Outputs larger than this are left out of run details (`GET /v1/runs/{id}/steps/{step}/output` reads one). */
+  inlineOutputBytes: intAtLeast(0).default(65_536),
   /** Log lines kept per attempt; later ones are dropped and counted in one summary line. */
   logLinesPerAttempt: intAtLeast(1).default(10_000),
   /** Runs one backfill request may create (one per partition). */

@@ -22,7 +22,7 @@ let worker: Spawned;
 beforeAll(async () => {
   ctx = await createTestContext((c) => ({
     ...engineSettings(c),
-    limits: { outputBytes: 10_000, logLinesPerAttempt: 50 },
+    limits: { outputBytes: 10_000, logLinesPerAttempt: 50, inlineOutputBytes: 200 },
   }));
   worker = spawnWorker(ctx);
   await worker.waitFor(/worker started/);
@@ -63,5 +63,24 @@ describe("limits on an attempt", () => {
     ).json().items;
     expect(logs).toHaveLength(51);
     expect(logs.at(-1).line).toMatch(/19950 more log lines dropped; at most 50 are kept per attempt/);
+  });
+
+  it("leaves large outputs out of run details, and serves one whole on its own", async () => {
+    await putWorkflow(ctx, "sizes", {
+      steps: [
+        { id: "small", run: { type: "noop", output: { n: 1 } } },
+        { id: "large", run: { type: "noop", output: { data: "d".repeat(500) } } },
+      ],
+    });
+    const run = await startRun(ctx, "sizes");
+    const done = await waitForRun(ctx, run.id);
+    expect(done.steps.map((s: any) => [s.id, s.output, s.outputTruncated, s.outputBytes])).toEqual([
+      ["small", { n: 1 }, false, 7],
+      ["large", null, true, 511],
+    ]);
+    const whole = await call(ctx.app, "GET", `/v1/runs/${run.id}/steps/large/output`, { key: ctx.rootKey });
+    expect(whole.json()).toEqual({ output: { data: "d".repeat(500) } });
+    const missing = await call(ctx.app, "GET", `/v1/runs/${run.id}/steps/nope/output`, { key: ctx.rootKey });
+    expect(missing.statusCode).toBe(404);
   });
 });

@@ -65,6 +65,7 @@ describe("defaults", () => {
       maxRunParamsBytes: 65_536,
       renderedInputBytes: 1_048_576,
       outputBytes: 1_048_576,
+      inlineOutputBytes: 65_536,
       logLineBytes: 8192,
       logLinesPerAttempt: 10_000,
       backfillRuns: 1000,

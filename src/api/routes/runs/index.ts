@@ -1,11 +1,13 @@
 import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
 import { z } from "zod";
 import { quotasOf } from "../../../config/index.ts";
+import { stepOutput } from "../../../db/repositories/outputs.ts";
 import type { StepRow } from "../../../db/repositories/runs.ts";
-import { checkRequestParams, checkRequestPriority } from "../../../domain/limits.ts";
+import { notFound } from "../../../domain/errors.ts";
+import { checkRequestParams, checkRequestPriority, jsonBytes } from "../../../domain/limits.ts";
 import { compensationStatuses } from "../../../domain/progress.ts";
 import { isTerminalRun, runKinds, runStatuses } from "../../../domain/status.ts";
-import { requestParams } from "../../../domain/workflow/spec.ts";
+import { requestParams, stepId } from "../../../domain/workflow/spec.ts";
 import type { EngineDeps } from "../../../engine/deps.ts";
 import {
   cancelRun,
@@ -41,7 +43,14 @@ const stepSchema = z
     queue: z.string(),
     planReason: z.string().nullable().describe("Why the plan runs, reuses or skips it"),
     reusedFromRunId: z.uuid().nullable(),
-    output: z.unknown().nullable(),
+    output: z
+      .unknown()
+      .nullable()
+      .describe("null when outputTruncated: read it whole at /v1/runs/{id}/steps/{stepId}/output"),
+    outputTruncated: z
+      .boolean()
+      .describe("The output is larger than limits.inlineOutputBytes and left out of run details"),
+    outputBytes: z.number().int().nullable().describe("Size of the output as JSON"),
     error: z.unknown().nullable(),
     progress: z.number().nullable(),
     progressMessage: z.string().nullable(),
@@ -105,7 +114,9 @@ const planSchema = z
 const idParams = z.strictObject({ id: z.uuid() });
 const idempotencyKeyPattern = /^[\x21-\x7e]{1,255}$/;
 
-function presentStep(step: StepRow) {
+function presentStep(step: StepRow, inlineOutputBytes: number) {
+  const outputBytes = step.output === null || step.output === undefined ? null : jsonBytes(step.output);
+  const outputTruncated = outputBytes !== null && outputBytes > inlineOutputBytes;
   return {
     id: step.step_id,
     status: step.status,
@@ -114,7 +125,9 @@ function presentStep(step: StepRow) {
     queue: step.queue,
     planReason: step.plan_reason ?? null,
     reusedFromRunId: step.reused_from_run_id ?? null,
-    output: step.output ?? null,
+    output: outputTruncated ? null : (step.output ?? null),
+    outputTruncated,
+    outputBytes,
     error: step.error ?? null,
     progress: step.progress,
     progressMessage: step.progress_message,
@@ -238,7 +251,34 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
     },
     async (request) => {
       const { run, steps } = await getRun(engine, callerOf(request).tenantId, request.params.id);
-      return { ...presentRun(run), steps: steps.map(presentStep) };
+      const inline = engine.config.limits.inlineOutputBytes;
+      return { ...presentRun(run), steps: steps.map((step) => presentStep(step, inline)) };
+    },
+  );
+
+  app.get(
+    "/runs/:id/steps/:stepId/output",
+    {
+      config: { scope: "read" },
+      schema: {
+        tags: ["runs"],
+        summary: "One step's output, whole (run details leave out outputs over limits.inlineOutputBytes)",
+        params: z.strictObject({ id: z.uuid(), stepId }),
+        response: {
+          200: z.object({ output: z.unknown().nullable() }).meta({ id: "StepOutput" }),
+          ...problemResponses(404),
+        },
+      },
+    },
+    async (request) => {
+      const found = await stepOutput(
+        engine.db.sql,
+        callerOf(request).tenantId,
+        request.params.id,
+        request.params.stepId,
+      );
+      if (!found) throw notFound("Step");
+      return found;
     },
   );
 
