@@ -11,6 +11,7 @@
 import { randomBytes } from "node:crypto";
 import { pino } from "pino";
 import postgres from "postgres";
+import { definitionContext } from "../src/api/routes/workflows/index.ts";
 import { encodeCursor } from "../src/api/schemas.ts";
 import { parseConfig } from "../src/config/index.ts";
 import { createDb } from "../src/db/client.ts";
@@ -101,7 +102,7 @@ async function bench(redisUrl: string) {
   const put = async (name: string, steps: unknown[]) => {
     const result = validateWorkflowDefinition(
       { name, steps },
-      { commands: new Set(), allowedHosts: [], maxSteps: 10_000 },
+      { ...definitionContext(config, "default"), maxSteps: 10_000 },
     );
     if (!result.ok) throw new Error(JSON.stringify(result.issues.slice(0, 2)));
     await workflows.put("default", result.spec);

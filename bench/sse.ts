@@ -4,7 +4,11 @@
  */
 import { spawn } from "node:child_process";
 import { once } from "node:events";
+import { rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { freePort } from "../test/helpers/processes.ts";
 
@@ -24,9 +28,13 @@ export async function sseBenchmark(opts: {
 }) {
   const port = await freePort();
   const bin = fileURLToPath(new URL("../bin/flowline.js", import.meta.url));
+  // Every stream belongs to one tenant: its quota of open streams must admit them all.
+  const configFile = join(tmpdir(), `flowline-bench-sse-${process.pid}.yaml`);
+  writeFileSync(configFile, `quotas: { streams: ${opts.streams + 10} }\n`);
   const api = spawn(process.execPath, ["--expose-gc", bin, "api"], {
     env: {
       PATH: process.env.PATH,
+      FLOWLINE_CONFIG: configFile,
       DATABASE_URL: opts.dbUrl,
       REDIS_URL: opts.redisUrl,
       FLOWLINE_REDIS_PREFIX: opts.prefix,
@@ -51,7 +59,8 @@ export async function sseBenchmark(opts: {
     await fetch(`${base}/v1/workflows/parked`, {
       method: "PUT",
       headers,
-      body: JSON.stringify({ steps: [{ id: "wait", queue: "parked", run: { type: "noop" } }] }),
+      // Only the API runs: nothing serves the default queue, so the run stays active.
+      body: JSON.stringify({ steps: [{ id: "wait", run: { type: "noop" } }] }),
     });
     const run = (await (
       await fetch(`${base}/v1/workflows/parked/runs`, { method: "POST", headers, body: "{}" })
@@ -118,6 +127,7 @@ export async function sseBenchmark(opts: {
     };
   } finally {
     api.kill("SIGTERM");
+    rmSync(configFile, { force: true });
     await once(api, "exit");
   }
 }

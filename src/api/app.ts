@@ -6,7 +6,12 @@ import { randomUUID } from "node:crypto";
 import rateLimit from "@fastify/rate-limit";
 import swagger from "@fastify/swagger";
 import swaggerUi from "@fastify/swagger-ui";
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
+import Fastify, {
+  type FastifyBaseLogger,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+} from "fastify";
 import {
   jsonSchemaTransform,
   jsonSchemaTransformObject,
@@ -25,6 +30,7 @@ import { FlowlineError } from "../domain/errors.ts";
 import { createEngineDeps } from "../engine/create.ts";
 import type { EngineDeps } from "../engine/deps.ts";
 import { RedisAssetLocks } from "../redis/asset-locks.ts";
+import { AuthFailureLimiter } from "../redis/auth-failures.ts";
 import { createRedis } from "../redis/connection.ts";
 import { RedisEventBus } from "../redis/event-bus.ts";
 import { redisKeys } from "../redis/keys.ts";
@@ -34,7 +40,8 @@ import { tidyDocument } from "./openapi.ts";
 import { registerAuth } from "./plugins/auth.ts";
 import { registerBodyParsers } from "./plugins/body-parsers.ts";
 import { registerMetrics } from "./plugins/metrics.ts";
-import { problemFromFlowlineError, toFlowlineError } from "./problem.ts";
+import { registerRouteIndex } from "./plugins/route-index.ts";
+import { problemFromFlowlineError, rawProblemResponse, toFlowlineError } from "./problem.ts";
 import { assetRoutes } from "./routes/assets/index.ts";
 import { controlRoutes } from "./routes/control/index.ts";
 import { healthRoutes } from "./routes/health/index.ts";
@@ -70,6 +77,36 @@ declare module "fastify" {
 
 const requestIdPattern = /^[A-Za-z0-9._:-]{1,128}$/;
 
+/**
+ * Socket timeouts (SPEC §13): slow clients cannot hold sockets forever. Node checks request and
+ * header deadlines on an interval, which is kept well below the shortest deadline.
+ */
+function serverTimeouts(config: Config) {
+  const { requestTimeoutMs, headersTimeoutMs, keepAliveTimeoutMs, connectionTimeoutMs } = config.server;
+  const deadlines = [requestTimeoutMs, headersTimeoutMs].filter((ms) => ms > 0);
+  const checkEvery = Math.min(30_000, Math.max(50, Math.floor(Math.min(...deadlines, 120_000) / 4)));
+  return {
+    requestTimeout: requestTimeoutMs,
+    keepAliveTimeout: keepAliveTimeoutMs,
+    connectionTimeout: connectionTimeoutMs,
+    http: { headersTimeout: headersTimeoutMs, connectionsCheckingInterval: checkEvery },
+  };
+}
+
+/** The one way an error leaves the API: problem+json, logged by its class. */
+function sendProblem(request: FastifyRequest, reply: FastifyReply, error: unknown): FastifyReply {
+  const flowlineError = toFlowlineError(error);
+  const problem = problemFromFlowlineError(flowlineError, request.id);
+  if (problem.status >= 500) {
+    request.log.error({ err: error, code: flowlineError.code }, "request failed");
+  } else {
+    request.log.info({ code: flowlineError.code, detail: flowlineError.message }, "request refused");
+  }
+  reply.headers(problem.headers).code(problem.status).type("application/problem+json");
+  // Bypass the route's response serializer: problems share one fixed shape.
+  return reply.serializer(JSON.stringify).send(problem.body);
+}
+
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const { config } = deps;
   const app = Fastify({
@@ -82,6 +119,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
           },
         }),
     bodyLimit: config.server.bodyLimitBytes,
+    ...serverTimeouts(config),
     trustProxy: config.server.trustProxy,
     requestIdHeader: false,
     genReqId: (req) => {
@@ -89,6 +127,17 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       return typeof given === "string" && requestIdPattern.test(given) ? given : randomUUID();
     },
     routerOptions: { maxParamLength: 256, ignoreTrailingSlash: true },
+    // Errors raised before a route runs (a malformed or over-long URL) and on the socket before
+    // a request exists (timeouts, oversized headers) are problem+json like every other error.
+    frameworkErrors: (error, request, reply) => {
+      reply.header("x-request-id", request.id);
+      return sendProblem(request, reply, error);
+    },
+    clientErrorHandler: (error, socket) => {
+      if ((error as NodeJS.ErrnoException).code === "ECONNRESET" || socket.destroyed) return;
+      if (socket.writable) socket.write(rawProblemResponse(error));
+      socket.destroy(error);
+    },
     // Validation errors are collected whole (every bad field), not just the first.
     ajv: { customOptions: { allErrors: true } },
   }).withTypeProvider<ZodTypeProvider>();
@@ -100,24 +149,23 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     reply.header("x-request-id", request.id);
   });
 
-  app.setErrorHandler((error, request, reply) => {
-    const flowlineError = toFlowlineError(error);
-    const problem = problemFromFlowlineError(flowlineError, request.id);
-    if (problem.status >= 500) {
-      request.log.error({ err: error, code: flowlineError.code }, "request failed");
-    } else {
-      request.log.info({ code: flowlineError.code, detail: flowlineError.message }, "request refused");
-    }
-    reply.headers(problem.headers).code(problem.status).type("application/problem+json");
-    // Bypass the route's response serializer: problems share one fixed shape.
-    return reply.serializer(JSON.stringify).send(problem.body);
-  });
+  app.setErrorHandler((error, request, reply) => sendProblem(request, reply, error));
+  const methodsFor = registerRouteIndex(app);
   app.setNotFoundHandler((request, reply) => {
-    const problem = problemFromFlowlineError(
-      new FlowlineError("not_found", `No route ${request.method} ${request.url.split("?")[0]}`),
-      request.id,
-    );
-    return reply.code(404).type("application/problem+json").serializer(JSON.stringify).send(problem.body);
+    const path = request.url.split("?")[0]!;
+    const allowed = methodsFor(path);
+    if (allowed.length > 0) {
+      reply.header("allow", allowed.join(", "));
+      return sendProblem(
+        request,
+        reply,
+        new FlowlineError(
+          "method_not_allowed",
+          `${request.method} is not allowed on ${path}; use ${allowed.join(", ")}`,
+        ),
+      );
+    }
+    return sendProblem(request, reply, new FlowlineError("not_found", `No route ${request.method} ${path}`));
   });
 
   registerBodyParsers(app, { maxDepth: config.server.maxJsonDepth });
@@ -130,7 +178,18 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
   // Before any route is added, so that every route is checked for a scope.
   const keys = keysRepository(deps.db.db);
-  registerAuth(app, keys);
+  registerAuth(
+    app,
+    keys,
+    config.rateLimit.enabled
+      ? new AuthFailureLimiter(
+          deps.redis,
+          config.redis.prefix,
+          config.rateLimit.failedAuthMax,
+          config.rateLimit.failedAuthWindowSeconds,
+        )
+      : null,
+  );
 
   await app.register(swagger, {
     openapi: {
@@ -198,6 +257,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const hub: SseHub = {
     bus,
     streams: new Map(),
+    perTenant: new Map(),
     readPage: coalesceReads(
       (runId) => bus.generation(runId),
       (runId, afterId, limit) => readEvents(deps.db.sql, runId, afterId, limit),

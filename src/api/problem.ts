@@ -16,12 +16,16 @@ export const httpStatusOf: Record<ErrorCode, number> = {
   forbidden: 403,
   not_found: 404,
   method_not_allowed: 405,
+  request_timeout: 408,
   conflict: 409,
   idempotency_conflict: 409,
   illegal_transition: 409,
   payload_too_large: 413,
+  uri_too_long: 414,
   unsupported_media_type: 415,
+  headers_too_large: 431,
   rate_limited: 429,
+  quota_exceeded: 429,
   service_unavailable: 503,
   internal: 500,
 };
@@ -34,12 +38,16 @@ const titles: Record<ErrorCode, string> = {
   forbidden: "Forbidden",
   not_found: "Not found",
   method_not_allowed: "Method not allowed",
+  request_timeout: "Request timeout",
   conflict: "Conflict",
   idempotency_conflict: "Idempotency key reused with a different request",
   illegal_transition: "Illegal state transition",
   payload_too_large: "Payload too large",
+  uri_too_long: "URI too long",
   unsupported_media_type: "Unsupported media type",
+  headers_too_large: "Request headers too large",
   rate_limited: "Too many requests",
+  quota_exceeded: "Quota exceeded",
   service_unavailable: "Service unavailable",
   internal: "Internal server error",
 };
@@ -150,7 +158,19 @@ export function toFlowlineError(error: unknown): FlowlineError {
       return new FlowlineError("not_found", "No such route");
     case "FST_ERR_BAD_URL":
     case "FST_ERR_ASYNC_CONSTRAINT":
-      return new FlowlineError("validation_failed", "Malformed URL");
+      return new FlowlineError(
+        "validation_failed",
+        "Malformed URL: a percent-encoded part is not valid UTF-8",
+        {
+          issues: [{ location: "params", path: [], message: "not a valid URL component" }],
+        },
+      );
+    case "FST_ERR_MAX_PARAM_LENGTH":
+      return new FlowlineError("uri_too_long", "A path segment of the URL is longer than the server accepts");
+    case "ERR_HTTP_REQUEST_TIMEOUT":
+      return new FlowlineError("request_timeout", "The request was not received completely in time");
+    case "HPE_HEADER_OVERFLOW":
+      return new FlowlineError("headers_too_large", "The request headers are larger than the server accepts");
   }
   if (isStoreUnavailable(error)) {
     return new FlowlineError("service_unavailable", "A backing store is unavailable; retry shortly", {
@@ -173,6 +193,22 @@ export function toFlowlineError(error: unknown): FlowlineError {
     {
       cause: error,
     },
+  );
+}
+
+/**
+ * A client error Node reports before any request object exists (a request that timed out, headers
+ * too large, a line that is not HTTP): the whole HTTP response as raw bytes for the socket.
+ */
+export function rawProblemResponse(error: unknown): string {
+  let flowlineError = toFlowlineError(error);
+  if (flowlineError.code === "internal")
+    flowlineError = new FlowlineError("malformed_body", "The request is not valid HTTP");
+  const { status, body } = problemFromFlowlineError(flowlineError);
+  const json = JSON.stringify(body);
+  return (
+    `HTTP/1.1 ${status} ${body.title}\r\nContent-Type: application/problem+json\r\n` +
+    `Content-Length: ${Buffer.byteLength(json)}\r\nConnection: close\r\n\r\n${json}`
   );
 }
 

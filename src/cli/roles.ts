@@ -7,6 +7,7 @@ import { pino } from "pino";
 import { startApiServer } from "../api/server.ts";
 import { type Config, ConfigError, loadConfig } from "../config/index.ts";
 import { runMigrations } from "../db/migrate.ts";
+import { ownValue } from "../domain/records.ts";
 import { startAutoscaler } from "../jobs/autoscaler.ts";
 import { KILL_GRACE_MS } from "../jobs/executors/command.ts";
 import { startSupervisor } from "../jobs/supervisor/index.ts";
@@ -125,7 +126,9 @@ export async function runWorker(opts: {
     .map((q) => q.trim())
     .filter(Boolean);
   const concurrency =
-    opts.concurrency === undefined ? (config.queues[queues[0]!]?.concurrency ?? 8) : Number(opts.concurrency);
+    opts.concurrency === undefined
+      ? (ownValue(config.queues, queues[0]!)?.concurrency ?? 8)
+      : Number(opts.concurrency);
   if (queues.length === 0 || !Number.isInteger(concurrency) || concurrency < 1) {
     process.stderr.write(
       "flowline worker: --queues needs at least one name and --concurrency a positive integer\n",

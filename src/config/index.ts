@@ -19,4 +19,6 @@ export {
   LOG_LEVELS,
   type LogLevel,
   type QueueConfig,
+  type Quotas,
+  quotasOf,
 } from "./schema.ts";

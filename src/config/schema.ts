@@ -57,6 +57,7 @@ export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "
 export const COMMAND_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 export const QUEUE_NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 export const TAG_NAME = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/;
+const TENANT_ID = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const REDIS_PREFIX = /^[A-Za-z0-9:_-]{1,64}$/;
 
@@ -72,6 +73,24 @@ const serverSchema = section({
   maxJsonDepth: intBetween(1, 1000).default(64),
   trustProxy: bool().default(false),
   shutdownGraceSeconds: intAtLeast(0).default(10),
+  /**
+   * Time a client has to send a whole request (headers and body); 408 after that. Event streams
+   * are not affected: their request is complete once its headers are in.
+   */
+  requestTimeoutMs: intAtLeast(0).default(30_000),
+  /** Time a client has to send the request headers; at most requestTimeoutMs. */
+  headersTimeoutMs: intAtLeast(0).default(10_000),
+  /** An idle keep-alive connection is closed after this long. */
+  keepAliveTimeoutMs: intAtLeast(0).default(72_000),
+  /**
+   * A connection with no traffic either way for this long is closed (0: never). Event streams send
+   * a heartbeat every 15 s, so a value above that never cuts them.
+   */
+  connectionTimeoutMs: z
+    .union([z.literal(0), intAtLeast(20_000)], {
+      error: "expected 0 (never) or an integer ≥ 20000 (event stream heartbeats come every 15 s)",
+    })
+    .default(120_000),
   /** The address clients use to reach the API, when it differs from host:port (links, webhooks). */
   publicUrl: urlWithProtocols(["http:", "https:"]).optional(),
 });
@@ -105,15 +124,70 @@ const rateLimitSchema = section({
   /** Requests per API key per window. */
   max: intAtLeast(1).default(1200),
   windowSeconds: intAtLeast(1).default(60),
+  /**
+   * Failed authentications per client address per window; past it the address gets 429 before
+   * its key is looked up.
+   */
+  failedAuthMax: intAtLeast(1).default(30),
+  failedAuthWindowSeconds: intAtLeast(1).default(300),
 });
 
 const logSchema = section({
   level: z.enum(LOG_LEVELS, { error: `expected one of ${LOG_LEVELS.join(", ")}` }).default("info"),
 });
 
+/** What one request can make the system hold; each error names the limit and the value. */
 const limitsSchema = section({
-  maxSteps: intAtLeast(1).default(5000),
+  /** Steps per workflow definition. */
+  maxSteps: intBetween(1, 5000).default(5000),
+  /** A run's merged params, as JSON (also a definition's default params). */
   maxRunParamsBytes: intAtLeast(1).default(65_536),
+  /** An executor with its templates rendered, as JSON; larger fails the attempt (`input_too_large`). */
+  renderedInputBytes: intAtLeast(1).default(1_048_576),
+  /** A step output, as JSON; larger fails the attempt with `output_too_large`, not retried. */
+  outputBytes: intAtLeast(1).default(1_048_576),
+  /** A log line longer than this is cut and marked. */
+  logLineBytes: intAtLeast(64).default(8192),
+  /** Outputs larger than this are left out of run details (`GET /v1/runs/{id}/steps/{step}/output` reads one). */
+  inlineOutputBytes: intAtLeast(0).default(65_536),
+  /** Log lines kept per attempt; later ones are dropped and counted in one summary line. */
+  logLinesPerAttempt: intAtLeast(1).default(10_000),
+  /** Runs one backfill request may create (one per partition). */
+  backfillRuns: intBetween(1, 10_000).default(1000),
+  /** Ceiling on a `sleep` step's `seconds`. */
+  maxSleepSeconds: intAtLeast(1).default(3600),
+  /** Ceiling on `timeoutSeconds` (step, defaults, http request). */
+  maxTimeoutSeconds: intAtLeast(1).default(86_400),
+});
+
+/** Per-tenant quotas; `tenants.<id>` overrides any of them for one tenant. */
+const quotaFields = {
+  /** Runs queued, running, paused or rolling back at once; more → 429 `quota_exceeded`. */
+  activeRuns: intAtLeast(1),
+  /** Steps pending, queued or retrying across the tenant's active runs, counting the new run's. */
+  queuedSteps: intAtLeast(1),
+  /** Open event and log streams per API process. */
+  streams: intAtLeast(1),
+  /** The highest priority the tenant may give a run or step (1–10). */
+  maxPriority: intBetween(1, 10),
+};
+const quotaOverrideSchema = section({
+  activeRuns: quotaFields.activeRuns.optional(),
+  queuedSteps: quotaFields.queuedSteps.optional(),
+  streams: quotaFields.streams.optional(),
+  maxPriority: quotaFields.maxPriority.optional(),
+});
+const quotasSchema = section({
+  activeRuns: quotaFields.activeRuns.default(1000),
+  queuedSteps: quotaFields.queuedSteps.default(50_000),
+  streams: quotaFields.streams.default(500),
+  maxPriority: quotaFields.maxPriority.default(10),
+  tenants: recordOf(
+    TENANT_ID,
+    "tenant id",
+    `lowercase letters, digits, "_" and "-", starting with a letter or digit, at most 63 characters`,
+    quotaOverrideSchema,
+  ).prefault(() => ({})),
 });
 
 const commandSchema = section({
@@ -245,6 +319,7 @@ export const configSchema = section({
   rateLimit: rateLimitSchema.prefault({}),
   log: logSchema.prefault({}),
   limits: limitsSchema.prefault({}),
+  quotas: quotasSchema.prefault({}),
   /** The only programs a `command` step may run, by name. */
   commands: recordOf(
     COMMAND_NAME,
@@ -269,6 +344,14 @@ export const configSchema = section({
   webhooks: webhooksSchema.prefault({}),
   assets: assetsSchema.prefault({}),
 }).superRefine((config, ctx) => {
+  const { requestTimeoutMs, headersTimeoutMs } = config.server;
+  if (requestTimeoutMs > 0 && headersTimeoutMs > requestTimeoutMs) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["server", "headersTimeoutMs"],
+      message: `must not exceed server.requestTimeoutMs (${requestTimeoutMs})`,
+    });
+  }
   for (const [tag, queue] of Object.entries(config.tags)) {
     if (!Object.hasOwn(config.queues, queue)) {
       const known = Object.keys(config.queues).join(", ") || "none";
@@ -285,6 +368,18 @@ export type ConfigInput = z.input<typeof configSchema>;
 export type Config = Readonly<z.output<typeof configSchema>>;
 export type CommandConfig = Config["commands"][string];
 export type QueueConfig = Config["queues"][string];
+export type Quotas = Omit<Config["quotas"], "tenants">;
+
+/** The quotas of one tenant: the defaults with that tenant's overrides. */
+export function quotasOf(config: Config, tenantId: string): Quotas {
+  const { tenants, ...defaults } = config.quotas;
+  const own = Object.hasOwn(tenants, tenantId) ? tenants[tenantId] : undefined;
+  if (!own) return defaults;
+  const merged = { ...defaults };
+  for (const [key, value] of Object.entries(own) as Array<[keyof Quotas, number | undefined]>)
+    if (value !== undefined) merged[key] = value;
+  return merged;
+}
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
 type DeepPartial<T> = T extends readonly unknown[]

@@ -82,7 +82,7 @@ function refuse(message: string, issues: FieldIssue[]): never {
 const at = (...path: (string | number)[]): FieldIssue["path"] => ["partitions", ...path];
 
 function tooMany(count: number, max: number): never {
-  refuse(`${count} partitions requested; at most ${max} are allowed in one request`, [
+  refuse(`${count} partitions requested; at most ${max} are allowed in one request (limits.backfillRuns)`, [
     { location: "body", path: at(), message: `must name at most ${max} partitions` },
   ]);
 }

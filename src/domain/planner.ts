@@ -8,9 +8,11 @@
  * closure is computed per step, so 5,000 steps plan in milliseconds.
  */
 import { type Graph, topologicalOrder } from "./dag.ts";
-import { type FieldIssue, FlowlineError } from "./errors.ts";
+import { type FieldIssue, FlowlineError, formatPath } from "./errors.ts";
+import { ownValue } from "./records.ts";
 import { isTerminalRun, type RunKind, type RunStatus, type StepStatus } from "./status.ts";
 import type { WorkflowSpec } from "./workflow/spec.ts";
+import { collectTemplateRefs } from "./workflow/templates.ts";
 import { stepGraph } from "./workflow/validate.ts";
 
 export const planActions = ["run", "reuse", "skip"] as const;
@@ -128,7 +130,8 @@ export function assetFreshness(
 /**
  * Plans a run of `spec`, which must be a validated definition (unique ids, acyclic). Throws a
  * `validation_failed` FlowlineError naming unknown assets or steps, an empty selection, or a
- * step that must run but needs a step that neither runs nor can be reused (an unrunnable plan);
+ * step to run whose templates read the output of a step that neither runs nor can be reused
+ * (needs that only order it are dropped from the plan, SPEC §4);
  * throws `conflict` for a retry of a run that has not finished.
  */
 export function planRun(spec: WorkflowSpec, request: PlanRequest, options: PlanOptions = {}): Plan {
@@ -243,7 +246,8 @@ function planMaterialize(
   const worstRequested = new Int8Array(n).fill(-1);
   const policies = spec.assets ?? {};
   for (const [asset, at] of providerOf) {
-    const rank = rankOf[assetFreshness(policies[asset], request.assetStates.get(asset), request.now)];
+    const rank =
+      rankOf[assetFreshness(ownValue(policies, asset), request.assetStates.get(asset), request.now)];
     worstAll[at] = Math.max(worstAll[at]!, rank);
     if (requested.has(asset)) worstRequested[at] = Math.max(worstRequested[at]!, rank);
   }
@@ -404,6 +408,44 @@ function planRetry(topo: Topology, parent: ParentRun): Decisions {
   return { actions, reasons };
 }
 
+/**
+ * SPEC §4: a step to run whose needs do not run (nor are reused) still runs when it needs them
+ * only for order; it is refused only when one of its templates reads the output of a step that
+ * provides none in this plan. Templates may read any transitive upstream step, so every step to
+ * run is checked; a `fresh` skipped step provides its last materialization, so reading it marks
+ * it as an input to load. Answers one message per unprovided read, naming step and template.
+ */
+function unprovidedReads(
+  spec: WorkflowSpec,
+  topo: Topology,
+  actions: readonly PlanAction[],
+  reasons: readonly PlanReason[],
+  readFromMaterialization: Uint8Array,
+): string[] {
+  const problems: string[] = [];
+  spec.steps.forEach((step, declared) => {
+    const at = topo.position.get(step.id);
+    if (at === undefined || actions[at] !== "run") return;
+    const found = collectTemplateRefs(step.run, ["steps", declared, "run"]);
+    if (step.compensate)
+      found.push(...collectTemplateRefs(step.compensate, ["steps", declared, "compensate"]));
+    for (const { ref, path } of found) {
+      if (ref?.kind !== "step" || ref.stepId === step.id) continue;
+      const source = topo.position.get(ref.stepId);
+      if (source === undefined || actions[source] !== "skip") continue;
+      if (reasons[source] === "fresh") {
+        readFromMaterialization[source] = 1;
+        continue;
+      }
+      const template = `{{steps.${[ref.stepId, "output", ...ref.path].join(".")}}}`;
+      problems.push(
+        `step "${step.id}" reads ${template} (at ${formatPath(path)}), but "${ref.stepId}" neither runs in this plan nor can be reused from a parent run`,
+      );
+    }
+  });
+  return problems;
+}
+
 /** Issues listed for an unrunnable plan; the message counts the rest. */
 const MAX_UNRUNNABLE_ISSUES = 50;
 
@@ -432,7 +474,6 @@ function finish(
   };
   const n = topo.ids.length;
   const readFromMaterialization = new Uint8Array(n);
-  const problems: string[] = [];
   for (let i = 0; i < n; i++) {
     const stepId = topo.ids[i]!;
     const action = actions[i]!;
@@ -442,11 +483,7 @@ function finish(
         const need = actions[p]!;
         if (need === "run") unmetNeeds++;
         else if (need === "skip" && reasons[p] === "fresh") readFromMaterialization[p] = 1;
-        else if (need === "skip") {
-          problems.push(
-            `step "${stepId}" must run but needs "${topo.ids[p]}", which neither runs in this plan nor can be reused from a parent run`,
-          );
-        }
+        // Another skipped need only orders the step: it is met. unprovidedReads refuses reads of it.
       }
     }
     plan.steps.push({ stepId, action, reason: reasons[i]!, unmetNeeds });
@@ -456,6 +493,9 @@ function finish(
     } else if (action === "reuse") plan.toReuse.push(stepId);
     else plan.toSkip.push(stepId);
   }
+  // Any skipped step may be read through a template, not only by its direct dependants.
+  const problems =
+    plan.toSkip.length > 0 ? unprovidedReads(spec, topo, actions, reasons, readFromMaterialization) : [];
   if (problems.length > 0) {
     const more = problems.length - MAX_UNRUNNABLE_ISSUES;
     refuse(

@@ -72,7 +72,7 @@ export class AttemptLog {
       if (this.droppedOverCap > 0)
         this.waiting.push({
           stream: "log",
-          line: `[flowline] ${this.droppedOverCap} more lines dropped: an attempt keeps at most ${this.options.maxLines} lines`,
+          line: `[flowline] ${this.droppedOverCap} more log lines dropped; at most ${this.options.maxLines} are kept per attempt (limits.logLinesPerAttempt)`,
         });
       if (this.droppedFull > 0)
         this.waiting.push({
@@ -105,8 +105,8 @@ export class AttemptLog {
 }
 
 /** Room kept for the marker of a cut line, so that a cut line with its marker fits the limit. */
-export const CUT_MARKER_ROOM = 48;
-export const cutMarker = (bytes: number) => ` … [cut: ${bytes} more bytes]`;
+export const CUT_MARKER_ROOM = 64;
+export const cutMarker = (bytes: number) => ` … [cut: ${bytes} more bytes (limits.logLineBytes)]`;
 
 /**
  * Cuts a line to at most `maxBytes` bytes of UTF-8 (never inside a character), marker included.

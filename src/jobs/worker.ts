@@ -11,6 +11,7 @@ import { type Job, Worker } from "bullmq";
 import type { Logger } from "pino";
 import type { Config } from "../config/index.ts";
 import { createDb } from "../db/client.ts";
+import { ownValue } from "../domain/records.ts";
 import {
   type FinishRequest,
   type FinishResult,
@@ -56,9 +57,6 @@ const LOG_FLUSH_MS = 200;
 const ANNOUNCE_MS = 5000;
 /** Log lines an attempt buffers before its producer must wait for the write in flight. */
 const LOG_HIGH_WATER = 500;
-/** Longest log line kept, and lines kept per attempt. */
-const LOG_LINE_BYTES = 8192;
-const LOG_LINES_PER_ATTEMPT = 100_000;
 
 /** Steps and time one job may go on with children it made ready before handing back to the queue. */
 const CONTINUE_MAX_STEPS = 100;
@@ -236,8 +234,8 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     );
     let progress: { pct: number; message?: string } | undefined;
     const logs = new AttemptLog({
-      maxLineBytes: LOG_LINE_BYTES,
-      maxLines: LOG_LINES_PER_ATTEMPT,
+      maxLineBytes: config.limits.logLineBytes,
+      maxLines: config.limits.logLinesPerAttempt,
       highWater: LOG_HIGH_WATER,
       write: async (lines) => {
         const pending = progress;
@@ -274,7 +272,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
         signal: controller.signal,
         log: (line, stream = "log") => logs.push(line, stream),
         logDrained: () => logs.drained(),
-        maxLineBytes: LOG_LINE_BYTES,
+        maxLineBytes: config.limits.logLineBytes,
         progress: (pct, message) => {
           progress = { pct: Math.min(1, Math.max(0, pct)), ...(message ? { message } : {}) };
         },
@@ -360,11 +358,11 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
         stalledInterval: Math.max(1000, Math.floor((leaseSeconds * 1000) / 2)),
         // Redelivery after a stall is how a killed worker's step moves on; Postgres counts attempts.
         maxStalledCount: 1000,
-        ...(config.queues[queue]?.rateLimit
+        ...(ownValue(config.queues, queue)?.rateLimit
           ? {
               limiter: {
-                max: config.queues[queue]!.rateLimit!.max,
-                duration: config.queues[queue]!.rateLimit!.durationMs,
+                max: ownValue(config.queues, queue)!.rateLimit!.max,
+                duration: ownValue(config.queues, queue)!.rateLimit!.durationMs,
               },
             }
           : {}),

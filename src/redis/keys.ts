@@ -6,6 +6,8 @@ export interface RedisKeys {
   readonly prefix: string;
   /** Namespace handed to the rate limiter; it appends the caller's key id. */
   rateLimitNamespace(): string;
+  /** Failed authentications from one client address in the current window. */
+  authFailures(address: string): string;
   /** BullMQ's own prefix for its queues. */
   queuePrefix(): string;
   /** Pub/sub channel: "run R has new events" (comma-separated run ids). */
@@ -32,6 +34,7 @@ export function redisKeys(prefix: string): RedisKeys {
   return {
     prefix,
     rateLimitNamespace: () => `${prefix}:rl:`,
+    authFailures: (address) => `${prefix}:authfail:${address}`,
     queuePrefix: () => `${prefix}:q`,
     eventsChannel: () => `${prefix}:events`,
     controlChannel: () => `${prefix}:control`,

@@ -124,3 +124,44 @@ describe("rate limiting", () => {
     expect(stored.length).toBeGreaterThan(0);
   });
 });
+
+describe("failed authentication", () => {
+  let guarded: TestContext;
+  beforeAll(async () => {
+    guarded = await createTestContext((c) => ({
+      ...c,
+      rateLimit: { enabled: true, failedAuthMax: 3, failedAuthWindowSeconds: 60 },
+    }));
+  });
+  afterAll(() => guarded?.close());
+
+  const from = (remoteAddress: string, key: string) =>
+    guarded.app.inject({
+      method: "GET",
+      url: "/v1/workflows",
+      remoteAddress,
+      headers: { authorization: `Bearer ${key}` },
+    });
+
+  it("is limited per client address, before the key is looked up", async () => {
+    const wrong = "flk_wrong_key_0123456789abcdefghijkl";
+    const statuses: number[] = [];
+    for (let i = 0; i < 3; i++) statuses.push((await from("10.0.0.1", wrong)).statusCode);
+    expect(statuses).toEqual([401, 401, 401]);
+    // The address is refused now, even with a valid key; another address is not.
+    const blocked = await from("10.0.0.1", guarded.rootKey);
+    expect(expectProblem(blocked, 429).detail).toMatch(/failed authentications/);
+    expect(Number(blocked.headers["retry-after"])).toBeGreaterThan(0);
+    expect((await from("10.0.0.2", guarded.rootKey)).statusCode).toBe(200);
+    expect((await from("10.0.0.2", "not a bearer")).statusCode).toBe(401);
+
+    // With the keys table gone, a lookup fails; the blocked address never gets that far.
+    await guarded.db.sql`alter table api_keys rename to api_keys_away`;
+    try {
+      expect((await from("10.0.0.1", wrong)).statusCode).toBe(429);
+      expect((await from("10.0.0.3", wrong)).statusCode).toBeGreaterThanOrEqual(500);
+    } finally {
+      await guarded.db.sql`alter table api_keys_away rename to api_keys`;
+    }
+  });
+});

@@ -4,9 +4,10 @@
  * flagged, and bad input refused.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { buildApp } from "../../src/api/app.ts";
+import { parseConfig } from "../../src/config/index.ts";
 import { WorkerRegistry } from "../../src/redis/registry.ts";
 import { createTestContext, type TestContext } from "../helpers/context.ts";
-import { putWorkflow, startRun } from "../helpers/engine.ts";
 import { call, expectProblem } from "../helpers/http.ts";
 
 let ctx: TestContext;
@@ -31,8 +32,35 @@ const queues = async (key: string) => {
 
 describe("GET /v1/queues", () => {
   it("lists configured queues, and a queue steps name that nothing serves, with a warning", async () => {
-    await putWorkflow(ctx, "stray", { steps: [{ id: "s", queue: "nowhere", run: { type: "noop" } }] });
-    const run = await startRun(ctx, "stray");
+    // A definition may only name configured queues; a queue stops being configured when the
+    // configuration changes under stored definitions. An API with the older configuration
+    // stores the definition and starts the run.
+    const before = await buildApp({
+      config: parseConfig({ ...ctx.config, queues: { ...ctx.config.queues, nowhere: { min: 0 } } }),
+      db: ctx.db,
+      redis: ctx.redis,
+    });
+    const put = await call(before, "PUT", "/v1/workflows/stray", {
+      key: ctx.rootKey,
+      body: { steps: [{ id: "s", queue: "nowhere", run: { type: "noop" } }] },
+    });
+    expect(put.statusCode).toBe(201);
+    const run = (
+      await call(before, "POST", "/v1/workflows/stray/runs", { key: ctx.rootKey, body: {} })
+    ).json();
+    await before.close();
+    const refused = await call(ctx.app, "PUT", "/v1/workflows/stray2", {
+      key: ctx.rootKey,
+      body: { steps: [{ id: "s", queue: "nowhere", run: { type: "noop" } }] },
+    });
+    expect(refused.statusCode).toBe(400);
+    expect(refused.json().errors).toEqual([
+      {
+        location: "body",
+        path: "steps[0].queue",
+        message: 'queue "nowhere" is not configured (configured queues: default, heavy)',
+      },
+    ]);
     const byName = await queues(ctx.rootKey);
     expect([...byName.keys()]).toEqual(["default", "heavy", "nowhere"]);
     expect(byName.get("heavy")).toMatchObject({

@@ -46,7 +46,7 @@ export function configFileFor(ctx: TestContext, extra: Record<string, unknown> =
     tmpdir(),
     `flowline-test-${ctx.config.redis.prefix.replace(/\W/g, "")}-${Math.random().toString(36).slice(2)}.yaml`,
   );
-  const { database, redis, commands, http, queues, tags, worker, supervisor, autoscaler, webhooks } =
+  const { database, redis, commands, http, queues, tags, worker, supervisor, autoscaler, webhooks, limits } =
     ctx.config;
   writeFileSync(
     file,
@@ -61,6 +61,7 @@ export function configFileFor(ctx: TestContext, extra: Record<string, unknown> =
       supervisor,
       autoscaler,
       webhooks,
+      limits,
       log: { level: "info" },
       ...extra,
     }),

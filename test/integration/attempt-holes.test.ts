@@ -198,7 +198,7 @@ describe("a step that prints an endless line", () => {
     expect(done.status).toBe("succeeded");
     expect(done.steps[0]).toMatchObject({ attempt: 1, output: { done: true } });
     const logs = (await eventsOf(ctx, run.id)).filter((e) => e.type === "step.log");
-    expect(logs[0].data.line).toMatch(/ … \[cut: \d+ more bytes\]$/);
+    expect(logs[0].data.line).toMatch(/ … \[cut: \d+ more bytes \(limits.logLineBytes\)\]$/);
     expect(logs[0].data.line.length).toBeLessThan(9000);
     expect(worker.child.exitCode).toBeNull();
     await stopProcess(worker);

@@ -99,7 +99,8 @@ describe("flowline CLI", () => {
     await fetch(`${base}/v1/workflows/parked`, {
       method: "PUT",
       headers,
-      body: JSON.stringify({ steps: [{ id: "w", queue: "parked", run: { type: "noop" } }] }),
+      // Still sleeping when the API is told to stop; the worker finishes it within its grace period.
+      body: JSON.stringify({ steps: [{ id: "w", run: { type: "sleep", seconds: 3 } }] }),
     });
     const parked = (await (
       await fetch(`${base}/v1/workflows/parked/runs`, { method: "POST", headers, body: "{}" })

@@ -5,6 +5,8 @@
  */
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { buildApp } from "../../src/api/app.ts";
+import { parseConfig } from "../../src/config/index.ts";
 import { startSupervisor } from "../../src/jobs/supervisor/index.ts";
 import { createTestContext, type TestContext } from "../helpers/context.ts";
 import {
@@ -209,7 +211,18 @@ describe("routing and rate limits", () => {
   });
 
   it("a step routed to a queue no pool serves is reported, not silently stuck", async () => {
-    await putWorkflow(ctx, "orphan", { steps: [{ id: "lost", queue: "nobody", run: { type: "noop" } }] });
+    // Definitions may name only configured queues; a queue leaves the configuration under a stored
+    // definition. An API with the configuration of before stores it; the run starts now.
+    const before = await buildApp({
+      config: parseConfig({ ...ctx.config, queues: { ...ctx.config.queues, nobody: { min: 0 } } }),
+      db: ctx.db,
+      redis: ctx.redis,
+    });
+    const definition = { steps: [{ id: "lost", queue: "nobody", run: { type: "noop" } }] };
+    expect(
+      (await call(before, "PUT", "/v1/workflows/orphan", { key: ctx.rootKey, body: definition })).statusCode,
+    ).toBe(201);
+    await before.close();
     const run = await startRun(ctx, "orphan");
     const queued = (await eventsOf(ctx, run.id)).find((e) => e.type === "step.queued");
     expect(queued.data.warning).toMatch(/no configured worker pool/);

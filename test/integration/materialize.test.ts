@@ -281,6 +281,35 @@ describe("subgraphs and retries", () => {
     ]);
   });
 
+  it("without a parent, runs a selection that needs its left-out ancestors only for order", async () => {
+    await putWorkflow(ctx, "ordered", {
+      steps: [
+        { id: "prepare", run: { type: "noop", output: { ok: true } } },
+        { id: "middle", needs: ["prepare"], run: { type: "noop", output: { n: "{{params.n}}" } } },
+        { id: "after", needs: ["middle"], run: { type: "noop" } },
+        { id: "reader", needs: ["middle"], run: { type: "noop", output: "{{steps.prepare.output.ok}}" } },
+      ],
+      params: { n: 3 },
+    });
+    const res = await post("/v1/subgraphs", { workflow: "ordered", steps: ["middle", "after"] });
+    expect(res.statusCode, res.body).toBe(202);
+    const done = await waitForRun(ctx, res.json().run.id);
+    expect(done.status).toBe("succeeded");
+    expect(done.steps.map((s: any) => [s.id, s.status])).toEqual([
+      ["prepare", "skipped"],
+      ["middle", "succeeded"],
+      ["after", "succeeded"],
+      ["reader", "skipped"],
+    ]);
+    expect(done.steps[1].output).toEqual({ n: 3 });
+    // A step that reads an output nothing in the plan provides is refused, naming it and the template.
+    const refused = await post("/v1/subgraphs", { workflow: "ordered", steps: ["reader"] });
+    const problem = expectProblem(refused, 400);
+    expect(problem.detail).toMatch(
+      /step "reader" reads \{\{steps.prepare.output.ok\}\} \(at steps\[3\].run.output\), but "prepare" neither runs/,
+    );
+  });
+
   it("with parentRunId, reuses the parent's outputs, which reach downstream templates", async () => {
     const parent = await startRun(ctx, "chain", { params: { seed: 7 } });
     expect((await waitForRun(ctx, parent.id)).status).toBe("succeeded");
@@ -456,8 +485,13 @@ describe("bad input writes nothing", () => {
       ["/v1/materializations", { assets: ["asset_c"], typo: true }, 400, /typo/],
       ["/v1/subgraphs", { workflow: "chain", steps: ["ghost"] }, 400, /ghost/],
       ["/v1/subgraphs", { workflow: "chain", steps: [] }, 400, /steps/],
-      // Downstream alone, with no parent to reuse "extract" from, cannot run.
-      ["/v1/subgraphs", { workflow: "chain", steps: ["transform"], downstream: true }, 400, /cannot run/],
+      // Downstream alone reads "extract", which nothing in the plan provides without a parent.
+      [
+        "/v1/subgraphs",
+        { workflow: "chain", steps: ["transform"], downstream: true },
+        400,
+        /transform.{1,3} reads \{\{steps.extract.output.n\}\}/,
+      ],
       ["/v1/subgraphs", { workflow: "missing", steps: ["a"] }, 404, /missing/],
       [
         "/v1/subgraphs",

@@ -21,7 +21,10 @@ let ctx: TestContext;
 const workers: Spawned[] = [];
 
 beforeAll(async () => {
-  ctx = await createTestContext(engineSettings);
+  ctx = await createTestContext((c) => ({
+    ...engineSettings(c),
+    queues: { default: {}, nowhere: { min: 0 } },
+  }));
 });
 afterAll(async () => {
   for (const w of workers) await stopProcess(w);

@@ -100,7 +100,10 @@ let target: Recorder;
 let base: string;
 
 beforeAll(async () => {
-  ctx = await createTestContext(engineSettings);
+  ctx = await createTestContext((c) => ({
+    ...engineSettings(c),
+    queues: { default: {}, nowhere: { min: 0 } },
+  }));
   base = await ctx.app.listen({ host: "127.0.0.1", port: 0 });
   target = new Recorder();
   await target.start();

@@ -25,7 +25,10 @@ let worker: Spawned;
 let base: string;
 
 beforeAll(async () => {
-  ctx = await createTestContext(engineSettings, { sseHeartbeatMs: 200 });
+  // The slow-client test needs every one of the spammer's 20,000 lines as events.
+  ctx = await createTestContext((c) => ({ ...engineSettings(c), limits: { logLinesPerAttempt: 50_000 } }), {
+    sseHeartbeatMs: 200,
+  });
   base = await ctx.app.listen({ host: "127.0.0.1", port: 0 });
   worker = spawnWorker(ctx);
   await worker.waitFor(/worker started/);

@@ -25,7 +25,10 @@ let ctx: TestContext;
 const processes: Spawned[] = [];
 
 beforeAll(async () => {
-  ctx = await createTestContext(engineSettings);
+  ctx = await createTestContext((c) => ({
+    ...engineSettings(c),
+    queues: { default: {}, nowhere: { min: 0 } },
+  }));
   // A queue no worker serves: these tests play the workers themselves.
   await putWorkflow(ctx, "lonely", {
     steps: [{ id: "s", queue: "nowhere", retry: { maxAttempts: 2 }, run: { type: "noop" } }],

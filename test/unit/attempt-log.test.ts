@@ -63,14 +63,14 @@ describe("AttemptLog", () => {
       "l2",
       "l3",
       "l4",
-      "[flowline] 7 more lines dropped: an attempt keeps at most 5 lines",
+      "[flowline] 7 more log lines dropped; at most 5 are kept per attempt (limits.logLinesPerAttempt)",
     ]);
   });
 
   it("cuts long lines to the limit, marker included, never inside a character", () => {
     const cut = cutLine("é".repeat(1000), 200);
     expect(Buffer.byteLength(cut)).toBeLessThanOrEqual(200);
-    expect(cut).toMatch(/^é+ … \[cut: \d+ more bytes\]$/);
+    expect(cut).toMatch(/^é+ … \[cut: \d+ more bytes \(limits.logLineBytes\)\]$/);
     expect(cutLine("short", 200)).toBe("short");
   });
 });
@@ -86,7 +86,7 @@ describe("LineSplitter", () => {
     splitter.end();
     expect(lines).toHaveLength(3);
     expect(Buffer.byteLength(lines[0]!)).toBeLessThanOrEqual(256);
-    expect(lines[0]).toMatch(/^x+ … \[cut: \d+ more bytes\]$/);
+    expect(lines[0]).toMatch(/^x+ … \[cut: \d+ more bytes \(limits.logLineBytes\)\]$/);
     expect(lines.slice(1)).toEqual(["second", "third"]);
   });
 });

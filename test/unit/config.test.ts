@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { ConfigError, loadConfig, parseConfig } from "../../src/config/index.ts";
+import { ConfigError, loadConfig, parseConfig, quotasOf } from "../../src/config/index.ts";
 
 const directories: string[] = [];
 
@@ -39,6 +39,10 @@ describe("defaults", () => {
       maxJsonDepth: 64,
       trustProxy: false,
       shutdownGraceSeconds: 10,
+      requestTimeoutMs: 30_000,
+      headersTimeoutMs: 10_000,
+      keepAliveTimeoutMs: 72_000,
+      connectionTimeoutMs: 120_000,
     });
     expect(config.database).toEqual({
       url: "postgres://postgres@127.0.0.1:5432/flowline",
@@ -48,9 +52,33 @@ describe("defaults", () => {
     });
     expect(config.redis).toEqual({ url: "redis://127.0.0.1:6379", prefix: "flowline" });
     expect(config.auth.bootstrapKey).toBeUndefined();
-    expect(config.rateLimit).toEqual({ enabled: true, max: 1200, windowSeconds: 60 });
+    expect(config.rateLimit).toEqual({
+      enabled: true,
+      max: 1200,
+      windowSeconds: 60,
+      failedAuthMax: 30,
+      failedAuthWindowSeconds: 300,
+    });
     expect(config.log.level).toBe("info");
-    expect(config.limits).toEqual({ maxSteps: 5000, maxRunParamsBytes: 65_536 });
+    expect(config.limits).toEqual({
+      maxSteps: 5000,
+      maxRunParamsBytes: 65_536,
+      renderedInputBytes: 1_048_576,
+      outputBytes: 1_048_576,
+      inlineOutputBytes: 65_536,
+      logLineBytes: 8192,
+      logLinesPerAttempt: 10_000,
+      backfillRuns: 1000,
+      maxSleepSeconds: 3600,
+      maxTimeoutSeconds: 86_400,
+    });
+    expect(config.quotas).toEqual({
+      activeRuns: 1000,
+      queuedSteps: 50_000,
+      streams: 500,
+      maxPriority: 10,
+      tenants: {},
+    });
     expect(config.commands).toEqual({});
     expect(config.http).toEqual({
       allowedHosts: [],
@@ -83,6 +111,25 @@ describe("defaults", () => {
     expect(config.server.host).toBe("127.0.0.1");
     expect(config.server.port).toBe(8080);
     expect(config.queues.heavy).toEqual({ concurrency: 1, min: 0, max: 4 });
+  });
+
+  it("gives each tenant the default quotas with its own overrides", () => {
+    const config = parseConfig({ quotas: { activeRuns: 10, tenants: { batch: { maxPriority: 3 } } } });
+    expect(quotasOf(config, "batch")).toEqual({
+      activeRuns: 10,
+      queuedSteps: 50_000,
+      streams: 500,
+      maxPriority: 3,
+    });
+    expect(quotasOf(config, "other").maxPriority).toBe(10);
+    expect(quotasOf(config, "constructor").maxPriority).toBe(10);
+  });
+
+  it("refuses server timeouts that would cut requests or event streams", () => {
+    expect(() => parseConfig({ server: { requestTimeoutMs: 1000, headersTimeoutMs: 2000 } })).toThrow(
+      /headersTimeoutMs: must not exceed server.requestTimeoutMs/,
+    );
+    expect(() => parseConfig({ server: { connectionTimeoutMs: 5000 } })).toThrow(/connectionTimeoutMs/);
   });
 
   it("accepts the shape documented in the specification", () => {

@@ -11,6 +11,12 @@ const ctx: ValidationContext = {
   commands: new Set(["transform", "transform-undo"]),
   allowedHosts: ["api.example.com", "*.internal.example.com", "127.0.0.1", "[::1]"],
   maxSteps: 5000,
+  queues: new Set(["default", "heavy"]),
+  tagRoutes: { heavy: "heavy" },
+  maxPriority: 10,
+  maxSleepSeconds: 3600,
+  maxTimeoutSeconds: 86_400,
+  maxParamsBytes: 65_536,
   now: new Date("2026-11-23T00:00:00Z"),
 };
 
@@ -373,7 +379,7 @@ describe("steps and the graph", () => {
   it("refuses more steps than configured", () => {
     const steps = Array.from({ length: 11 }, (_, i) => noop(`s${i}`));
     expect(issuesOf(workflow(steps), { ...ctx, maxSteps: 10 })).toEqual([
-      { path: "steps", message: "at most 10 steps are allowed, got 11" },
+      { path: "steps", message: "at most 10 steps are allowed (limits.maxSteps), got 11" },
     ]);
     expectValid(workflow(steps.slice(0, 10)), { ...ctx, maxSteps: 10 });
   });
@@ -667,5 +673,73 @@ describe("large definitions", () => {
       }),
     );
     expectValid({ name: "chain", steps });
+  });
+
+  it("refuses queues the configuration does not define, listing the configured ones", () => {
+    const listed = /is not configured \(configured queues: default, heavy\)/;
+    expectIssue(workflow([noop("a", { queue: "nowhere" })]), "steps[0].queue", listed);
+    expectIssue(workflow([noop("a")], { defaults: { queue: "constructor" } }), "defaults.queue", listed);
+    // A tag routed by config reaches a configured queue; through defaults.queue only one issue.
+    expectValid(workflow([noop("a", { queue: "heavy" }), noop("b", { tags: ["heavy", "constructor"] })]));
+    const tagged = { ...ctx, tagRoutes: { gpu: "gpu" } };
+    expectIssue(
+      workflow([noop("a", { tags: ["gpu"] })]),
+      "steps[0].tags",
+      /queue "gpu", which is not configured/,
+      tagged,
+    );
+    expect(issuesOf(workflow([noop("a")], { defaults: { queue: "x" } }))).toHaveLength(1);
+  });
+
+  it("holds priorities, sleeps, timeouts and params under their ceilings, naming the setting", () => {
+    const low = { ...ctx, maxPriority: 5 };
+    expectIssue(
+      workflow([noop("a", { priority: 6 })]),
+      "steps[0].priority",
+      /ceiling of 5 \(quotas.maxPriority\)/,
+      low,
+    );
+    expectIssue(
+      workflow([noop("a")], { defaults: { priority: 9 } }),
+      "defaults.priority",
+      /ceiling of 5/,
+      low,
+    );
+    expectValid(workflow([noop("a", { priority: 5 })]), low);
+    expectIssue(
+      workflow([{ id: "a", run: { type: "sleep", seconds: 7200 } }]),
+      "steps[0].run.seconds",
+      /sleeps 7200 s; the limit is 3600 s \(limits.maxSleepSeconds\)/,
+    );
+    expectIssue(
+      workflow([noop("a", { compensate: { type: "sleep", seconds: 4000 } })]),
+      "steps[0].compensate.seconds",
+      /limits.maxSleepSeconds/,
+    );
+    const short = { ...ctx, maxTimeoutSeconds: 60 };
+    expectIssue(
+      workflow([noop("a", { timeoutSeconds: 61 })]),
+      "steps[0].timeoutSeconds",
+      /limits.maxTimeoutSeconds/,
+      short,
+    );
+    expectIssue(
+      workflow([noop("a")], { defaults: { timeoutSeconds: 600 } }),
+      "defaults.timeoutSeconds",
+      /60 s/,
+      short,
+    );
+    expectIssue(
+      workflow([{ id: "a", run: { type: "http", url: "https://api.example.com/x", timeoutSeconds: 120 } }]),
+      "steps[0].run.timeoutSeconds",
+      /limits.maxTimeoutSeconds/,
+      short,
+    );
+    expectIssue(
+      workflow([noop("a")], { params: { big: "x".repeat(100) } }),
+      "params",
+      /bytes as JSON; the limit is 50 \(limits.maxRunParamsBytes\)/,
+      { ...ctx, maxParamsBytes: 50 },
+    );
   });
 });

@@ -30,7 +30,17 @@ declare module "fastify" {
 
 const bearer = /^Bearer\s+([\x21-\x7e]{1,512})$/i;
 
-export function registerAuth(app: FastifyInstance, keys: KeysRepository): void {
+/** Counts failed authentications per client address; null when rate limiting is off. */
+export interface FailedAuthGuard {
+  blockedFor(address: string): Promise<number | null>;
+  recordFailure(address: string): Promise<void>;
+}
+
+export function registerAuth(
+  app: FastifyInstance,
+  keys: KeysRepository,
+  failures: FailedAuthGuard | null,
+): void {
   app.decorateRequest("auth", null);
 
   app.addHook("onRoute", (route) => {
@@ -49,11 +59,26 @@ export function registerAuth(app: FastifyInstance, keys: KeysRepository): void {
     const header = request.headers.authorization;
     if (!header)
       throw new FlowlineError("unauthorized", "Missing Authorization header; send 'Bearer <api key>'");
+    // Before the key lookup: an address that keeps failing costs no database query.
+    const wait = await failures?.blockedFor(request.ip);
+    if (wait) {
+      throw new FlowlineError(
+        "rate_limited",
+        `Too many failed authentications from this address; retry in ${wait} s`,
+        {
+          retryAfterSeconds: wait,
+        },
+      );
+    }
     const match = bearer.exec(header);
-    if (!match)
-      throw new FlowlineError("unauthorized", "Malformed Authorization header; expected 'Bearer <api key>'");
-    const record = await keys.findByKey(match[1]!);
-    if (!record) throw new FlowlineError("unauthorized", "Unknown or revoked API key");
+    const record = match ? await keys.findByKey(match[1]!) : undefined;
+    if (!record) {
+      await failures?.recordFailure(request.ip);
+      throw new FlowlineError(
+        "unauthorized",
+        match ? "Unknown or revoked API key" : "Malformed Authorization header; expected 'Bearer <api key>'",
+      );
+    }
     if (config.scope && !hasScope(record.scopes, config.scope)) {
       throw new FlowlineError("forbidden", `This API key lacks the '${config.scope}' scope`);
     }

@@ -1,3 +1,4 @@
+import { ownValue } from "../records.ts";
 import type { RetryPolicy, StepSpec, WorkflowSpec } from "./spec.ts";
 
 export interface ResolvedStep {
@@ -26,7 +27,7 @@ export function resolveStep(
   tagRoutes: Readonly<Record<string, string>>,
   runPriority?: number,
 ): ResolvedStep {
-  const tagged = step.tags.map((t) => tagRoutes[t]).find((q): q is string => q !== undefined);
+  const tagged = step.tags.map((t) => ownValue(tagRoutes, t)).find((q): q is string => q !== undefined);
   return {
     queue: step.queue ?? tagged ?? spec.defaults?.queue ?? "default",
     priority: step.priority ?? runPriority ?? spec.defaults?.priority ?? 5,

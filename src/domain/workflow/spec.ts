@@ -27,6 +27,8 @@ export const assetKey = z
   .regex(/^[a-z0-9][a-z0-9_.-]{0,127}$/, "must be 1–128 characters of lowercase ASCII letters, digits, _ . -")
   .refine((k) => !k.includes(".."), "must not contain '..'");
 
+const nulMessage = "must not contain the NUL character (\\u0000), which cannot be stored";
+
 /**
  * Why `value` is not plain JSON (undefined, NaN, Infinity, a Date or class instance, a cycle), or
  * null. Iterative, and linear in the distinct objects: a value shared through YAML aliases is
@@ -39,7 +41,11 @@ export function jsonValueProblem(value: unknown): string | null {
   const stack: Array<{ value: unknown; leave: boolean }> = [{ value, leave: false }];
   while (stack.length > 0) {
     const { value: v, leave } = stack.pop()!;
-    if (v === null || typeof v === "string" || typeof v === "boolean") continue;
+    if (typeof v === "string") {
+      if (v.includes("\u0000")) return nulMessage;
+      continue;
+    }
+    if (v === null || typeof v === "boolean") continue;
     if (typeof v === "number") {
       if (!Number.isFinite(v)) return `must be JSON: ${v} is not a finite number`;
       continue;
@@ -62,8 +68,10 @@ export function jsonValueProblem(value: unknown): string | null {
     // for…of yields undefined for array holes, which is then refused.
     if (Array.isArray(v)) for (const item of v) stack.push({ value: item, leave: false });
     else
-      for (const key of Object.keys(v))
+      for (const key of Object.keys(v)) {
+        if (key.includes("\u0000")) return nulMessage;
         stack.push({ value: (v as Record<string, unknown>)[key], leave: false });
+      }
   }
   return null;
 }
@@ -81,6 +89,11 @@ const paramName = z
   .regex(/^[A-Za-z_][A-Za-z0-9_-]{0,127}$/, "must be 1–128 characters of letters, digits, _ and -")
   .refine(notReserved, reservedMessage);
 const jsonRecord = z.record(paramName, jsonValue);
+
+/** Params of a request (a run, materialization or subgraph): any JSON object that can be stored. */
+export const requestParams = z
+  .record(z.string(), z.unknown())
+  .refine((v) => jsonValueProblem(v) === null, { error: (issue) => jsonValueProblem(issue.input) ?? "" });
 
 export const backoffKinds = ["fixed", "exponential", "linear"] as const;
 

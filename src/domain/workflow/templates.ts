@@ -14,6 +14,27 @@ export class TemplateError extends Error {
   }
 }
 
+/** Rendering stopped: the result would pass the caller's size budget. */
+export class RenderTooLargeError extends Error {
+  constructor(readonly limit: number) {
+    super(`rendering produces more than ${limit} bytes`);
+    this.name = "RenderTooLargeError";
+  }
+}
+
+/**
+ * Counts what rendering produces (in UTF-16 units, close to bytes for the JSON that is stored),
+ * so that a few templates repeating a large value stop early instead of building megabytes.
+ */
+class RenderBudget {
+  private used = 0;
+  constructor(private readonly limit: number) {}
+  spend(units: number): void {
+    this.used += units;
+    if (this.used > this.limit) throw new RenderTooLargeError(this.limit);
+  }
+}
+
 const SEGMENT = /^[A-Za-z0-9_-]+$/;
 const FORBIDDEN_SEGMENTS: ReadonlySet<string> = new Set(["__proto__", "constructor", "prototype"]);
 const OPEN_BRACE = 0x7b;
@@ -216,19 +237,24 @@ function parseOrThrow(expression: string): TemplateRef {
   return ref;
 }
 
-function renderString(text: string, scope: TemplateScope): unknown {
+function renderString(text: string, scope: TemplateScope, budget: RenderBudget | undefined): unknown {
   const scan = scanTemplates(text);
   if (scan.unterminated) throw new TemplateError(`unterminated template "{{" in "${text.slice(0, 80)}"`);
   const [first] = scan.templates;
   // A string that is exactly one template takes the referenced value with its JSON type.
   if (first && first.start === 0 && first.end === text.length) {
-    return resolve(parseOrThrow(first.expression), scope, text);
+    const value = resolve(parseOrThrow(first.expression), scope, text);
+    budget?.spend(typeof value === "string" ? value.length : (JSON.stringify(value)?.length ?? 0));
+    return value;
   }
   let out = "";
   let last = 0;
   for (const t of scan.templates) {
     const value = resolve(parseOrThrow(t.expression), scope, text.slice(t.start, t.end));
-    out += text.slice(last, t.start) + (typeof value === "object" ? JSON.stringify(value) : String(value));
+    const piece =
+      text.slice(last, t.start) + (typeof value === "object" ? JSON.stringify(value) : String(value));
+    budget?.spend(piece.length);
+    out += piece;
     last = t.end;
   }
   return out + text.slice(last);
@@ -236,18 +262,31 @@ function renderString(text: string, scope: TemplateScope): unknown {
 
 /**
  * A copy of `value` with every template replaced; the input is not modified. Throws TemplateError
- * naming the template when a reference is missing or malformed. Recursion is bounded by the depth
+ * naming the template when a reference is missing or malformed, and RenderTooLargeError as soon as
+ * the strings it produces pass `maxSize` (when given). Recursion is bounded by the depth
  * of the definition, which the body parser limits; substituted values are not walked again.
  */
-export function renderTemplates(value: unknown, scope: TemplateScope): unknown {
-  if (typeof value === "string") return value.includes("{{") ? renderString(value, scope) : value;
-  if (Array.isArray(value)) return value.map((item) => renderTemplates(item, scope));
+export function renderTemplates(
+  value: unknown,
+  scope: TemplateScope,
+  options: { maxSize?: number } = {},
+): unknown {
+  return render(value, scope, options.maxSize === undefined ? undefined : new RenderBudget(options.maxSize));
+}
+
+function render(value: unknown, scope: TemplateScope, budget: RenderBudget | undefined): unknown {
+  if (typeof value === "string") {
+    if (value.includes("{{")) return renderString(value, scope, budget);
+    budget?.spend(value.length);
+    return value;
+  }
+  if (Array.isArray(value)) return value.map((item) => render(item, scope, budget));
   if (value !== null && typeof value === "object") {
     const out: Record<string, unknown> = {};
     for (const [k, v] of Object.entries(value)) {
       // defineProperty keeps a key named "__proto__" as plain data instead of setting the prototype.
       Object.defineProperty(out, k, {
-        value: renderTemplates(v, scope),
+        value: render(v, scope, budget),
         enumerable: true,
         writable: true,
         configurable: true,

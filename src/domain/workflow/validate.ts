@@ -8,6 +8,8 @@ import { Cron } from "croner";
 import type { z } from "zod";
 import { buildGraph, buildUpstreamIndex, findCycle, type Graph, type UpstreamIndex } from "../dag.ts";
 import type { FieldIssue } from "../errors.ts";
+import { jsonBytes } from "../limits.ts";
+import { resolveStep } from "./resolve.ts";
 import { type Executor, type WorkflowSpec, workflowSpecSchema } from "./spec.ts";
 import { collectTemplateRefs, type FoundRef, replaceTemplates } from "./templates.ts";
 
@@ -17,6 +19,16 @@ export interface ValidationContext {
   /** `http.allowedHosts`: exact host names or IPs, or `*.example.com` for subdomains. */
   allowedHosts: readonly string[];
   maxSteps: number;
+  /** Names of the configured queues (worker pools): the only queues a step may use. */
+  queues: ReadonlySet<string>;
+  /** Config `tags`: tag → queue. */
+  tagRoutes: Readonly<Record<string, string>>;
+  /** The highest priority the submitting tenant may use (`quotas.maxPriority`). */
+  maxPriority: number;
+  /** `limits.maxSleepSeconds`, `limits.maxTimeoutSeconds`, `limits.maxRunParamsBytes`. */
+  maxSleepSeconds: number;
+  maxTimeoutSeconds: number;
+  maxParamsBytes: number;
   /** The instant schedules are checked from; defaults to the current time. */
   now?: Date;
 }
@@ -113,7 +125,10 @@ export function stepGraph(spec: WorkflowSpec): Graph {
 
 function checkSteps(spec: WorkflowSpec, ctx: ValidationContext, issues: Issues): Map<string, number> {
   if (spec.steps.length > ctx.maxSteps)
-    issues.add(["steps"], `at most ${ctx.maxSteps} steps are allowed, got ${spec.steps.length}`);
+    issues.add(
+      ["steps"],
+      `at most ${ctx.maxSteps} steps are allowed (limits.maxSteps), got ${spec.steps.length}`,
+    );
 
   const firstIndex = new Map<string, number>();
   spec.steps.forEach((step, i) => {
@@ -276,6 +291,14 @@ function literalUrlProblem(url: string, allowedHosts: readonly string[]): string
 }
 
 function checkExecutor(executor: Executor, path: Path, ctx: ValidationContext, issues: Issues): void {
+  if (executor.type === "sleep" && executor.seconds > ctx.maxSleepSeconds) {
+    issues.add(
+      [...path, "seconds"],
+      `sleeps ${executor.seconds} s; the limit is ${ctx.maxSleepSeconds} s (limits.maxSleepSeconds)`,
+    );
+  }
+  if (executor.type === "http" && executor.timeoutSeconds !== undefined)
+    checkTimeout(executor.timeoutSeconds, [...path, "timeoutSeconds"], ctx, issues);
   if (executor.type === "command" && !ctx.commands.has(executor.command)) {
     const allowed =
       ctx.commands.size > 0 ? `allowed: ${[...ctx.commands].join(", ")}` : "the allowlist is empty";
@@ -343,6 +366,69 @@ function checkTemplates(
   }
 }
 
+function checkTimeout(seconds: number, path: Path, ctx: ValidationContext, issues: Issues): void {
+  if (seconds > ctx.maxTimeoutSeconds) {
+    issues.add(path, `is ${seconds} s; the limit is ${ctx.maxTimeoutSeconds} s (limits.maxTimeoutSeconds)`);
+  }
+}
+
+function checkPriority(
+  priority: number | undefined,
+  path: Path,
+  ctx: ValidationContext,
+  issues: Issues,
+): void {
+  if (priority !== undefined && priority > ctx.maxPriority) {
+    issues.add(
+      path,
+      `priority ${priority} is above this tenant's ceiling of ${ctx.maxPriority} (quotas.maxPriority)`,
+    );
+  }
+}
+
+/**
+ * A step may only use a queue the configuration defines: no worker would ever serve another, and
+ * its jobs would fill Redis. The queue comes from `queue`, `defaults.queue` or a routed tag.
+ */
+function checkQueues(spec: WorkflowSpec, ctx: ValidationContext, issues: Issues): void {
+  const configured = `configured queues: ${[...ctx.queues].sort().join(", ")}`;
+  const unknown = (queue: string) => !ctx.queues.has(queue);
+  const defaultQueue = spec.defaults?.queue;
+  if (defaultQueue !== undefined && unknown(defaultQueue))
+    issues.add(["defaults", "queue"], `queue "${defaultQueue}" is not configured (${configured})`);
+  spec.steps.forEach((step, i) => {
+    if (step.queue !== undefined) {
+      if (unknown(step.queue))
+        issues.add(["steps", i, "queue"], `queue "${step.queue}" is not configured (${configured})`);
+      return;
+    }
+    const queue = resolveStep(spec, step, ctx.tagRoutes).queue;
+    if (unknown(queue) && queue !== defaultQueue)
+      issues.add(
+        ["steps", i, "tags"],
+        `the tags route to queue "${queue}", which is not configured (${configured})`,
+      );
+  });
+}
+
+function checkCeilings(spec: WorkflowSpec, ctx: ValidationContext, issues: Issues): void {
+  checkPriority(spec.defaults?.priority, ["defaults", "priority"], ctx, issues);
+  if (spec.defaults?.timeoutSeconds !== undefined)
+    checkTimeout(spec.defaults.timeoutSeconds, ["defaults", "timeoutSeconds"], ctx, issues);
+  spec.steps.forEach((step, i) => {
+    checkPriority(step.priority, ["steps", i, "priority"], ctx, issues);
+    if (step.timeoutSeconds !== undefined)
+      checkTimeout(step.timeoutSeconds, ["steps", i, "timeoutSeconds"], ctx, issues);
+  });
+  const paramsBytes = jsonBytes(spec.params);
+  if (paramsBytes > ctx.maxParamsBytes) {
+    issues.add(
+      ["params"],
+      `params are ${paramsBytes} bytes as JSON; the limit is ${ctx.maxParamsBytes} (limits.maxRunParamsBytes)`,
+    );
+  }
+}
+
 function checkConcurrencyKey(spec: WorkflowSpec, issues: Issues): void {
   const key = spec.concurrency?.key;
   if (key === undefined) return;
@@ -384,6 +470,8 @@ export function validateWorkflowDefinition(input: unknown, ctx: ValidationContex
   const upstreamFor = (ids: string[]) => (cycle ? null : buildUpstreamIndex(graph, ids));
   checkTemplates(spec, stepIds, upstreamFor, issues);
   checkConcurrencyKey(spec, issues);
+  checkQueues(spec, ctx, issues);
+  checkCeilings(spec, ctx, issues);
 
   return issues.list.length > 0 ? { ok: false, issues: issues.list } : { ok: true, spec };
 }

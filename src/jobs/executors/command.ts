@@ -5,13 +5,14 @@
  * then SIGKILL after a grace period.
  */
 import { spawn } from "node:child_process";
+import { ownValue } from "../../domain/records.ts";
 import { LineSplitter } from "./lines.ts";
 import { ExecutionError, type ExecutorFn } from "./types.ts";
 
 export const KILL_GRACE_MS = 5000;
 
 export const runCommand: ExecutorFn<"command"> = (executor, ctx) => {
-  const entry = ctx.config.commands[executor.command];
+  const entry = ownValue(ctx.config.commands, executor.command);
   if (!entry) {
     return Promise.reject(
       new ExecutionError(

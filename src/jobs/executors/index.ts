@@ -1,5 +1,7 @@
+import { jsonBytes } from "../../domain/limits.ts";
+import { ownValue } from "../../domain/records.ts";
 import type { Executor } from "../../domain/workflow/spec.ts";
-import { renderTemplates, TemplateError } from "../../domain/workflow/templates.ts";
+import { RenderTooLargeError, renderTemplates, TemplateError } from "../../domain/workflow/templates.ts";
 import { runCommand } from "./command.ts";
 import { runHttp } from "./http.ts";
 import { abortableSleep, type ExecutionContext, ExecutionError } from "./types.ts";
@@ -7,15 +9,53 @@ import { abortableSleep, type ExecutionContext, ExecutionError } from "./types.t
 export type { ExecutionContext } from "./types.ts";
 export { ExecutionError } from "./types.ts";
 
-/** Renders the executor's templates and runs it; resolves with the step output. */
+/**
+ * Renders the executor's templates and runs it; resolves with the step output. Bounds what an
+ * attempt may make the system hold (SPEC §13): the rendered input (`input_too_large`), the output
+ * (`output_too_large`). None of these is retried: the next attempt would render and produce the
+ * same. (Log lines are bounded where they are buffered: jobs/attempt-log.ts.)
+ */
 export async function execute(executor: Executor, ctx: ExecutionContext): Promise<unknown> {
+  const { limits } = ctx.config;
   let rendered: Executor;
   try {
-    rendered = renderTemplates(executor, { params: ctx.params, steps: ctx.upstream }) as Executor;
+    rendered = renderTemplates(
+      executor,
+      { params: ctx.params, steps: ctx.upstream },
+      { maxSize: limits.renderedInputBytes },
+    ) as Executor;
   } catch (error) {
     if (error instanceof TemplateError) throw new ExecutionError(error.message, false, "template");
+    if (error instanceof RenderTooLargeError) throw inputTooLarge(null, limits.renderedInputBytes);
     throw error;
   }
+  const inputBytes = jsonBytes(rendered);
+  if (inputBytes > limits.renderedInputBytes) throw inputTooLarge(inputBytes, limits.renderedInputBytes);
+  const output = await run(rendered, ctx);
+  const outputBytes = jsonBytes(output ?? null);
+  if (outputBytes > limits.outputBytes) {
+    throw new ExecutionError(
+      `the step output is ${outputBytes} bytes as JSON; the limit is ${limits.outputBytes} (limits.outputBytes)`,
+      false,
+      "output_too_large",
+      { bytes: outputBytes, limit: limits.outputBytes },
+    );
+  }
+  return output;
+}
+
+function inputTooLarge(bytes: number | null, limit: number): ExecutionError {
+  const size = bytes === null ? "more than that" : `${bytes} bytes as JSON`;
+  return new ExecutionError(
+    `the executor with its templates rendered is ${size}; the limit is ${limit} bytes (limits.renderedInputBytes)`,
+    false,
+    "input_too_large",
+    { ...(bytes === null ? {} : { bytes }), limit },
+  );
+}
+
+/** Runs a rendered executor. */
+async function run(rendered: Executor, ctx: ExecutionContext): Promise<unknown> {
   switch (rendered.type) {
     case "noop":
       return rendered.output ?? null;
@@ -27,7 +67,7 @@ export async function execute(executor: Executor, ctx: ExecutionContext): Promis
     case "http":
       return runHttp(rendered, ctx);
     case "handler": {
-      const handler = ctx.handlers?.[rendered.name];
+      const handler = ownValue(ctx.handlers, rendered.name);
       if (!handler) {
         throw new ExecutionError(
           ctx.handlers

@@ -4,12 +4,15 @@
  */
 import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
 import { z } from "zod";
+import { quotasOf } from "../../../config/index.ts";
+import { checkRequestParams, checkRequestPriority } from "../../../domain/limits.ts";
 import { expandPartitions, partitionsSchema } from "../../../domain/partitions.ts";
-import { assetKey, stepId } from "../../../domain/workflow/spec.ts";
+import { assetKey, requestParams, stepId } from "../../../domain/workflow/spec.ts";
 import type { EngineDeps } from "../../../engine/deps.ts";
-import { MAX_BACKFILL_PARTITIONS, materialize, retryRun, runSubgraph } from "../../../engine/requests.ts";
+import { materialize, retryRun, runSubgraph } from "../../../engine/requests.ts";
 import { callerOf } from "../../plugins/auth.ts";
 import { problemResponses } from "../../problem.ts";
+import { checkSubmissionQuotas } from "../../quotas.ts";
 import { nameParams } from "../../schemas.ts";
 import { planViewSchema, presentRun, runSchema } from "../runs/present.ts";
 
@@ -24,7 +27,7 @@ const materializeBody = z
       .refine(unique, "assets must not repeat")
       .describe("Assets to bring up to date"),
     force: z.boolean().optional().describe("Recompute the assets and everything upstream of them"),
-    params: z.record(z.string(), z.unknown()).optional(),
+    params: requestParams.optional(),
     priority: z.number().int().min(1).max(10).optional(),
     partitions: partitionsSchema
       .optional()
@@ -47,7 +50,7 @@ const subgraphBody = z
       .uuid()
       .optional()
       .describe("Reuse the outputs of steps that succeeded in this run of the same workflow"),
-    params: z.record(z.string(), z.unknown()).optional(),
+    params: requestParams.optional(),
     priority: z.number().int().min(1).max(10).optional(),
     dryRun: z.boolean().optional(),
   })
@@ -86,9 +89,13 @@ export const planRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps }> = async (
     async (request, reply) => {
       const caller = callerOf(request);
       const body = request.body;
+      checkRequestPriority(body.priority, quotasOf(engine.config, caller.tenantId).maxPriority);
+      checkRequestParams(body.params, engine.config.limits.maxRunParamsBytes);
       const partitions = body.partitions
-        ? expandPartitions(body.partitions, { max: MAX_BACKFILL_PARTITIONS })
+        ? expandPartitions(body.partitions, { max: engine.config.limits.backfillRuns })
         : undefined;
+      if (!body.dryRun)
+        await checkSubmissionQuotas(engine, caller.tenantId, { runs: partitions?.length ?? 1 });
       const result = await materialize(engine, {
         tenantId: caller.tenantId,
         assets: body.assets,
@@ -126,6 +133,9 @@ export const planRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps }> = async (
     async (request, reply) => {
       const caller = callerOf(request);
       const body = request.body;
+      checkRequestPriority(body.priority, quotasOf(engine.config, caller.tenantId).maxPriority);
+      checkRequestParams(body.params, engine.config.limits.maxRunParamsBytes);
+      if (!body.dryRun) await checkSubmissionQuotas(engine, caller.tenantId);
       const result = await runSubgraph(engine, {
         tenantId: caller.tenantId,
         workflow: body.workflow,
@@ -164,6 +174,7 @@ export const planRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps }> = async (
     },
     async (request, reply) => {
       const caller = callerOf(request);
+      if (!request.body?.dryRun) await checkSubmissionQuotas(engine, caller.tenantId);
       const result = await retryRun(engine, caller.tenantId, request.params.id, {
         ...(request.body?.dryRun ? { dryRun: true } : {}),
       });

@@ -12,6 +12,7 @@ import { z } from "zod";
 import type { Config } from "../../../config/index.ts";
 import { queueLoad } from "../../../db/repositories/queues.ts";
 import type { Sql } from "../../../db/repositories/runs.ts";
+import { ownValue } from "../../../domain/records.ts";
 import type { ScalerTarget, WorkerInfo, WorkerRegistry } from "../../../redis/registry.ts";
 import type { BullStepDispatcher } from "../../../redis/step-queue.ts";
 import { callerOf } from "../../plugins/auth.ts";
@@ -50,7 +51,7 @@ export async function queueOverview(sources: QueueSources): Promise<QueueOvervie
       const counts = await sources.dispatcher
         .queue(name)
         .getJobCounts("waiting", "prioritized", "active", "delayed", "failed");
-      const pool = sources.config.queues[name];
+      const pool = ownValue(sources.config.queues, name);
       const serving = workers.filter((w) => w.queues.includes(name));
       const l = load.get(name);
       const backlog = l?.backlog ?? 0;
@@ -75,7 +76,7 @@ export async function queueOverview(sources: QueueSources): Promise<QueueOvervie
         retryingLater: l?.delayed ?? 0,
         oldestWaitingSeconds: l?.oldestWaitingSeconds ?? null,
         workers: serving,
-        scaler: targets[name] ?? null,
+        scaler: ownValue(targets, name) ?? null,
         warning,
       };
     }),

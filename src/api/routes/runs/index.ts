@@ -1,9 +1,14 @@
 import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
 import { z } from "zod";
+import { quotasOf } from "../../../config/index.ts";
+import { stepOutput } from "../../../db/repositories/outputs.ts";
 import type { StepCompensation, StepRow } from "../../../db/repositories/runs.ts";
+import { notFound } from "../../../domain/errors.ts";
 import { isReservedKey, RESERVED_KEY_PREFIX } from "../../../domain/idempotency.ts";
+import { checkRequestParams, checkRequestPriority, jsonBytes } from "../../../domain/limits.ts";
 import { type CompensationStatus, compensationStatuses } from "../../../domain/progress.ts";
 import { isTerminalRun, runKinds, runStatuses } from "../../../domain/status.ts";
+import { requestParams, stepId } from "../../../domain/workflow/spec.ts";
 import type { EngineDeps } from "../../../engine/deps.ts";
 import {
   cancelRun,
@@ -16,6 +21,7 @@ import {
 } from "../../../engine/runs.ts";
 import { callerOf } from "../../plugins/auth.ts";
 import { problemResponses } from "../../problem.ts";
+import { checkSubmissionQuotas } from "../../quotas.ts";
 import {
   booleanQuery,
   decodeCursor,
@@ -39,7 +45,14 @@ const stepSchema = z
     queue: z.string(),
     planReason: z.string().nullable().describe("Why the plan runs, reuses or skips it"),
     reusedFromRunId: z.uuid().nullable(),
-    output: z.unknown().nullable(),
+    output: z
+      .unknown()
+      .nullable()
+      .describe("null when outputTruncated: read it whole at /v1/runs/{id}/steps/{stepId}/output"),
+    outputTruncated: z
+      .boolean()
+      .describe("The output is larger than limits.inlineOutputBytes and left out of run details"),
+    outputBytes: z.number().int().nullable().describe("Size of the output as JSON"),
     error: z.unknown().nullable(),
     progress: z.number().nullable(),
     progressMessage: z.string().nullable(),
@@ -62,10 +75,7 @@ const stepSchema = z
 
 const submitBody = z
   .strictObject({
-    params: z
-      .record(z.string(), z.unknown())
-      .optional()
-      .describe("Merged over the workflow's default params"),
+    params: requestParams.optional().describe("Merged over the workflow's default params"),
     priority: z.number().int().min(1).max(10).optional().describe("1–10, higher is served first; default 5"),
     dryRun: z.boolean().optional().describe("Answer the plan and start nothing"),
   })
@@ -105,7 +115,9 @@ const resumeAfter = (headers: z.infer<typeof resumeHeaders>, after: number | und
   headers["last-event-id"] !== undefined ? Number(headers["last-event-id"]) : (after ?? 0);
 const idempotencyKeyPattern = /^[\x21-\x7e]{1,255}$/;
 
-function presentStep(step: StepRow & { compensation: StepCompensation | null }) {
+function presentStep(step: StepRow & { compensation: StepCompensation | null }, inlineOutputBytes: number) {
+  const outputBytes = step.output === null || step.output === undefined ? null : jsonBytes(step.output);
+  const outputTruncated = outputBytes !== null && outputBytes > inlineOutputBytes;
   return {
     id: step.step_id,
     status: step.status,
@@ -114,7 +126,9 @@ function presentStep(step: StepRow & { compensation: StepCompensation | null }) 
     queue: step.queue,
     planReason: step.plan_reason ?? null,
     reusedFromRunId: step.reused_from_run_id ?? null,
-    output: step.output ?? null,
+    output: outputTruncated ? null : (step.output ?? null),
+    outputTruncated,
+    outputBytes,
     error: step.error ?? null,
     progress: step.progress,
     progressMessage: step.progress_message,
@@ -138,6 +152,11 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
   app,
   { engine, hub },
 ) => {
+  const streamQuota = (tenantId: string) => ({
+    id: tenantId,
+    max: quotasOf(engine.config, tenantId).streams,
+  });
+
   app.post(
     "/workflows/:name/runs",
     {
@@ -164,6 +183,8 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
     async (request, reply) => {
       const caller = callerOf(request);
       const body = request.body ?? {};
+      checkRequestPriority(body.priority, quotasOf(engine.config, caller.tenantId).maxPriority);
+      checkRequestParams(body.params, engine.config.limits.maxRunParamsBytes);
       const input = {
         tenantId: caller.tenantId,
         workflow: request.params.name,
@@ -172,6 +193,7 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
       };
       if (body.dryRun)
         return reply.code(200).send({ dryRun: true as const, ...(await planWorkflowRun(engine, input)) });
+      await checkSubmissionQuotas(engine, caller.tenantId, { workflow: request.params.name });
       const key = request.headers["idempotency-key"];
       const { run, created } = await submitRun(
         engine,
@@ -241,7 +263,35 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
     },
     async (request) => {
       const { run, steps } = await getRun(engine, callerOf(request).tenantId, request.params.id);
-      return { ...presentRun(run), steps: steps.map(presentStep) };
+      const inline = engine.config.limits.inlineOutputBytes;
+      return { ...presentRun(run), steps: steps.map((step) => presentStep(step, inline)) };
+    },
+  );
+
+  app.get(
+    "/runs/:id/steps/:stepId/output",
+    {
+      config: { scope: "read" },
+      schema: {
+        operationId: "getStepOutput",
+        tags: ["runs"],
+        summary: "One step's output, whole (run details leave out outputs over limits.inlineOutputBytes)",
+        params: z.strictObject({ id: z.uuid(), stepId }),
+        response: {
+          200: z.object({ output: z.unknown().nullable() }).meta({ id: "StepOutput" }),
+          ...problemResponses(404),
+        },
+      },
+    },
+    async (request) => {
+      const found = await stepOutput(
+        engine.db.sql,
+        callerOf(request).tenantId,
+        request.params.id,
+        request.params.stepId,
+      );
+      if (!found) throw notFound("Step");
+      return found;
     },
   );
 
@@ -319,6 +369,7 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
         streamRunEvents(hub, request, reply, run.id, after, {
           terminalAtStart: isTerminalRun(run.status),
           include,
+          tenant: streamQuota(caller.tenantId),
         });
         return reply;
       }
@@ -402,7 +453,10 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
         wantsStream ? 0 : request.query.limit,
       );
       if (wantsStream) {
-        streamRunEvents(hub, request, reply, run.id, after, { terminalAtStart: isTerminalRun(run.status) });
+        streamRunEvents(hub, request, reply, run.id, after, {
+          terminalAtStart: isTerminalRun(run.status),
+          tenant: streamQuota(caller.tenantId),
+        });
         return reply;
       }
       return {

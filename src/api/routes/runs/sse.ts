@@ -9,6 +9,7 @@
  */
 import type { FastifyReply, FastifyRequest } from "fastify";
 import type { EventRow } from "../../../db/repositories/runs.ts";
+import { quotaExceeded } from "../../../domain/limits.ts";
 import type { RedisEventBus } from "../../../redis/event-bus.ts";
 
 export const HEARTBEAT_MS = 15_000;
@@ -22,6 +23,8 @@ export interface SseHub {
   /** Open streams (their close function → bytes waiting in their socket's buffer), for shutdown,
    * leak checks and the slow-client bound. */
   streams: Map<() => void, () => number>;
+  /** Open streams per tenant on this process, for `quotas.streams`. */
+  perTenant: Map<string, number>;
   heartbeatMs?: number;
 }
 
@@ -44,8 +47,20 @@ export function streamRunEvents(
   reply: FastifyReply,
   runId: string,
   afterId: number,
-  options: { terminalAtStart: boolean; include?: (event: EventRow) => boolean },
+  options: {
+    terminalAtStart: boolean;
+    include?: (event: EventRow) => boolean;
+    /** The caller's tenant and its quota of open streams: over it, 429 before anything is sent. */
+    tenant?: { id: string; max: number };
+  },
 ): void {
+  const tenant = options.tenant;
+  if (tenant) {
+    const open = hub.perTenant.get(tenant.id) ?? 0;
+    if (open >= tenant.max)
+      throw quotaExceeded("streams", tenant.max, `tenant "${tenant.id}" has ${open} event streams open`);
+    hub.perTenant.set(tenant.id, open + 1);
+  }
   reply.hijack();
   const res = reply.raw;
   res.writeHead(200, {
@@ -74,6 +89,11 @@ export function streamRunEvents(
     unsubscribe();
     clearInterval(heartbeat);
     hub.streams.delete(close);
+    if (tenant) {
+      const open = (hub.perTenant.get(tenant.id) ?? 1) - 1;
+      if (open > 0) hub.perTenant.set(tenant.id, open);
+      else hub.perTenant.delete(tenant.id);
+    }
     res.off("close", close);
     res.end();
   };

@@ -1,11 +1,11 @@
 import type { FastifySchemaCompiler } from "fastify";
 import { type FastifyPluginAsyncZod, validatorCompiler } from "fastify-type-provider-zod";
 import { z } from "zod";
-import type { Config } from "../../../config/index.ts";
+import { type Config, quotasOf } from "../../../config/index.ts";
 import type { WorkflowsRepository } from "../../../db/repositories/workflows.ts";
 import { FlowlineError, notFound } from "../../../domain/errors.ts";
 import { workflowSpecSchema } from "../../../domain/workflow/spec.ts";
-import { validateWorkflowDefinition } from "../../../domain/workflow/validate.ts";
+import { type ValidationContext, validateWorkflowDefinition } from "../../../domain/workflow/validate.ts";
 import { callerOf } from "../../plugins/auth.ts";
 import { problemResponses } from "../../problem.ts";
 import {
@@ -60,16 +60,25 @@ const workflowSummary = z
 const domainValidatesBody: FastifySchemaCompiler<any> = (route) =>
   route.httpPart === "body" ? (data: unknown) => ({ value: data }) : validatorCompiler(route);
 
+/** What a definition of this tenant is checked against: the allowlists, queues, limits and quotas. */
+export function definitionContext(config: Config, tenantId: string): ValidationContext {
+  return {
+    commands: new Set(Object.keys(config.commands)),
+    allowedHosts: config.http.allowedHosts,
+    maxSteps: config.limits.maxSteps,
+    queues: new Set(Object.keys(config.queues)),
+    tagRoutes: config.tags,
+    maxPriority: quotasOf(config, tenantId).maxPriority,
+    maxSleepSeconds: config.limits.maxSleepSeconds,
+    maxTimeoutSeconds: config.limits.maxTimeoutSeconds,
+    maxParamsBytes: config.limits.maxRunParamsBytes,
+  };
+}
+
 export const workflowRoutes: FastifyPluginAsyncZod<{
   workflows: WorkflowsRepository;
   config: Config;
 }> = async (app, { workflows, config }) => {
-  const validationContext = {
-    commands: new Set(Object.keys(config.commands)),
-    allowedHosts: config.http.allowedHosts,
-    maxSteps: config.limits.maxSteps,
-  };
-
   app.put(
     "/workflows/:name",
     {
@@ -103,7 +112,7 @@ export const workflowRoutes: FastifyPluginAsyncZod<{
           { issues: [{ location: "body", path: ["name"], message: "must equal the name in the URL" }] },
         );
       }
-      const result = validateWorkflowDefinition(withName, validationContext);
+      const result = validateWorkflowDefinition(withName, definitionContext(config, caller.tenantId));
       if (!result.ok) {
         const first = result.issues[0]!;
         const more = result.issues.length > 1 ? ` (and ${result.issues.length - 1} more)` : "";
