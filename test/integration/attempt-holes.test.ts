@@ -31,6 +31,8 @@ const processes: Spawned[] = [];
 beforeAll(async () => {
   ctx = await createTestContext((c) => ({
     ...engineSettings(c),
+    // `nowhere`: a queue no worker of this file serves, where the test plays the worker.
+    queues: { default: {}, nowhere: {} },
     commands: {
       ...testCommands,
       // One 200 MB line with no newline, then a short one: readline would hold all of it.

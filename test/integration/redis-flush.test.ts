@@ -32,6 +32,8 @@ beforeAll(async () => {
   ctx = await createTestContext((c) => ({
     ...engineSettings(c),
     redis: { ...(c.redis as object), url: redis.url },
+    // `nowhere`: a queue no worker of this file serves, where the test plays the worker.
+    queues: { default: {}, nowhere: {} },
     supervisor: { leaseSeconds: 2, reconcileIntervalSeconds: 1, scheduleIntervalSeconds: 1 },
   }));
 });

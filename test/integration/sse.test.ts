@@ -26,9 +26,17 @@ let base: string;
 
 beforeAll(async () => {
   // The slow-client test needs every one of the spammer's 20,000 lines as events.
-  ctx = await createTestContext((c) => ({ ...engineSettings(c), limits: { logLinesPerAttempt: 50_000 } }), {
-    sseHeartbeatMs: 200,
-  });
+  ctx = await createTestContext(
+    (c) => ({
+      ...engineSettings(c),
+      limits: { logLinesPerAttempt: 50_000 },
+      // A queue that no worker of this file serves.
+      queues: { default: {}, unserved: {} },
+    }),
+    {
+      sseHeartbeatMs: 200,
+    },
+  );
   base = await ctx.app.listen({ host: "127.0.0.1", port: 0 });
   worker = spawnWorker(ctx);
   await worker.waitFor(/worker started/);
