@@ -3,6 +3,8 @@
  * `server.ts` adds the socket and the shutdown handling.
  */
 import { randomUUID } from "node:crypto";
+import cookie from "@fastify/cookie";
+import cors from "@fastify/cors";
 import rateLimit from "@fastify/rate-limit";
 import swagger from "@fastify/swagger";
 import swaggerUi from "@fastify/swagger-ui";
@@ -28,8 +30,9 @@ import { createRedis } from "../redis/connection.ts";
 import { RedisEventBus } from "../redis/event-bus.ts";
 import { redisKeys } from "../redis/keys.ts";
 import { WorkerRegistry } from "../redis/registry.ts";
+import { sharedSessionSecret } from "../redis/session-secret.ts";
 import { BullStepDispatcher } from "../redis/step-queue.ts";
-import { registerAuth } from "./plugins/auth.ts";
+import { CSRF_HEADER, registerAuth, SESSION_COOKIE } from "./plugins/auth.ts";
 import { registerBodyParsers } from "./plugins/body-parsers.ts";
 import { registerMetrics } from "./plugins/metrics.ts";
 import { problemFromFlowlineError, toFlowlineError } from "./problem.ts";
@@ -42,6 +45,7 @@ import { queueOverview, queueRoutes, registerQueueMetrics } from "./routes/queue
 import { rollbackRoutes } from "./routes/rollback/index.ts";
 import { runRoutes } from "./routes/runs/index.ts";
 import { coalesceReads, type SseHub } from "./routes/runs/sse.ts";
+import { sessionRoutes } from "./routes/session/index.ts";
 import { workflowRoutes } from "./routes/workflows/index.ts";
 
 export interface AppDeps {
@@ -68,15 +72,24 @@ declare module "fastify" {
 
 const requestIdPattern = /^[A-Za-z0-9._:-]{1,128}$/;
 
+/** Fastify's request log line, with stream tokens (`?token=`) in URLs masked. */
+const requestSerializer = (req: { method: string; url: string; ip?: string; host?: string }) => ({
+  method: req.method,
+  url: req.url.replace(/([?&]token=)[^&]*/g, "$1***"),
+  host: req.host,
+  remoteAddress: req.ip,
+});
+
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const { config } = deps;
   const app = Fastify({
     ...(deps.logger
-      ? { loggerInstance: deps.logger }
+      ? { loggerInstance: deps.logger.child({}, { serializers: { req: requestSerializer } }) }
       : {
           logger: {
             level: config.log.level,
             redact: ["req.headers.authorization", "req.headers.cookie"],
+            serializers: { req: requestSerializer },
           },
         }),
     bodyLimit: config.server.bodyLimitBytes,
@@ -119,9 +132,33 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
 
   registerBodyParsers(app, { maxDepth: config.server.maxJsonDepth });
+  // Before authentication, so that preflights are answered and refusals still carry CORS headers.
+  await app.register(cors, {
+    origin: config.http.cors.allowedOrigins.length > 0 ? [...config.http.cors.allowedOrigins] : false,
+    methods: ["GET", "HEAD", "POST", "PUT", "DELETE"],
+    allowedHeaders: ["authorization", "content-type", "idempotency-key", "last-event-id", "x-request-id"],
+    exposedHeaders: ["location", "x-request-id", "retry-after"],
+    maxAge: 600,
+  });
+  await app.register(cookie);
   // Before any route is added, so that every route is checked for a scope.
   const keys = keysRepository(deps.db.db);
-  registerAuth(app, keys);
+  let secret: Promise<string> | undefined;
+  const authSources = {
+    keys,
+    secret: () => {
+      if (config.auth.sessionSecret) return Promise.resolve(config.auth.sessionSecret);
+      secret ??= sharedSessionSecret(deps.redis, config.redis.prefix).catch((error: Error) => {
+        secret = undefined;
+        throw new FlowlineError(
+          "service_unavailable",
+          `Sessions need Redis, which is unreachable: ${error.message}`,
+        );
+      });
+      return secret;
+    },
+  };
+  registerAuth(app, authSources);
 
   await app.register(swagger, {
     openapi: {
@@ -130,11 +167,20 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
         title: "Flowline API",
         version: "1",
         description:
-          "Workflow orchestration over HTTP. Authenticate with `Authorization: Bearer <api key>`. " +
+          "Workflow orchestration over HTTP. Authenticate with `Authorization: Bearer <api key>`; browsers " +
+          "may use the session cookie from `POST /v1/session` (unsafe methods then also send `" +
+          CSRF_HEADER +
+          "`), and a run's event and log streams accept a stream token as `?token=`. " +
           "Errors are RFC 9457 problem+json.",
       },
-      components: { securitySchemes: { bearer: { type: "http", scheme: "bearer" } } },
-      security: [{ bearer: [] }],
+      components: {
+        securitySchemes: {
+          bearer: { type: "http", scheme: "bearer" },
+          session: { type: "apiKey", in: "cookie", name: SESSION_COOKIE },
+          streamToken: { type: "apiKey", in: "query", name: "token" },
+        },
+      },
+      security: [{ bearer: [] }, { session: [] }],
     },
     transform: jsonSchemaTransform,
     transformObject: jsonSchemaTransformObject,
@@ -152,7 +198,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     // Rate limiting must not take the API down with Redis: fail open, readiness reports Redis.
     skipOnError: true,
     keyGenerator: (request) => (request.auth ? `key:${request.auth.keyId}` : `ip:${request.ip}`),
-    allowList: (request) => !config.rateLimit.enabled || request.routeOptions.config.public === true,
+    // Public reads (health, metrics, docs) are free; a public POST (logging in) tries keys, so it counts.
+    allowList: (request) =>
+      !config.rateLimit.enabled ||
+      (request.routeOptions.config.public === true &&
+        (request.method === "GET" || request.method === "HEAD")),
     errorResponseBuilder: (_request, context) =>
       new FlowlineError(
         "rate_limited",
@@ -209,6 +259,14 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(controlRoutes, { prefix: "/v1", engine });
   await app.register(rollbackRoutes, { prefix: "/v1", engine });
   await app.register(keyRoutes, { prefix: "/v1", keys });
+  await app.register(sessionRoutes, {
+    prefix: "/v1",
+    ...authSources,
+    engine,
+    sessionTtlSeconds: config.auth.sessionTtlSeconds,
+    streamTokenTtlSeconds: config.auth.streamTokenTtlSeconds,
+    publicUrl: config.server.publicUrl,
+  });
   const queueSources = {
     config,
     sql: deps.db.sql,

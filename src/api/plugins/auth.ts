@@ -1,11 +1,18 @@
 /**
- * Bearer-key authentication. Every route is private unless its config says `public: true`;
- * a private route names the scope it needs (`scope: "read" | "write" | "admin"`), and a route
- * without one fails to register — forgetting to protect a route is a start-up error, not a leak.
+ * Authentication. Every route is private unless its config says `public: true`; a private route
+ * names the scope it needs (`scope: "read" | "write" | "admin"`), and a route without one fails to
+ * register — forgetting to protect a route is a start-up error, not a leak.
+ *
+ * A caller proves itself with, in this order: `Authorization: Bearer <api key>`; on routes marked
+ * `streamToken: true`, a `?token=` issued for that very run (a native EventSource sends no
+ * headers); or the dashboard's session cookie, where unsafe methods must also carry the session's
+ * CSRF token in `X-CSRF-Token`. Sessions and tokens name a key by id, and that key is looked up on
+ * every request, so revoking it ends them.
  */
-import type { FastifyInstance, FastifyRequest } from "fastify";
-import type { KeysRepository } from "../../db/repositories/keys.ts";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import type { ApiKeyRecord, KeysRepository } from "../../db/repositories/keys.ts";
 import { hasScope } from "../../domain/api-keys.ts";
+import { csrfTokenMatches, verifySession, verifyStreamToken } from "../../domain/browser-auth.ts";
 import { FlowlineError } from "../../domain/errors.ts";
 import type { Scope } from "../../domain/status.ts";
 
@@ -14,6 +21,18 @@ export interface AuthContext {
   tenantId: string;
   scopes: readonly string[];
   root: boolean;
+  /** How the caller proved itself. */
+  via: "key" | "session" | "streamToken";
+}
+
+export const SESSION_COOKIE = "flowline_session";
+export const CSRF_HEADER = "x-csrf-token";
+const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
+
+export interface AuthSources {
+  keys: KeysRepository;
+  /** The secret that signs sessions and stream tokens. */
+  secret(): Promise<string>;
 }
 
 declare module "fastify" {
@@ -22,6 +41,8 @@ declare module "fastify" {
     public?: boolean;
     /** The least scope a key needs for this route. */
     scope?: Scope;
+    /** Also accepts a stream token for the run in the `id` path parameter (`?token=`). */
+    streamToken?: boolean;
   }
   interface FastifyRequest {
     auth: AuthContext | null;
@@ -30,7 +51,8 @@ declare module "fastify" {
 
 const bearer = /^Bearer\s+([\x21-\x7e]{1,512})$/i;
 
-export function registerAuth(app: FastifyInstance, keys: KeysRepository): void {
+export function registerAuth(app: FastifyInstance, sources: AuthSources): void {
+  const { keys } = sources;
   app.decorateRequest("auth", null);
 
   app.addHook("onRoute", (route) => {
@@ -43,21 +65,97 @@ export function registerAuth(app: FastifyInstance, keys: KeysRepository): void {
     }
   });
 
+  const authorize = (record: ApiKeyRecord | null, scope: Scope | undefined, missing: string) => {
+    if (!record) throw new FlowlineError("unauthorized", missing);
+    if (scope && !hasScope(record.scopes, scope)) {
+      throw new FlowlineError("forbidden", `This API key lacks the '${scope}' scope`);
+    }
+    return record;
+  };
+  const now = () => Math.floor(Date.now() / 1000);
+
   app.addHook("onRequest", async (request: FastifyRequest) => {
     const config = request.routeOptions.config;
-    if (config.public || request.is404) return;
+    // Preflights are answered by the CORS plugin; what reaches here for OPTIONS is refused there.
+    if (config.public || request.is404 || request.method === "OPTIONS") return;
     const header = request.headers.authorization;
-    if (!header)
+    const token = config.streamToken ? (request.query as { token?: unknown }).token : undefined;
+    const cookie = request.cookies[SESSION_COOKIE];
+    let record: ApiKeyRecord;
+    let via: AuthContext["via"];
+    if (header) {
+      const match = bearer.exec(header);
+      if (!match)
+        throw new FlowlineError(
+          "unauthorized",
+          "Malformed Authorization header; expected 'Bearer <api key>'",
+        );
+      record = authorize(await keys.findByKey(match[1]!), config.scope, "Unknown or revoked API key");
+      via = "key";
+    } else if (typeof token === "string") {
+      const claims = verifyStreamToken(await sources.secret(), token, now());
+      if (!claims) throw new FlowlineError("unauthorized", "Invalid or expired stream token");
+      if (claims.runId !== (request.params as { id?: string }).id)
+        throw new FlowlineError("forbidden", "This stream token is for another run");
+      record = authorize(
+        await keys.findActiveById(claims.keyId),
+        config.scope,
+        "The token's API key was revoked",
+      );
+      via = "streamToken";
+    } else if (cookie) {
+      const secret = await sources.secret();
+      const claims = verifySession(secret, cookie, now());
+      if (!claims) throw new FlowlineError("unauthorized", "The session has expired; log in again");
+      record = authorize(
+        await keys.findActiveById(claims.keyId),
+        config.scope,
+        "The session's API key was revoked",
+      );
+      if (!SAFE_METHODS.has(request.method)) {
+        const given = request.headers[CSRF_HEADER];
+        if (typeof given !== "string" || !csrfTokenMatches(secret, cookie, given))
+          throw new FlowlineError(
+            "forbidden",
+            `A session-authenticated ${request.method} needs the session's CSRF token in the ${CSRF_HEADER} header`,
+          );
+      }
+      via = "session";
+    } else {
       throw new FlowlineError("unauthorized", "Missing Authorization header; send 'Bearer <api key>'");
-    const match = bearer.exec(header);
-    if (!match)
-      throw new FlowlineError("unauthorized", "Malformed Authorization header; expected 'Bearer <api key>'");
-    const record = await keys.findByKey(match[1]!);
-    if (!record) throw new FlowlineError("unauthorized", "Unknown or revoked API key");
-    if (config.scope && !hasScope(record.scopes, config.scope)) {
-      throw new FlowlineError("forbidden", `This API key lacks the '${config.scope}' scope`);
     }
-    request.auth = { keyId: record.id, tenantId: record.tenantId, scopes: record.scopes, root: record.root };
+    request.auth = {
+      keyId: record.id,
+      tenantId: record.tenantId,
+      scopes: record.scopes,
+      root: record.root,
+      via,
+    };
+  });
+}
+
+/** Sets the session cookie: HttpOnly, SameSite=Strict, Secure when the request came over HTTPS. */
+export function setSessionCookie(
+  request: FastifyRequest,
+  reply: FastifyReply,
+  value: string,
+  maxAge: number,
+) {
+  reply.setCookie(SESSION_COOKIE, value, {
+    httpOnly: true,
+    sameSite: "strict",
+    secure: request.protocol === "https",
+    path: "/",
+    maxAge,
+  });
+}
+
+export function clearSessionCookie(request: FastifyRequest, reply: FastifyReply) {
+  reply.clearCookie(SESSION_COOKIE, {
+    httpOnly: true,
+    sameSite: "strict",
+    secure: request.protocol === "https",
+    path: "/",
   });
 }
 
