@@ -3,9 +3,13 @@
  * `server.ts` adds the socket and the shutdown handling.
  */
 import { randomUUID } from "node:crypto";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import cookie from "@fastify/cookie";
 import cors from "@fastify/cors";
 import rateLimit from "@fastify/rate-limit";
+import fastifyStatic from "@fastify/static";
 import swagger from "@fastify/swagger";
 import swaggerUi from "@fastify/swagger-ui";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
@@ -214,6 +218,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
 
   app.get("/openapi.json", { config: { public: true }, schema: { hide: true } }, async () => app.swagger());
+  await registerDashboard(app);
 
   // One subscriber connection per API process, fanned out to every SSE stream it serves. It keeps
   // an offline queue so its subscription is made as soon as Redis is reachable.
@@ -282,4 +287,29 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
 
   return app;
+}
+
+/**
+ * The dashboard (`/ui/`): plain ES modules from `ui/`, and the pinned browser builds of its two
+ * libraries straight from node_modules, so `npm ci` is the whole build.
+ */
+async function registerDashboard(app: FastifyInstance): Promise<void> {
+  const require = createRequire(import.meta.url);
+  const packageDir = (name: string) => dirname(require.resolve(`${name}/package.json`));
+  const mounts = [
+    { root: fileURLToPath(new URL("../../ui/", import.meta.url)), prefix: "/ui/" },
+    { root: join(packageDir("@dagrejs/dagre"), "dist"), prefix: "/ui/vendor/dagre/" },
+    { root: join(packageDir("croner"), "dist"), prefix: "/ui/vendor/croner/" },
+  ];
+  for (const [i, mount] of mounts.entries()) {
+    await app.register(fastifyStatic, {
+      ...mount,
+      decorateReply: i === 0,
+      cacheControl: false,
+      index: false,
+    });
+  }
+  const page = { config: { public: true }, schema: { hide: true } };
+  app.get("/ui/", page, (_request, reply) => reply.sendFile("index.html", mounts[0]!.root));
+  app.get("/", page, (_request, reply) => reply.redirect("/ui/"));
 }

@@ -79,6 +79,7 @@ async function runApi(role: string): Promise<void> {
   const log = createLogger(config, role);
   process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
   const server = await startApiServer(config, { logger: log, onGeneratedRootKey: printRootKey });
+  printDashboard(server.url);
   untilSignal(log, config.server.shutdownGraceSeconds, () => server.close());
 }
 
@@ -93,6 +94,7 @@ async function runUp(): Promise<void> {
   process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
   // The API first: it applies migrations before any worker touches the database.
   const server = await startApiServer(config, { logger: log, onGeneratedRootKey: printRootKey });
+  printDashboard(server.url);
   const supervisor = await startSupervisor({ config, log: log.child({ role: "supervisor" }) });
   const autoscaler = await startAutoscaler({ config, log: log.child({ role: "workers" }) });
   untilSignal(log, workerStopSeconds(config) + 20, async () => {
@@ -108,6 +110,10 @@ function printRootKey(key: string): void {
     `\nFlowline generated a root API key. It is shown only this once; store it now:\n\n    ${key}\n\n` +
       "Set FLOWLINE_BOOTSTRAP_KEY to choose the root key yourself.\n\n",
   );
+}
+
+function printDashboard(url: string): void {
+  process.stdout.write(`\nDashboard: ${url}/ui/ (log in with an API key)\n\n`);
 }
 
 export function buildProgram(): Command {

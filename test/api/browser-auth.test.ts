@@ -235,6 +235,29 @@ describe("CORS", () => {
   });
 });
 
+describe("dashboard files", () => {
+  it("serves /ui/ and its pinned libraries without a key, and sends / there", async () => {
+    const index = await call(ctx.app, "GET", "/ui/");
+    expect(index.statusCode).toBe(200);
+    expect(index.headers["content-type"]).toMatch(/text\/html/);
+    expect(index.body).toContain('src="/ui/app.js"');
+    for (const path of [
+      "/ui/app.js",
+      "/ui/run.js",
+      "/ui/vendor/dagre/dagre.min.js",
+      "/ui/vendor/croner/croner.umd.js",
+    ]) {
+      const res = await call(ctx.app, "GET", path);
+      expect(res.statusCode, path).toBe(200);
+      expect(res.headers["content-type"], path).toMatch(/javascript/);
+    }
+    const root = await call(ctx.app, "GET", "/");
+    expect(root.statusCode).toBe(302);
+    expect(root.headers.location).toBe("/ui/");
+    expectProblem(await call(ctx.app, "GET", "/ui/nope.js"), 404);
+  });
+});
+
 describe("OpenAPI", () => {
   it("documents sessions, stream tokens and their security schemes", async () => {
     const spec = (await call(ctx.app, "GET", "/openapi.json")).json();

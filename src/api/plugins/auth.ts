@@ -28,6 +28,7 @@ export interface AuthContext {
 export const SESSION_COOKIE = "flowline_session";
 export const CSRF_HEADER = "x-csrf-token";
 const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
+const publicPrefixes = ["/docs", "/ui"];
 
 export interface AuthSources {
   keys: KeysRepository;
@@ -56,8 +57,9 @@ export function registerAuth(app: FastifyInstance, sources: AuthSources): void {
   app.decorateRequest("auth", null);
 
   app.addHook("onRoute", (route) => {
-    // The interactive reference registers its own routes (page and static assets).
-    if (route.url === "/docs" || route.url.startsWith("/docs/"))
+    // The interactive reference and the dashboard register their own routes (pages and static
+    // files); the dashboard's data comes from /v1 with the session cookie.
+    if (publicPrefixes.some((p) => route.url === p || route.url.startsWith(`${p}/`)))
       route.config = { ...route.config, public: true };
     const config = route.config as { public?: boolean; scope?: Scope } | undefined;
     if (!config?.public && !config?.scope) {
