@@ -276,7 +276,7 @@ async function workflowPage(name, query) {
         ["type", (s) => s.run?.type ?? ""],
         ["needs", (s) => (s.needs ?? []).join(", ")],
         ["queue", (s) => s.queue ?? ""],
-        ["assets", (s) => (s.provides ?? s.assets ?? []).join?.(", ") ?? ""],
+        ["provides", (s) => (s.provides ?? []).join(", ")],
       ],
       def.steps,
     ),
@@ -313,14 +313,14 @@ async function assetPage(key) {
   const materialize = async (dryRun) => {
     try {
       const res = await api("POST", "/v1/materializations", { assets: [key], dryRun });
-      const plan = res.plans?.[0] ?? res.plan ?? res;
+      const plan = res.plans[0];
       if (dryRun) {
         planBox.replaceChildren(
-          plan?.steps ? planTable(plan) : json(res),
+          plan ? planTable(plan) : h("p", {}, "Nothing to plan."),
           h("button", { class: "primary", type: "button", onclick: () => materialize(false) }, "Materialize"),
         );
       } else {
-        const run = res.runs?.[0] ?? res.run;
+        const run = res.runs[0];
         if (run) location.hash = `#/runs/${run.id}`;
         else planBox.replaceChildren(h("p", {}, "Nothing to do: the asset is fresh."));
       }
@@ -355,10 +355,10 @@ async function assetPage(key) {
     h("h2", {}, "History"),
     table(
       [
-        ["when", (m) => time(m.materializedAt ?? m.at ?? m.createdAt)],
+        ["when", (m) => time(m.createdAt)],
         ["run", (m) => h("a", { href: `#/runs/${m.runId}` }, m.runId.slice(0, 8))],
         ["step", (m) => m.stepId],
-        ["partition", (m) => m.partition ?? m.partitionKey ?? ""],
+        ["partition", (m) => m.partitionKey ?? ""],
       ],
       a.history.items,
     ),

@@ -213,13 +213,37 @@ describe("dashboard", () => {
     await page.waitForSelector(".node[data-step=extract][data-status=reused]", { timeout: 20_000 });
     await page.waitForSelector("[data-testid=run-status] [data-status=succeeded]", { timeout: 30_000 });
 
+    // The runs list follows statuses without a reload.
     await page.goto(`${base}/ui/#/runs`);
     await page.waitForSelector("tr[data-run]");
+    const listed = await v1("POST", "/v1/workflows/demo/runs", {});
+    await page.waitForSelector(`tr[data-run="${listed.id}"] [data-status=running]`, { timeout: 20_000 });
+    await page.waitForSelector(`tr[data-run="${listed.id}"] [data-status=succeeded]`, { timeout: 30_000 });
     await shot("runs");
     await page.goto(`${base}/ui/#/queues`);
     await page.waitForSelector("tr[data-queue=default]");
     await shot("queues");
   }, 90_000);
+
+  it("shows an asset's freshness and materializes it after a dry-run plan", async () => {
+    await v1("PUT", "/v1/workflows/sales", {
+      steps: [
+        { id: "extract", run: { type: "noop", output: { rows: 3 } } },
+        { id: "report", needs: ["extract"], provides: ["sales_report"], run: { type: "noop" } },
+      ],
+    });
+    await page.goto(`${base}/ui/#/assets`);
+    await page.click("a[href='#/assets/sales_report']");
+    await page.getByRole("button", { name: "Plan materialization…" }).click();
+    await page.waitForSelector("[data-testid=plan]");
+    expect(await page.textContent("[data-testid=plan]")).toMatch(/2 of 2 steps would run/);
+    await page.getByRole("button", { name: "Materialize" }).click();
+    await page.waitForURL(/#\/runs\/[0-9a-f-]{36}$/);
+    await page.waitForSelector("[data-testid=run-status] [data-status=succeeded]", { timeout: 30_000 });
+    await page.goto(`${base}/ui/#/assets`);
+    await page.waitForSelector("[data-status=fresh]");
+    await shot("assets");
+  }, 60_000);
 
   it("lets a page on another origin follow a run with a stream token and a native EventSource", async () => {
     await v1("PUT", "/v1/workflows/token-demo", {
