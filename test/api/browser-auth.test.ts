@@ -269,3 +269,20 @@ describe("OpenAPI", () => {
     expect(spec.paths["/v1/runs/{id}/events"].get.security).toContainEqual({ streamToken: [] });
   });
 });
+
+describe("logging in", () => {
+  it("is rate limited per client address, unlike public reads", async () => {
+    const limited = await createTestContext((c) => ({ ...c, rateLimit: { max: 3, windowSeconds: 60 } }));
+    try {
+      const statuses = [];
+      for (let i = 0; i < 4; i++)
+        statuses.push(
+          (await call(limited.app, "POST", "/v1/session", { body: { key: `flk_guess_${i}` } })).statusCode,
+        );
+      expect(statuses).toEqual([401, 401, 401, 429]);
+      for (let i = 0; i < 5; i++) expect((await call(limited.app, "GET", "/healthz")).statusCode).toBe(200);
+    } finally {
+      await limited.close();
+    }
+  });
+});

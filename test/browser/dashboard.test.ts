@@ -302,6 +302,9 @@ describe("dashboard", () => {
     );
     expect(gaveUp).toBe(true);
     await foreignPage.close();
+    // Tokens travel in URLs: the request log masks them.
+    expect(api.stdout()).toContain("token=***");
+    expect(api.stdout()).not.toContain(token);
   }, 60_000);
 
   it("keeps following a run across an API restart, with no duplicate event", async () => {
