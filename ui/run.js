@@ -6,7 +6,10 @@
  */
 import { api, badge, canWrite, duration, errorBox, h, json, planTable, time } from "./lib.js";
 
-export const GRAPH_LIMIT = 400;
+/** Above this many steps the graph is shown collapsed by layer (a layout takes seconds past it). */
+export const GRAPH_LIMIT = 300;
+const NODE_W = 150;
+const NODE_H = 44;
 const ROW = 28;
 const SVG = "http://www.w3.org/2000/svg";
 const STEP_STATUS = {
@@ -176,32 +179,37 @@ export function runPage(main, runId, onLeave) {
   // The graph: laid out once (the structure never changes), node states updated in place.
   const nodes = new Map();
   function drawGraph() {
-    if (steps.size > GRAPH_LIMIT || !globalThis.dagre) return drawLayers();
-    const g = new dagre.graphlib.Graph();
-    g.setGraph({ rankdir: "LR", nodesep: 18, ranksep: 50, marginx: 10, marginy: 10 });
-    g.setDefaultEdgeLabel(() => ({}));
-    for (const id of steps.keys()) g.setNode(id, { width: 150, height: 44 });
-    for (const [id, deps] of needs) for (const d of deps) if (steps.has(d)) g.setEdge(d, id);
-    dagre.layout(g);
-    const { width, height } = g.graph();
+    if (steps.size > GRAPH_LIMIT || typeof Worker === "undefined") return drawLayers();
+    graphBox.replaceChildren(h("p", { class: "muted", style: "padding:0.6rem" }, "Laying out the graph…"));
+    const worker = new Worker("/ui/layout-worker.js");
+    onLeave(() => worker.terminate());
+    worker.onmessage = ({ data }) => {
+      worker.terminate();
+      renderGraph(data);
+    };
+    worker.onerror = () => drawLayers();
+    const edges = [];
+    for (const [id, deps] of needs) for (const d of deps) if (steps.has(d)) edges.push([d, id]);
+    worker.postMessage({ ids: [...steps.keys()], edges, node: { width: NODE_W, height: NODE_H } });
+  }
+
+  function renderGraph({ width, height, nodes: placed, edges }) {
     const root = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img" });
-    for (const e of g.edges()) {
-      const pts = g.edge(e).points;
+    for (const pts of edges) {
       const d = pts.map((p, i) => `${i ? "L" : "M"}${p.x},${p.y}`).join(" ");
-      root.append(svg("path", { class: "edge", d, "marker-end": "" }));
+      root.append(svg("path", { class: "edge", d }));
     }
-    for (const id of g.nodes()) {
-      const n = g.node(id);
+    for (const { id, x, y } of placed) {
       const group = svg("g", {
         class: "node",
         "data-step": id,
-        transform: `translate(${n.x - 75},${n.y - 22})`,
+        transform: `translate(${x - NODE_W / 2},${y - NODE_H / 2})`,
       });
       const label = svg("text", { x: 8, y: 18 });
       label.textContent = id.length > 20 ? `${id.slice(0, 19)}…` : id;
       const sub = svg("text", { x: 8, y: 34, class: "sub" });
-      const bar = svg("rect", { class: "bar", x: 0, y: 41, height: 3, width: 0 });
-      group.append(svg("rect", { width: 150, height: 44 }), label, sub, bar);
+      const bar = svg("rect", { class: "bar", x: 0, y: NODE_H - 3, height: 3, width: 0 });
+      group.append(svg("rect", { width: NODE_W, height: NODE_H }), label, sub, bar);
       group.addEventListener("click", () => select(id));
       root.append(group);
       nodes.set(id, { group, sub, bar });
@@ -217,9 +225,14 @@ export function runPage(main, runId, onLeave) {
     node.group.setAttribute("data-status", s.status);
     node.group.classList.toggle("selected", id === selected);
     node.group.classList.toggle("picked", picked?.has(id) ?? false);
-    const extra = s.attempt > 1 ? ` · try ${s.attempt}` : "";
+    const extra =
+      s.attempt > 1
+        ? ` · try ${s.attempt}`
+        : s.planReason && !["run", "selected"].includes(s.planReason)
+          ? ` · ${s.planReason}`
+          : "";
     node.sub.textContent = `${s.status}${extra}${s.status === "running" && s.progress != null ? ` · ${Math.round(s.progress * 100)}%` : ""}`;
-    node.bar.setAttribute("width", s.status === "running" && s.progress != null ? 150 * s.progress : 0);
+    node.bar.setAttribute("width", s.status === "running" && s.progress != null ? NODE_W * s.progress : 0);
   }
 
   /** Large runs: one status strip per dependency layer instead of the drawing. */
