@@ -424,21 +424,24 @@ export function runPage(main, runId, onLeave) {
       s.output != null ? [h("h2", {}, "Output"), json(s.output)] : "",
       s.error != null ? [h("h2", {}, "Error"), json(s.error)] : "",
       h("h2", {}, `Logs (${lines.length})`),
-      h("pre", { class: "logs", "data-testid": "logs" }, lines.join("\n") || "—"),
+      h("pre", { class: "logs", "data-testid": "logs" }, lines.map((l) => l.line).join("\n") || "—"),
     ];
     details.replaceChildren(...parts.flat().filter(Boolean));
   }
 
+  /** The step's lines so far, then the stream's: a line the stream brought meanwhile is kept once. */
   async function loadLogs(id) {
+    logs.set(id, logs.get(id) ?? []);
     try {
       const page = await api(
         "GET",
         `/v1/runs/${runId}/logs?step=${encodeURIComponent(id)}&limit=${MAX_LOG_LINES}`,
       );
-      // Lines that arrived on the stream meanwhile are in the page too: the page is the truth.
+      const last = page.items.at(-1)?.id ?? 0;
+      const streamed = logs.get(id).filter((l) => l.id > last);
       logs.set(
         id,
-        page.items.map((l) => l.line),
+        [...page.items.map((l) => ({ id: l.id, line: l.line })), ...streamed].slice(-MAX_LOG_LINES),
       );
       if (selected === id) renderDetails();
     } catch {
@@ -499,7 +502,7 @@ export function runPage(main, runId, onLeave) {
       }
       if (type === "step.log" && logs.has(s.id)) {
         const lines = logs.get(s.id);
-        lines.push(String(data.line ?? ""));
+        lines.push({ id, line: String(data.line ?? "") });
         if (lines.length > MAX_LOG_LINES) lines.shift();
       }
       dirty.add(s.id);

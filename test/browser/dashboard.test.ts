@@ -106,6 +106,8 @@ beforeAll(async () => {
       "  default: { concurrency: 4 }",
       "  parked: { concurrency: 1, min: 0, max: 1 }",
       "rateLimit: { enabled: false }",
+      "commands:",
+      '  ticker: { argv: ["sh", "-c", "for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.5; done"] }',
       "",
     ].join("\n"),
   );
@@ -224,6 +226,29 @@ describe("dashboard", () => {
     await page.waitForSelector("tr[data-queue=default]");
     await shot("queues");
   }, 90_000);
+
+  it("follows a step's logs live", async () => {
+    await v1("PUT", "/v1/workflows/logs-demo", {
+      steps: [{ id: "tick", run: { type: "command", command: "ticker" } }],
+    });
+    const run = await v1("POST", "/v1/workflows/logs-demo/runs", {});
+    await page.goto(`${base}/ui/#/runs/${run.id}`);
+    await page.click(".node[data-step=tick]");
+    // Lines show while the step still runs, and the rest follows.
+    await page.waitForFunction(
+      () =>
+        document.querySelector("[data-testid=logs]")?.textContent.includes("tick 1") &&
+        document.querySelector(".node[data-step=tick]")?.getAttribute("data-status") === "running",
+      null,
+      { timeout: 20_000 },
+    );
+    await page.waitForSelector(".node[data-step=tick][data-status=succeeded]", { timeout: 20_000 });
+    await page.waitForFunction(() =>
+      document.querySelector("[data-testid=logs]")?.textContent.includes("tick 6"),
+    );
+    const lines = (await page.textContent("[data-testid=logs]"))!.split("\n");
+    expect(lines).toEqual(["tick 1", "tick 2", "tick 3", "tick 4", "tick 5", "tick 6"]);
+  }, 60_000);
 
   it("shows an asset's freshness and materializes it after a dry-run plan", async () => {
     await v1("PUT", "/v1/workflows/sales", {
