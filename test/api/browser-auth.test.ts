@@ -62,11 +62,14 @@ describe("browser sessions", () => {
   });
 
   it("authenticates reads with the cookie, and unsafe methods only with the session's CSRF token", async () => {
-    const { cookie, csrf } = await login(ctx.rootKey);
+    const { res: loggedIn, cookie, csrf } = await login(ctx.rootKey);
     const read = await call(ctx.app, "GET", "/v1/workflows", { headers: { cookie } });
     expect(read.statusCode).toBe(200);
     const me = await call(ctx.app, "GET", "/v1/session", { headers: { cookie } });
-    expect(me.json()).toMatchObject({ root: true, csrfToken: csrf });
+    expect(me.json()).toEqual(loggedIn.json());
+    // With a bearer key there is no session to describe.
+    const bearer = await call(ctx.app, "GET", "/v1/session", { key: ctx.rootKey });
+    expect(bearer.json()).toMatchObject({ root: true, csrfToken: null, expiresAt: null });
 
     const body = { steps: [{ id: "a", run: { type: "noop" } }] };
     const noToken = await call(ctx.app, "PUT", "/v1/workflows/csrf", { body, headers: { cookie } });

@@ -6,7 +6,7 @@ import type { FastifyRequest } from "fastify";
 import type { FastifyPluginAsyncZod } from "fastify-type-provider-zod";
 import { z } from "zod";
 import type { ApiKeyRecord } from "../../../db/repositories/keys.ts";
-import { csrfTokenFor, signSession, signStreamToken } from "../../../domain/browser-auth.ts";
+import { csrfTokenFor, signSession, signStreamToken, verifySession } from "../../../domain/browser-auth.ts";
 import { FlowlineError } from "../../../domain/errors.ts";
 import type { EngineDeps } from "../../../engine/deps.ts";
 import { runEvents } from "../../../engine/runs.ts";
@@ -115,9 +115,9 @@ export const sessionRoutes: FastifyPluginAsyncZod<SessionRouteOptions> = async (
       if (!key) throw new FlowlineError("unauthorized", "Unknown or revoked API key");
       const secret = await options.secret();
       const value = request.cookies[SESSION_COOKIE];
-      const session =
-        caller.via === "session" && value ? { value, expiresAt: Number(value.split(".")[2]) } : null;
-      return present(key, session, secret);
+      // The auth hook accepted this very cookie, so it verifies.
+      const claims = caller.via === "session" && value ? verifySession(secret, value, 0) : null;
+      return present(key, claims && value ? { value, expiresAt: claims.expiresAt } : null, secret);
     },
   );
 
