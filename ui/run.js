@@ -317,7 +317,14 @@ export function runPage(main, runId, onLeave) {
       rows.push(
         h(
           "div",
-          { class: "vrow", style: `top:${i * ROW}px`, "data-row": s.id, onclick: () => select(s.id) },
+          {
+            class: "vrow",
+            style: `top:${i * ROW}px`,
+            "data-row": s.id,
+            tabindex: 0,
+            onclick: () => select(s.id),
+            onkeydown: (e) => e.key === "Enter" && select(s.id),
+          },
           badge(s.status),
           h("span", {}, s.id),
           h("span", { class: "muted" }, `try ${s.attempt}/${s.maxAttempts}`),

@@ -108,6 +108,7 @@ beforeAll(async () => {
       "rateLimit: { enabled: false }",
       "commands:",
       '  ticker: { argv: ["sh", "-c", "for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.5; done"] }',
+      '  broken: { argv: ["sh", "-c", "echo no luck >&2; exit 3"] }',
       "",
     ].join("\n"),
   );
@@ -248,6 +249,28 @@ describe("dashboard", () => {
     );
     const lines = (await page.textContent("[data-testid=logs]"))!.split("\n");
     expect(lines).toEqual(["tick 1", "tick 2", "tick 3", "tick 4", "tick 5", "tick 6"]);
+  }, 60_000);
+
+  it("shows a failed step's error and retries the run from the page", async () => {
+    await v1("PUT", "/v1/workflows/flaky", {
+      steps: [
+        { id: "prepare", run: { type: "noop", output: { ready: true } } },
+        { id: "publish", needs: ["prepare"], run: { type: "command", command: "broken" } },
+      ],
+    });
+    const run = await v1("POST", "/v1/workflows/flaky/runs", {});
+    await page.goto(`${base}/ui/#/runs/${run.id}`);
+    await page.waitForSelector("[data-testid=run-status] [data-status=failed]", { timeout: 30_000 });
+    await page.click(".node[data-step=publish]");
+    await page.waitForSelector("[data-testid=step-status] [data-status=failed]");
+    expect(await page.textContent("[data-testid=details]")).toMatch(/Error/);
+    await page.click("button[data-action=retry]");
+    await page.waitForURL((url) => !url.hash.endsWith(run.id));
+    // The retry reuses what succeeded and runs the failed step again.
+    await page.waitForSelector(".node[data-step=prepare][data-status=reused]", { timeout: 20_000 });
+    await page.waitForSelector("[data-testid=run-status] [data-status=failed]", { timeout: 30_000 });
+    expect(await page.textContent("[data-testid=run-status]")).toMatch(/failed/);
+    expect(await page.textContent("h1 + .card")).toMatch(/subgraph · retry/);
   }, 60_000);
 
   it("shows an asset's freshness and materializes it after a dry-run plan", async () => {
