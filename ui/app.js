@@ -252,23 +252,27 @@ async function workflowPage(name, query) {
     ),
     planBox,
     h("h2", {}, "Schedules"),
-    schedules.length === 0
-      ? h("p", { class: "muted" }, "None.")
-      : table(
-          [
-            ["cron", (s) => s.cron],
-            ["time zone", (s) => s.timezone ?? "UTC"],
-            ["enabled", (s) => (s.enabled === false ? "no" : "yes")],
+    h(
+      "div",
+      { "data-testid": "schedules" },
+      schedules.length === 0
+        ? h("p", { class: "muted" }, "None.")
+        : table(
             [
-              "next fires",
-              (s) =>
-                nextFires(s.cron, s.timezone)
-                  .map((d) => d.toLocaleString())
-                  .join(" · ") || "—",
+              ["cron", (s) => s.cron],
+              ["time zone", (s) => s.timezone ?? "UTC"],
+              ["enabled", (s) => (s.enabled === false ? "no" : "yes")],
+              [
+                "next fires",
+                (s) =>
+                  nextFires(s.cron, s.timezone)
+                    .map((d) => d.toLocaleString())
+                    .join(" · ") || "—",
+              ],
             ],
-          ],
-          schedules,
-        ),
+            schedules,
+          ),
+    ),
     h("h2", {}, `Steps (${def.steps.length})`),
     table(
       [

@@ -169,6 +169,7 @@ describe("dashboard", () => {
   it("plans and submits a run, whose graph nodes turn running then succeeded without a reload", async () => {
     await v1("PUT", "/v1/workflows/demo", {
       description: "A small diamond",
+      schedules: [{ cron: "0 3 * * *", timezone: "Europe/Paris", enabled: false }],
       steps: [
         { id: "extract", run: sleep(1.5) },
         { id: "transform", needs: ["extract"], run: sleep(1.5) },
@@ -180,6 +181,10 @@ describe("dashboard", () => {
     await page.evaluate(() => {
       (window as unknown as { notReloaded: boolean }).notReloaded = true;
     });
+    // Schedules with their next fire times (computed in the page with croner).
+    const schedule = await page.textContent("[data-testid=schedules]");
+    expect(schedule).toMatch(/0 3 \* \* \*Europe\/Paris/);
+    expect(schedule).toMatch(/\d{1,2}[/.]\d{1,2}[/.]\d{2,4}.*·/);
     await page.getByRole("button", { name: "Plan a run…" }).click();
     await page.waitForSelector("[data-testid=plan]");
     expect(await page.textContent("[data-testid=plan]")).toMatch(/4 of 4 steps would run/);
