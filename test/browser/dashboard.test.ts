@@ -171,7 +171,7 @@ describe("dashboard", () => {
       description: "A small diamond",
       schedules: [{ cron: "0 3 * * *", timezone: "Europe/Paris", enabled: false }],
       steps: [
-        { id: "extract", run: sleep(1.5) },
+        { id: "extract", run: sleep(3) },
         { id: "transform", needs: ["extract"], run: sleep(1.5) },
         { id: "audit", needs: ["extract"], run: { type: "noop", output: { checked: true } } },
         { id: "load", needs: ["transform", "audit"], run: sleep(0.5) },
