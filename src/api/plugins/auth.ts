@@ -67,6 +67,7 @@ export function registerAuth(app: FastifyInstance, sources: AuthSources): void {
     }
   });
 
+  const now = () => Math.floor(Date.now() / 1000);
   const authorize = (record: ApiKeyRecord | null, scope: Scope | undefined, missing: string) => {
     if (!record) throw new FlowlineError("unauthorized", missing);
     if (scope && !hasScope(record.scopes, scope)) {
@@ -74,7 +75,42 @@ export function registerAuth(app: FastifyInstance, sources: AuthSources): void {
     }
     return record;
   };
-  const now = () => Math.floor(Date.now() / 1000);
+
+  const fromKey = async (header: string, scope: Scope | undefined) => {
+    const match = bearer.exec(header);
+    if (!match)
+      throw new FlowlineError("unauthorized", "Malformed Authorization header; expected 'Bearer <api key>'");
+    return authorize(await keys.findByKey(match[1]!), scope, "Unknown or revoked API key");
+  };
+
+  const fromStreamToken = async (token: string, runId: string | undefined, scope: Scope | undefined) => {
+    const claims = verifyStreamToken(await sources.secret(), token, now());
+    if (!claims) throw new FlowlineError("unauthorized", "Invalid or expired stream token");
+    if (claims.runId !== runId) throw new FlowlineError("forbidden", "This stream token is for another run");
+    return authorize(await keys.findActiveById(claims.keyId), scope, "The token's API key was revoked");
+  };
+
+  const fromSession = async (request: FastifyRequest, cookie: string, scope: Scope | undefined) => {
+    const secret = await sources.secret();
+    const claims = verifySession(secret, cookie, now());
+    if (!claims) throw new FlowlineError("unauthorized", "The session has expired; log in again");
+    const record = authorize(
+      await keys.findActiveById(claims.keyId),
+      scope,
+      "The session's API key was revoked",
+    );
+    // A cookie rides along on requests another site makes the browser send; the CSRF token
+    // cannot, as only pages of this origin can read it.
+    if (!SAFE_METHODS.has(request.method)) {
+      const given = request.headers[CSRF_HEADER];
+      if (typeof given !== "string" || !csrfTokenMatches(secret, cookie, given))
+        throw new FlowlineError(
+          "forbidden",
+          `A session-authenticated ${request.method} needs the session's CSRF token in the ${CSRF_HEADER} header`,
+        );
+    }
+    return record;
+  };
 
   app.addHook("onRequest", async (request: FastifyRequest) => {
     const config = request.routeOptions.config;
@@ -86,42 +122,13 @@ export function registerAuth(app: FastifyInstance, sources: AuthSources): void {
     let record: ApiKeyRecord;
     let via: AuthContext["via"];
     if (header) {
-      const match = bearer.exec(header);
-      if (!match)
-        throw new FlowlineError(
-          "unauthorized",
-          "Malformed Authorization header; expected 'Bearer <api key>'",
-        );
-      record = authorize(await keys.findByKey(match[1]!), config.scope, "Unknown or revoked API key");
+      record = await fromKey(header, config.scope);
       via = "key";
     } else if (typeof token === "string") {
-      const claims = verifyStreamToken(await sources.secret(), token, now());
-      if (!claims) throw new FlowlineError("unauthorized", "Invalid or expired stream token");
-      if (claims.runId !== (request.params as { id?: string }).id)
-        throw new FlowlineError("forbidden", "This stream token is for another run");
-      record = authorize(
-        await keys.findActiveById(claims.keyId),
-        config.scope,
-        "The token's API key was revoked",
-      );
+      record = await fromStreamToken(token, (request.params as { id?: string }).id, config.scope);
       via = "streamToken";
     } else if (cookie) {
-      const secret = await sources.secret();
-      const claims = verifySession(secret, cookie, now());
-      if (!claims) throw new FlowlineError("unauthorized", "The session has expired; log in again");
-      record = authorize(
-        await keys.findActiveById(claims.keyId),
-        config.scope,
-        "The session's API key was revoked",
-      );
-      if (!SAFE_METHODS.has(request.method)) {
-        const given = request.headers[CSRF_HEADER];
-        if (typeof given !== "string" || !csrfTokenMatches(secret, cookie, given))
-          throw new FlowlineError(
-            "forbidden",
-            `A session-authenticated ${request.method} needs the session's CSRF token in the ${CSRF_HEADER} header`,
-          );
-      }
+      record = await fromSession(request, cookie, config.scope);
       via = "session";
     } else {
       throw new FlowlineError("unauthorized", "Missing Authorization header; send 'Bearer <api key>'");
