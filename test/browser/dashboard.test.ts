@@ -298,6 +298,25 @@ describe("dashboard", () => {
     await shot("assets");
   }, 60_000);
 
+  it("offers actions only to keys that may write", async () => {
+    const reader = await v1("POST", "/v1/keys", { name: "viewer", scopes: ["read"] });
+    const [anyRun] = (await v1("GET", "/v1/runs?limit=1")).items;
+    const context = await browser.newContext();
+    const viewer = await context.newPage();
+    await viewer.goto(`${base}/ui/`);
+    await viewer.fill("#key", reader.key);
+    await viewer.click("button[type=submit]");
+    await viewer.waitForSelector("nav:not([hidden])");
+    await viewer.goto(`${base}/ui/#/runs/${anyRun.id}`);
+    await viewer.waitForSelector("[data-testid=run-status] .badge");
+    expect(await viewer.$$("button[data-action]")).toHaveLength(0);
+    // Logging out clears the cookie and returns to the login form.
+    await viewer.click("#logout");
+    await viewer.waitForSelector("#key");
+    expect((await context.cookies()).find((c) => c.name === "flowline_session")).toBeUndefined();
+    await context.close();
+  }, 60_000);
+
   it("lets a page on another origin follow a run with a stream token and a native EventSource", async () => {
     await v1("PUT", "/v1/workflows/token-demo", {
       steps: [
