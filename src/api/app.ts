@@ -3,7 +3,13 @@
  * `server.ts` adds the socket and the shutdown handling.
  */
 import { randomUUID } from "node:crypto";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import cookie from "@fastify/cookie";
+import cors from "@fastify/cors";
 import rateLimit from "@fastify/rate-limit";
+import fastifyStatic from "@fastify/static";
 import swagger from "@fastify/swagger";
 import swaggerUi from "@fastify/swagger-ui";
 import Fastify, {
@@ -35,9 +41,10 @@ import { createRedis } from "../redis/connection.ts";
 import { RedisEventBus } from "../redis/event-bus.ts";
 import { redisKeys } from "../redis/keys.ts";
 import { WorkerRegistry } from "../redis/registry.ts";
+import { sharedSessionSecret } from "../redis/session-secret.ts";
 import { BullStepDispatcher } from "../redis/step-queue.ts";
 import { tidyDocument } from "./openapi.ts";
-import { registerAuth } from "./plugins/auth.ts";
+import { CSRF_HEADER, registerAuth, SESSION_COOKIE } from "./plugins/auth.ts";
 import { registerBodyParsers } from "./plugins/body-parsers.ts";
 import { registerMetrics } from "./plugins/metrics.ts";
 import { registerRouteIndex } from "./plugins/route-index.ts";
@@ -51,6 +58,7 @@ import { queueOverview, queueRoutes, registerQueueMetrics } from "./routes/queue
 import { rollbackRoutes } from "./routes/rollback/index.ts";
 import { runRoutes } from "./routes/runs/index.ts";
 import { coalesceReads, type SseHub } from "./routes/runs/sse.ts";
+import { sessionRoutes } from "./routes/session/index.ts";
 import { workflowRoutes } from "./routes/workflows/index.ts";
 
 export interface AppDeps {
@@ -107,15 +115,24 @@ function sendProblem(request: FastifyRequest, reply: FastifyReply, error: unknow
   return reply.serializer(JSON.stringify).send(problem.body);
 }
 
+/** Fastify's request log line, with stream tokens (`?token=`) in URLs masked. */
+const requestSerializer = (req: { method: string; url: string; ip?: string; host?: string }) => ({
+  method: req.method,
+  url: req.url.replace(/([?&]token=)[^&]*/g, "$1***"),
+  host: req.host,
+  remoteAddress: req.ip,
+});
+
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const { config } = deps;
   const app = Fastify({
     ...(deps.logger
-      ? { loggerInstance: deps.logger }
+      ? { loggerInstance: deps.logger.child({}, { serializers: { req: requestSerializer } }) }
       : {
           logger: {
             level: config.log.level,
             redact: ["req.headers.authorization", "req.headers.cookie"],
+            serializers: { req: requestSerializer },
           },
         }),
     bodyLimit: config.server.bodyLimitBytes,
@@ -176,12 +193,21 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     if (schema && !schema.hide && !schema.operationId && !route.url.startsWith("/docs"))
       throw new Error(`route ${route.method} ${route.url} is documented without an operationId`);
   });
+  // Before authentication, so that preflights are answered and refusals still carry CORS headers.
+  await app.register(cors, {
+    origin: config.http.cors.allowedOrigins.length > 0 ? [...config.http.cors.allowedOrigins] : false,
+    methods: ["GET", "HEAD", "POST", "PUT", "DELETE"],
+    allowedHeaders: ["authorization", "content-type", "idempotency-key", "last-event-id", "x-request-id"],
+    exposedHeaders: ["location", "x-request-id", "retry-after"],
+    maxAge: 600,
+  });
+  await app.register(cookie);
   // Before any route is added, so that every route is checked for a scope.
   const keys = keysRepository(deps.db.db);
-  registerAuth(
-    app,
+  let secret: Promise<string> | undefined;
+  const authSources = {
     keys,
-    config.rateLimit.enabled
+    failures: config.rateLimit.enabled
       ? new AuthFailureLimiter(
           deps.redis,
           config.redis.prefix,
@@ -189,7 +215,19 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
           config.rateLimit.failedAuthWindowSeconds,
         )
       : null,
-  );
+    secret: () => {
+      if (config.auth.sessionSecret) return Promise.resolve(config.auth.sessionSecret);
+      secret ??= sharedSessionSecret(deps.redis, config.redis.prefix).catch((error: Error) => {
+        secret = undefined;
+        throw new FlowlineError(
+          "service_unavailable",
+          `Sessions need Redis, which is unreachable: ${error.message}`,
+        );
+      });
+      return secret;
+    },
+  };
+  registerAuth(app, authSources);
 
   await app.register(swagger, {
     openapi: {
@@ -198,14 +236,23 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
         title: "Flowline API",
         version: "1",
         description:
-          "Workflow orchestration over HTTP. Authenticate with `Authorization: Bearer <api key>`. " +
+          "Workflow orchestration over HTTP. Authenticate with `Authorization: Bearer <api key>`; browsers " +
+          "may use the session cookie from `POST /v1/session` (unsafe methods then also send `" +
+          CSRF_HEADER +
+          "`), and a run's event and log streams accept a stream token as `?token=`. " +
           "Errors are RFC 9457 problem+json.",
         license: { name: "Apache-2.0", identifier: "Apache-2.0" },
       },
       // Relative to where the document is served, unless the public address is configured.
       servers: [{ url: config.server.publicUrl ?? "/" }],
-      components: { securitySchemes: { bearer: { type: "http", scheme: "bearer" } } },
-      security: [{ bearer: [] }],
+      components: {
+        securitySchemes: {
+          bearer: { type: "http", scheme: "bearer" },
+          session: { type: "apiKey", in: "cookie", name: SESSION_COOKIE },
+          streamToken: { type: "apiKey", in: "query", name: "token" },
+        },
+      },
+      security: [{ bearer: [] }, { session: [] }],
     },
     transform: jsonSchemaTransform,
     transformObject: (document) => tidyDocument(jsonSchemaTransformObject(document) as OpenAPIV3_1.Document),
@@ -223,7 +270,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     // Rate limiting must not take the API down with Redis: fail open, readiness reports Redis.
     skipOnError: true,
     keyGenerator: (request) => (request.auth ? `key:${request.auth.keyId}` : `ip:${request.ip}`),
-    allowList: (request) => !config.rateLimit.enabled || request.routeOptions.config.public === true,
+    // Public reads (health, metrics, docs) are free; a public POST (logging in) tries keys, so it counts.
+    allowList: (request) =>
+      !config.rateLimit.enabled ||
+      (request.routeOptions.config.public === true &&
+        (request.method === "GET" || request.method === "HEAD")),
     errorResponseBuilder: (_request, context) =>
       new FlowlineError(
         "rate_limited",
@@ -235,6 +286,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
 
   app.get("/openapi.json", { config: { public: true }, schema: { hide: true } }, async () => app.swagger());
+  await registerDashboard(app);
 
   // One subscriber connection per API process, fanned out to every SSE stream it serves. It keeps
   // an offline queue so its subscription is made as soon as Redis is reachable.
@@ -281,6 +333,14 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(controlRoutes, { prefix: "/v1", engine });
   await app.register(rollbackRoutes, { prefix: "/v1", engine });
   await app.register(keyRoutes, { prefix: "/v1", keys });
+  await app.register(sessionRoutes, {
+    prefix: "/v1",
+    ...authSources,
+    engine,
+    sessionTtlSeconds: config.auth.sessionTtlSeconds,
+    streamTokenTtlSeconds: config.auth.streamTokenTtlSeconds,
+    publicUrl: config.server.publicUrl,
+  });
   const queueSources = {
     config,
     sql: deps.db.sql,
@@ -296,4 +356,29 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
 
   return app;
+}
+
+/**
+ * The dashboard (`/ui/`): plain ES modules from `ui/`, and the pinned browser builds of its two
+ * libraries straight from node_modules, so `npm ci` is the whole build.
+ */
+async function registerDashboard(app: FastifyInstance): Promise<void> {
+  const require = createRequire(import.meta.url);
+  const packageDir = (name: string) => dirname(require.resolve(`${name}/package.json`));
+  const mounts = [
+    { root: fileURLToPath(new URL("../../ui/", import.meta.url)), prefix: "/ui/" },
+    { root: join(packageDir("@dagrejs/dagre"), "dist"), prefix: "/ui/vendor/dagre/" },
+    { root: join(packageDir("croner"), "dist"), prefix: "/ui/vendor/croner/" },
+  ];
+  for (const [i, mount] of mounts.entries()) {
+    await app.register(fastifyStatic, {
+      ...mount,
+      decorateReply: i === 0,
+      cacheControl: false,
+      index: false,
+    });
+  }
+  const page = { config: { public: true }, schema: { hide: true } };
+  app.get("/ui/", page, (_request, reply) => reply.sendFile("index.html", mounts[0]!.root));
+  app.get("/", page, (_request, reply) => reply.redirect("/ui/"));
 }

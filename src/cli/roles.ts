@@ -78,6 +78,7 @@ export async function runApi(role: string): Promise<void> {
   const log = createLogger(config, role);
   process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
   const server = await startApiServer(config, { logger: log, onGeneratedRootKey: printRootKey });
+  printDashboard(server.url);
   untilSignal(log, config.server.shutdownGraceSeconds, () => server.close());
 }
 
@@ -92,6 +93,7 @@ export async function runUp(): Promise<void> {
   process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
   // The API first: it applies migrations before any worker touches the database.
   const server = await startApiServer(config, { logger: log, onGeneratedRootKey: printRootKey });
+  printDashboard(server.url);
   const supervisor = await startSupervisor({ config, log: log.child({ role: "supervisor" }) });
   const autoscaler = await startAutoscaler({ config, log: log.child({ role: "workers" }) });
   untilSignal(log, workerStopSeconds(config) + 20, async () => {
@@ -101,6 +103,10 @@ export async function runUp(): Promise<void> {
 
 /** How long a worker may take to stop: its grace, then a command's kill grace, then hand-backs. */
 const workerStopSeconds = (config: Config) => config.worker.graceSeconds + KILL_GRACE_MS / 1000 + 5;
+
+function printDashboard(url: string): void {
+  process.stdout.write(`\nDashboard: ${url}/ui/ (log in with an API key)\n\n`);
+}
 
 function printRootKey(key: string): void {
   process.stdout.write(

@@ -60,6 +60,7 @@ export const ENVIRONMENT_VARIABLES: readonly EnvironmentVariable[] = [
   { name: "REDIS_URL", path: ["redis", "url"], type: "string" },
   { name: "FLOWLINE_REDIS_PREFIX", path: ["redis", "prefix"], type: "string" },
   { name: "FLOWLINE_BOOTSTRAP_KEY", path: ["auth", "bootstrapKey"], type: "string" },
+  { name: "FLOWLINE_SESSION_SECRET", path: ["auth", "sessionSecret"], type: "string" },
   { name: "FLOWLINE_RATE_LIMIT_MAX", path: ["rateLimit", "max"], type: "integer" },
   { name: "FLOWLINE_RATE_LIMIT_ENABLED", path: ["rateLimit", "enabled"], type: "boolean" },
   { name: "LOG_LEVEL", path: ["log", "level"], type: "string" },
@@ -84,7 +85,7 @@ const SERVICE_LINK =
   /^FLOWLINE_[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)$/;
 
 /** Values never echoed back in an error message: they may hold secrets. */
-const SECRET_KEYS = new Set(["auth.bootstrapKey", "database.url", "redis.url"]);
+const SECRET_KEYS = new Set(["auth.bootstrapKey", "auth.sessionSecret", "database.url", "redis.url"]);
 
 const FORBIDDEN_KEYS = new Set(["__proto__", "constructor", "prototype"]);
 

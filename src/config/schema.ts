@@ -117,6 +117,18 @@ const authSchema = section({
     .string({ error: "expected a string of at least 24 characters" })
     .min(24, { error: "expected a string of at least 24 characters" })
     .optional(),
+  /**
+   * Signs browser session cookies and stream tokens (HMAC-SHA256). Every API process must share
+   * it; without it one is generated and kept in Redis, so a Redis flush ends every session.
+   */
+  sessionSecret: z
+    .string({ error: "expected a string of at least 32 characters" })
+    .min(32, { error: "expected a string of at least 32 characters" })
+    .optional(),
+  /** How long a dashboard login lasts. */
+  sessionTtlSeconds: intBetween(60, 30 * 24 * 3600).default(12 * 3600),
+  /** How long a stream token (`POST /v1/runs/{id}/stream-token`) stays valid, reconnects included. */
+  streamTokenTtlSeconds: intBetween(10, 7 * 24 * 3600).default(3600),
 });
 
 const rateLimitSchema = section({
@@ -214,6 +226,20 @@ const httpSchema = section({
   /** Private, loopback and link-local addresses are refused unless this is true. */
   allowPrivateNetworks: bool().default(false),
   maxResponseBytes: intAtLeast(1).default(10_485_760),
+  /** Browser access to the API from other origins (the dashboard at `/ui/` needs none). */
+  cors: section({
+    /** Origins (`https://app.example.com`) whose pages may call the API; others get no CORS headers. */
+    allowedOrigins: z
+      .array(
+        z
+          .string({ error: "expected an origin" })
+          .refine((value) => URL.canParse(value) && new URL(value).origin === value, {
+            error: "expected an origin: scheme://host[:port], no path or trailing slash",
+          }),
+        { error: "expected a list of origins" },
+      )
+      .default(() => []),
+  }).prefault({}),
 });
 
 const queueSchema = section({

@@ -26,6 +26,8 @@ export interface RedisKeys {
   /** An asset lock (`lockKey` is an asset key, or `asset@partition`), and its fencing counter. */
   assetLock(tenantId: string, lockKey: string): string;
   assetFence(tenantId: string, lockKey: string): string;
+  /** The generated secret that signs browser sessions and stream tokens (when none is configured). */
+  sessionSecret(): string;
   /** Pattern matching every key of this prefix (for cleanup in tests and tools). */
   all(): string;
 }
@@ -45,6 +47,7 @@ export function redisKeys(prefix: string): RedisKeys {
     scalerTargets: () => `${prefix}:scaler:targets`,
     assetLock: (tenantId, lockKey) => `${prefix}:lock:asset:${tenantId}:${lockKey}`,
     assetFence: (tenantId, lockKey) => `${prefix}:fence:asset:${tenantId}:${lockKey}`,
+    sessionSecret: () => `${prefix}:auth:session-secret`,
     all: () => `${prefix}:*`,
   };
 }

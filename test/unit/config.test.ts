@@ -84,6 +84,7 @@ describe("defaults", () => {
       allowedHosts: [],
       allowPrivateNetworks: false,
       maxResponseBytes: 10_485_760,
+      cors: { allowedOrigins: [] },
     });
     expect(config.queues).toEqual({ default: { concurrency: 8, min: 1, max: 4 } });
     expect(config.tags).toEqual({});

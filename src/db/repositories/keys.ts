@@ -41,6 +41,16 @@ export function keysRepository(db: Database) {
       return rows[0] ?? null;
     },
 
+    /** The active key with this id, or null (browser sessions and stream tokens name keys by id). */
+    async findActiveById(id: string): Promise<ApiKeyRecord | null> {
+      const rows = await db
+        .select(columns)
+        .from(apiKeys)
+        .where(and(eq(apiKeys.id, id), isNull(apiKeys.revokedAt)))
+        .limit(1);
+      return rows[0] ?? null;
+    },
+
     async create(input: {
       tenantId: string;
       name: string;

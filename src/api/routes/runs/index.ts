@@ -113,6 +113,19 @@ const afterQuery = z.coerce.number().int().min(0).max(Number.MAX_SAFE_INTEGER).o
 /** Where a stream or page resumes: `Last-Event-ID` wins over `?after=`. */
 const resumeAfter = (headers: z.infer<typeof resumeHeaders>, after: number | undefined) =>
   headers["last-event-id"] !== undefined ? Number(headers["last-event-id"]) : (after ?? 0);
+/** Events and logs are what a native EventSource reads, and it can send no header. */
+const streamSecurity: Array<Record<string, string[]>> = [
+  { bearer: [] },
+  { session: [] },
+  { streamToken: [] },
+];
+const streamTokenQuery = z
+  .string()
+  .max(512)
+  .optional()
+  .describe(
+    "A stream token for this run (`POST /v1/runs/{id}/stream-token`), for clients that cannot send headers",
+  );
 const idempotencyKeyPattern = /^[\x21-\x7e]{1,255}$/;
 
 function presentStep(step: StepRow & { compensation: StepCompensation | null }, inlineOutputBytes: number) {
@@ -315,15 +328,17 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
   app.get(
     "/runs/:id/logs",
     {
-      config: { scope: "read" },
+      config: { scope: "read", streamToken: true },
       schema: {
         tags: ["runs"],
         operationId: "getRunLogs",
         summary: "Step logs of a run (`?follow=true` streams them as SSE until the run ends)",
         description:
           "The stream resumes after `Last-Event-ID` (or `?after=`): a reconnecting EventSource gets each line once.",
+        security: streamSecurity,
         params: idParams,
         querystring: z.strictObject({
+          token: streamTokenQuery,
           step: z.string().max(63).optional().describe("Only this step's lines"),
           follow: booleanQuery.optional(),
           after: afterQuery,
@@ -407,16 +422,18 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
   app.get(
     "/runs/:id/events",
     {
-      config: { scope: "read" },
+      config: { scope: "read", streamToken: true },
       schema: {
         tags: ["runs"],
         operationId: "getRunEvents",
         summary: "A run's events: SSE with `Accept: text/event-stream`, else a JSON page",
+        security: streamSecurity,
         description:
           "SSE replays events after `Last-Event-ID` (or `?after=`) and then streams live ones, each exactly once and " +
           "in order; `event: end` follows the run's terminal event.",
         params: idParams,
         querystring: z.strictObject({
+          token: streamTokenQuery,
           after: afterQuery,
           limit: z.coerce.number().int().min(1).max(1000).default(200),
         }),

@@ -64,6 +64,8 @@ export function streamRunEvents(
   reply.hijack();
   const res = reply.raw;
   res.writeHead(200, {
+    // Headers hooks have set (CORS, rate limit) would be lost with the hijacked reply otherwise.
+    ...(reply.getHeaders() as Record<string, string>),
     "content-type": "text/event-stream; charset=utf-8",
     "cache-control": "no-cache, no-transform",
     connection: "keep-alive",
