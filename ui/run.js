@@ -394,6 +394,22 @@ export function runPage(main, runId, onLeave) {
     paintNode(id);
     renderDetails();
     if (!logs.has(id)) void loadLogs(id);
+    if (steps.get(id)?.outputStale) void loadOutput(id);
+  }
+
+  /** A step's whole output (run details leave out large ones), once it is shown. */
+  async function loadOutput(id) {
+    const s = steps.get(id);
+    if (!s) return;
+    s.outputStale = false;
+    try {
+      s.output = (await api("GET", `/v1/runs/${runId}/steps/${encodeURIComponent(id)}/output`)).output;
+    } catch {
+      s.outputStale = true;
+      return;
+    }
+    dirty.add(id);
+    schedule();
   }
 
   function renderDetails() {
@@ -501,7 +517,11 @@ export function runPage(main, runId, onLeave) {
         s.workerId = data.workerId ?? s.workerId;
       }
       if (DONE.has(s.status) && STEP_STATUS[type]) s.finishedAt = data.at;
-      if ("output" in data) s.output = data.output;
+      // A step's output is kept on the step, not in its events: fetched when it is shown.
+      if (type === "step.succeeded" && !data.phase) {
+        s.outputStale = true;
+        if (selected === s.id) void loadOutput(s.id);
+      }
       if ("error" in data) s.error = data.error;
       if (type === "step.progress") {
         s.progress = data.progress ?? s.progress;

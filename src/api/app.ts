@@ -171,7 +171,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.setNotFoundHandler((request, reply) => {
     const path = request.url.split("?")[0]!;
     const allowed = methodsFor(path);
-    if (allowed.length > 0) {
+    // A route for this method exists but found nothing (a static file that is not there): 404.
+    if (allowed.length > 0 && !allowed.includes(request.method)) {
       reply.header("allow", allowed.join(", "));
       return sendProblem(
         request,

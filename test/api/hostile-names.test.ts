@@ -97,6 +97,15 @@ describe("hostile names", () => {
       if (res.statusCode >= 500)
         throw new Error(`${what} answered ${res.statusCode}: ${res.body.slice(0, 300)}`);
     };
+    // Most generated definitions are refused (hostile queue names are not configured): a valid one
+    // stored first makes sure the paths that use a definition are reached whatever is generated.
+    check(
+      "PUT baseline",
+      await call(ctx.app, "PUT", "/v1/workflows/wf", {
+        key: ctx.rootKey,
+        body: { steps: [{ id: "constructor", run: { type: "noop" } }] },
+      }),
+    );
     await fc.assert(
       fc.asyncProperty(
         workflowName,
@@ -134,7 +143,8 @@ describe("hostile names", () => {
           check("queues", await call(ctx.app, "GET", "/v1/queues", { key }));
         },
       ),
-      { numRuns: 150 },
+      // A fixed seed: CI runs the same 150 cases every time (a failure is reproducible).
+      { numRuns: 150, seed: 20261204 },
     );
     // The property reached the interesting paths, not only 400s on the definition.
     expect(seen.filter((s) => s === "POST run 202").length).toBeGreaterThan(0);

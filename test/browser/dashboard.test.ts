@@ -202,7 +202,10 @@ describe("dashboard", () => {
     // Step details: output of a finished step.
     await page.click(".node[data-step=audit]");
     await page.waitForSelector("[data-testid=step-status] [data-status=succeeded]");
-    expect(await page.textContent("[data-testid=details]")).toMatch(/"checked": true/);
+    // The output is read from the step (events do not carry it) once the step is shown.
+    await page.waitForFunction(() =>
+      /"checked": true/.test(document.querySelector("[data-testid=details]")?.textContent ?? ""),
+    );
     const stream = await page.evaluate(() => (window as unknown as { flowlineStream: any }).flowlineStream);
     expect(stream.duplicates).toBe(0);
 

@@ -26,8 +26,11 @@ function patternOf(url: string): RegExp {
 export function registerRouteIndex(app: FastifyInstance): (path: string) => string[] {
   const routes: IndexedRoute[] = [];
   app.addHook("onRoute", (route) => {
-    const methods = Array.isArray(route.method) ? route.method : [route.method];
-    routes.push({ pattern: patternOf(route.url), methods });
+    const methods = (Array.isArray(route.method) ? route.method : [route.method]).filter(
+      // CORS answers preflights on every path (`OPTIONS *`): that says nothing about which paths exist.
+      (m) => !(m === "OPTIONS" && route.url.endsWith("*")),
+    );
+    if (methods.length > 0) routes.push({ pattern: patternOf(route.url), methods });
   });
   return (path) => [...new Set(routes.filter((r) => r.pattern.test(path)).flatMap((r) => r.methods))].sort();
 }
