@@ -529,7 +529,8 @@ export function runPage(main, runId, onLeave) {
       }
       if (type === "step.log" && logs.has(s.id)) {
         const lines = logs.get(s.id);
-        lines.push({ id, line: String(data.line ?? "") });
+        // The fetched page may already hold this line (it was read before the stream brought it).
+        if ((lines.at(-1)?.id ?? 0) < id) lines.push({ id, line: String(data.line ?? "") });
         if (lines.length > MAX_LOG_LINES) lines.shift();
       }
       dirty.add(s.id);
