@@ -145,22 +145,8 @@ export async function appendEvents(
     attempt: e.attempt ?? null,
     data: e.data ?? {},
   }));
-  const outbox = events.some((e) => e.type.startsWith("run.") && (!notifyOn || notifyOn.has(e.type)));
   // One parameter for the whole batch; ordinality keeps ids in the order the events were given.
-  if (!outbox) {
-    const [row] = await sql<{ id: string }[]>`
-      with ins as (
-        insert into events (tenant_id, run_id, step_id, type, attempt, data)
-        select ${tenantId}, ${runId}, e.value->>'step_id', e.value->>'type', (e.value->>'attempt')::int,
-          coalesce(e.value->'data', '{}'::jsonb)
-        from jsonb_array_elements(${sql.json(rows as Json)}) with ordinality as e(value, n)
-        order by e.n
-        returning id
-      )
-      select max(id) as id from ins`;
-    return Number(row!.id);
-  }
-  const notifyTypes = notifyOn ? [...notifyOn] : null;
+  const notifyTypes = notifyOn ? sql.array([...notifyOn]) : null;
   const [row] = await sql<{ id: string }[]>`
     with ins as (
       insert into events (tenant_id, run_id, step_id, type, attempt, data)
