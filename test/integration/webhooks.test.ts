@@ -241,6 +241,15 @@ describe("webhook notifications", () => {
     expect(receiver.at("/broken")).toHaveLength(3);
   });
 
+  it("writes outbox rows only for the events a workflow notifies on", async () => {
+    await putWorkflow(ctx, "silent", { steps: [{ id: "a", run: { type: "noop" } }] });
+    const done = await runToEnd("silent");
+    expect(done.status).toBe("succeeded");
+    const [rows] = await ctx.db
+      .sql`select count(*)::int as n from notification_outbox where run_id = ${done.id}`;
+    expect(rows!.n).toBe(0);
+  });
+
   it("fires only for the event types listed in `on`", async () => {
     await putWorkflow(ctx, "on-success", {
       notify: [
