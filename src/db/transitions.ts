@@ -52,7 +52,9 @@ export async function markRunning(
   const rows = await sql<{ step_id: string; phase: Phase }[]>`
     with started as (
       update step_runs s set status = 'running', lease_token = x.token, worker_id = ${worker.id},
-        started_at = now(), finished_at = null, error = null, progress = null,
+        -- clock_timestamp(): a child started in its parent's completing transaction (continue in
+        -- the worker) must not appear to start when that transaction began.
+        started_at = clock_timestamp(), finished_at = null, error = null, progress = null,
         lease_expires_at = now() + make_interval(secs => ${worker.leaseSeconds}), updated_at = now()
       from unnest(${sql.array(items.map((i) => i.stepId))}::text[], ${sql.array(items.map((i) => i.phase))}::text[],
         ${sql.array(items.map((i) => i.attempt))}::int[], ${sql.array(items.map((i) => i.token))}::text[])
@@ -62,7 +64,7 @@ export async function markRunning(
       returning s.step_id, s.phase, s.attempt
     ), history as (
       insert into step_attempts (run_id, step_id, phase, attempt, status, worker_id, started_at)
-      select ${runId}, step_id, phase, attempt, 'running', ${worker.id}, now() from started
+      select ${runId}, step_id, phase, attempt, 'running', ${worker.id}, clock_timestamp() from started
       on conflict (run_id, step_id, phase, attempt) do update set status = 'running',
         worker_id = excluded.worker_id, started_at = excluded.started_at, finished_at = null, error = null
     )
