@@ -14,9 +14,6 @@ import { AfterCommit, type EngineDeps } from "./deps.ts";
 import { mergeParams } from "./runs.ts";
 import type { LoadedSpec } from "./specs.ts";
 
-/** Most partitions one backfill request may create. */
-export const MAX_BACKFILL_PARTITIONS = 1000;
-
 export interface PlanView {
   kind: string;
   workflow: { name: string; version: number };

@@ -71,9 +71,15 @@ export function mergeParams(deps: EngineDeps, ...layers: Array<Record<string, un
   if (size > deps.config.limits.maxRunParamsBytes) {
     throw new FlowlineError(
       "validation_failed",
-      `params are ${size} bytes; the limit is ${deps.config.limits.maxRunParamsBytes}`,
+      `params (merged over the workflow's defaults) are ${size} bytes; the limit is ${deps.config.limits.maxRunParamsBytes} (limits.maxRunParamsBytes)`,
       {
-        issues: [{ location: "body", path: ["params"], message: "too large" }],
+        issues: [
+          {
+            location: "body",
+            path: ["params"],
+            message: `${size} bytes, over limits.maxRunParamsBytes (${deps.config.limits.maxRunParamsBytes})`,
+          },
+        ],
       },
     );
   }
