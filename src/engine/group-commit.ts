@@ -23,6 +23,12 @@ export class GroupCommitter<Req, Res> {
      */
     private readonly handle: (key: string, requests: Req[]) => Promise<Array<Res | ItemFailure>>,
     private readonly maxBatch = 256,
+    /**
+     * A batch that has not answered by then fails, and the key goes on with the next one. A
+     * transaction on a connection that died without an error (a cut network path) would otherwise
+     * hold the key forever, and with it every later request of that run in this process.
+     */
+    private readonly timeoutMs = 0,
   ) {}
 
   submit(key: string, request: Req): Promise<Res> {
@@ -41,6 +47,19 @@ export class GroupCommitter<Req, Res> {
     return n;
   }
 
+  private withDeadline<T>(work: Promise<T>): Promise<T> {
+    if (this.timeoutMs <= 0) return work;
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`the engine did not answer within ${this.timeoutMs} ms`)),
+        this.timeoutMs,
+      );
+    });
+    work.catch(() => {}); // an answer after the deadline is dropped
+    return Promise.race([work, deadline]).finally(() => clearTimeout(timer));
+  }
+
   private async drain(key: string): Promise<void> {
     this.busy.add(key);
     try {
@@ -50,9 +69,11 @@ export class GroupCommitter<Req, Res> {
         const batch = queue.splice(0, this.maxBatch);
         if (queue.length === 0) this.waiting.delete(key);
         try {
-          const results = await this.handle(
-            key,
-            batch.map((b) => b.request),
+          const results = await this.withDeadline(
+            this.handle(
+              key,
+              batch.map((b) => b.request),
+            ),
           );
           for (const [i, b] of batch.entries()) {
             const result = results[i]!;

@@ -89,12 +89,19 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   const handlers = await loadHandlers(config.worker.handlersModule);
   // Starts and finishes of one run that arrive while a transaction for that run is in flight go
   // together in the next one (group commit): one run-row lock per batch, not per attempt.
-  const starts = new GroupCommitter<StartRequest, StartResult>((runId, jobs) =>
-    startAttempts(deps, runId, jobs, { id, leaseSeconds }),
+  // A start that has not answered within a lease fails its job (BullMQ tries it again later):
+  // if it did commit, the attempt it started is recovered when its lease runs out.
+  const starts = new GroupCommitter<StartRequest, StartResult>(
+    (runId, jobs) => startAttempts(deps, runId, jobs, { id, leaseSeconds }),
+    256,
+    leaseSeconds * 1000,
   );
   const serves = new Set(options.queues);
-  const finishes = new GroupCommitter<FinishRequest, FinishResult>((runId, items) =>
-    finishAttempts(deps, runId, items, { worker: { id, leaseSeconds }, queues: serves }),
+  // A finish that has not answered within a lease is tried again (see `finish`): it is fenced.
+  const finishes = new GroupCommitter<FinishRequest, FinishResult>(
+    (runId, items) => finishAttempts(deps, runId, items, { worker: { id, leaseSeconds }, queues: serves }),
+    256,
+    leaseSeconds * 1000,
   );
   let stopping = false;
   let stoppingAt = 0;

@@ -59,4 +59,19 @@ describe("GroupCommitter", () => {
     expect(await Promise.all(all)).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
     expect(sizes).toEqual([1, 3, 3, 1]);
   });
+
+  it("fails a batch that does not answer in time, and the key goes on with the next", async () => {
+    let calls = 0;
+    const group = new GroupCommitter<number, number>(
+      async (_key, reqs) => {
+        calls++;
+        if (calls === 1) return new Promise<number[]>(() => {}); // a connection that died silently
+        return reqs.map((r) => r + 1);
+      },
+      256,
+      50,
+    );
+    await expect(group.submit("run-1", 1)).rejects.toThrow(/did not answer within 50 ms/);
+    expect(await group.submit("run-1", 2)).toBe(3);
+  });
 });
