@@ -21,6 +21,7 @@ export const FAULT_KINDS = [
   "SIGSTOP pool worker past lease",
   "api restart mid-stream",
   "redis FLUSHALL",
+  "redis loses queue lists",
   "redis CLIENT PAUSE",
   "redis restart",
   "postgres restart",
@@ -136,6 +137,15 @@ export function startFaults(options: {
       case "redis FLUSHALL":
         await redis.flushall();
         return "redis";
+      case "redis loses queue lists": {
+        // Part of the data is gone (a failover that lost the last writes): job hashes stay, but
+        // the lists that say which jobs wait are lost, so those jobs are in no list at all.
+        const lists = (await redis.keys("*:q:*")).filter((k) =>
+          /:(wait|prioritized|delayed|paused)$/.test(k),
+        );
+        if (lists.length) await redis.del(...lists);
+        return lists.join(", ") || "no lists";
+      }
       case "redis CLIENT PAUSE":
         await redis.call("CLIENT", "PAUSE", "3000", "ALL");
         await sleep(3000);

@@ -23,6 +23,8 @@ export interface ChaosOptions {
   plant: boolean;
   /** Seconds between a fault's recovery and the next fault. */
   faultGapSeconds?: number;
+  /** New work waits while this many runs are active (default 30). */
+  maxActiveRuns?: number;
   /** Seconds to wait, after the workload, for every run to end. */
   drainSeconds?: number;
   log?: (line: string) => void;
@@ -45,6 +47,8 @@ export interface ChaosResult {
     actions: Record<string, number>;
     processRestarts: Record<string, number>;
     driverErrors: string[];
+    /** Why SSE clients reconnected (first few distinct reasons). */
+    sseErrors: string[];
   };
 }
 
@@ -74,9 +78,26 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     await installWorkflows(api, target.url);
     const sse = startSseFleet(system.apis, createRng(options.seed + 2), { dropOne: options.plant });
     const sseRng = createRng(options.seed + 3);
-    const driver = startDriver(api, createRng(options.seed + 4), (run) => {
-      if (sseRng.chance(0.5)) sse.follow(run.runId);
-    });
+    // Active runs, read directly from Postgres (not through the proxy), for the driver's pace.
+    const direct = postgres(stores.pg.url, { max: 2, onnotice: () => {}, connect_timeout: 2 });
+    let active = 0;
+    const pace = setInterval(() => {
+      direct<{ n: number }[]>`
+        select count(*)::int as n from runs where status in ('queued', 'running', 'paused', 'rolling_back')`.then(
+        ([row]) => {
+          active = row!.n;
+        },
+        () => {},
+      );
+    }, 1000);
+    const driver = startDriver(
+      api,
+      createRng(options.seed + 4),
+      (run) => {
+        if (sseRng.chance(0.5)) sse.follow(run.runId);
+      },
+      () => active >= (options.maxActiveRuns ?? 30),
+    );
     // Faults start once the workload is under way.
     await sleep(3000);
     const faults = startFaults({
@@ -90,6 +111,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     say("workload done; stopping faults");
     stopping = true;
     await Promise.all([driver.stop(), faults.stop()]);
+    clearInterval(pace);
     if (options.plant) {
       // A duplicate of a finished effect overlapping it, as if a second attempt had run meanwhile.
       const victim = target.effects.find((e) => e.outcome === "ok");
@@ -97,7 +119,6 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     }
 
     say(`waiting for every run to end (${driver.state.runs.size} accepted)`);
-    const direct = postgres(stores.pg.url, { max: 2, onnotice: () => {} });
     try {
       const deadline = Date.now() + (options.drainSeconds ?? 90) * 1000;
       for (;;) {
@@ -167,7 +188,7 @@ function summarize(
   options: ChaosOptions,
   history: History,
   state: DriverState,
-  clients: Array<{ reconnects: number }>,
+  clients: Array<{ reconnects: number; errors: string[] }>,
   faults: FaultRecord[],
   system: Awaited<ReturnType<typeof startSystem>>,
 ): ChaosResult["summary"] {
@@ -189,5 +210,6 @@ function summarize(
     actions: state.actions,
     processRestarts: Object.fromEntries(system.processes.map((p) => [p.name, p.restarts])),
     driverErrors: state.errors.slice(0, 20),
+    sseErrors: [...new Set(clients.flatMap((c) => c.errors))].slice(0, 10),
   };
 }

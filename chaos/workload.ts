@@ -246,8 +246,17 @@ export async function installWorkflows(api: Api, targetUrl: string): Promise<voi
   }
 }
 
-/** Drives the workload until `stop()`; `onRun` sees every accepted run (to follow its stream). */
-export function startDriver(api: Api, rng: Rng, onRun: (run: Submitted) => void): Driver {
+/**
+ * Drives the workload until `stop()`; `onRun` sees every accepted run (to follow its stream).
+ * `busy()` true holds new work back: the workload stays within what the machine can run, so a
+ * backlog never passes for a recovery problem.
+ */
+export function startDriver(
+  api: Api,
+  rng: Rng,
+  onRun: (run: Submitted) => void,
+  busy: () => boolean,
+): Driver {
   const state: DriverState = {
     runs: new Map(),
     idempotency: new Map(),
@@ -336,7 +345,7 @@ export function startDriver(api: Api, rng: Rng, onRun: (run: Submitted) => void)
       },
     ],
     [
-      3,
+      2,
       "materialize shared asset",
       async () => {
         const tag = nextTag();
@@ -401,6 +410,7 @@ export function startDriver(api: Api, rng: Rng, onRun: (run: Submitted) => void)
       p.finally(() => inFlight.delete(p));
       // Bounded in-flight work: a store outage must not pile up thousands of pending requests.
       while (inFlight.size >= 12 && !stopping) await Promise.race(inFlight);
+      while (busy() && !stopping) await new Promise((r) => setTimeout(r, 250));
       await new Promise((r) => setTimeout(r, 150 + rng.int(250)));
     }
   })();
