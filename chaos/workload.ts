@@ -13,11 +13,15 @@ import { ROOT_KEY } from "./system.ts";
 
 export interface Api {
   apis: string[];
-  /** Retries infrastructure failures until `deadline`; answers the last response. */
+  /**
+   * Retries infrastructure failures for up to a minute; answers the last response. `body` may be
+   * a function of the try (0, 1, …): a route without Idempotency-Key gets a fresh tag per try, so
+   * a retry that creates a second run never shares a tag with the first.
+   */
   call(
     method: string,
     path: string,
-    body?: unknown,
+    body?: unknown | ((attempt: number) => unknown),
     headers?: Record<string, string>,
   ): Promise<{ status: number; json: any }>;
 }
@@ -30,15 +34,16 @@ export function apiClient(apis: string[], rng: Rng, isStopping: () => boolean): 
       let last = "";
       for (let i = 0; Date.now() < deadline; i++) {
         const base = apis[(rng.int(apis.length) + i) % apis.length]!;
+        const payload = typeof body === "function" ? body(i) : body;
         try {
           const res = await fetch(`${base}/v1${path}`, {
             method,
             headers: {
               authorization: `Bearer ${ROOT_KEY}`,
-              ...(body === undefined ? {} : { "content-type": "application/json" }),
+              ...(payload === undefined ? {} : { "content-type": "application/json" }),
               ...headers,
             },
-            ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+            ...(payload === undefined ? {} : { body: JSON.stringify(payload) }),
             signal: AbortSignal.timeout(15_000),
           });
           const text = await res.text();
@@ -349,11 +354,12 @@ export function startDriver(
       "materialize shared asset",
       async () => {
         const tag = nextTag();
-        const res = await api.call("POST", "/materializations", {
-          assets: [rng.chance(0.5) ? "shared_b" : "shared_a"],
+        const assets = [rng.chance(0.5) ? "shared_b" : "shared_a"];
+        const res = await api.call("POST", "/materializations", (i: number) => ({
+          assets,
           force: true,
-          params: { tag },
-        });
+          params: { tag: `${tag}.${i}` },
+        }));
         for (const r of res.json?.runs ?? []) accepted(r.id, "chaos-assets", "materialize", tag);
       },
     ],
@@ -362,12 +368,12 @@ export function startDriver(
       "backfill",
       async () => {
         const tag = nextTag();
-        const res = await api.call("POST", "/materializations", {
+        const res = await api.call("POST", "/materializations", (i: number) => ({
           assets: ["shared_a"],
           force: true,
           partitions: ["p1", "p2", "p3"],
-          params: { tag },
-        });
+          params: { tag: `${tag}.${i}` },
+        }));
         for (const r of res.json?.runs ?? []) accepted(r.id, "chaos-assets", "backfill", tag);
       },
     ],
@@ -377,13 +383,13 @@ export function startDriver(
       async () => {
         const parent = await activeOf("chaos-chain", ["succeeded"]);
         const tag = nextTag();
-        const res = await api.call("POST", "/subgraphs", {
+        const res = await api.call("POST", "/subgraphs", (i: number) => ({
           workflow: "chaos-chain",
           steps: ["c"],
           downstream: true,
-          params: { tag },
+          params: { tag: `${tag}.${i}` },
           ...(parent ? { parentRunId: parent } : {}),
-        });
+        }));
         if (res.json?.run) accepted(res.json.run.id, "chaos-chain", "subgraph", tag);
       },
     ],
