@@ -28,6 +28,8 @@ export interface History {
   runs: RunRow[];
   /** Runs an API accepted (answered with their id). */
   accepted: string[];
+  /** When an API answered a cancel request with the run `cancelled` (after its commit). */
+  cancelAcks: Array<{ runId: string; at: number }>;
   /** Idempotency-Key → every run id answered for it. */
   idempotency: Array<{ key: string; runIds: string[] }>;
   /** schedule_fires rows. */
@@ -61,8 +63,11 @@ export interface Verdict {
 }
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled", "rolled_back"]);
-/** An effect may start this long after its run was cancelled: the request was already on its way. */
-export const CANCEL_GRACE_MS = 1000;
+/**
+ * An effect may start this long after its run's cancellation was acknowledged: an attempt that
+ * started before the cancel committed may get its request out before its abort arrives.
+ */
+export const CANCEL_GRACE_MS = 2000;
 /** An event committed this long before a stream's `end` must have been delivered on it. */
 export const SSE_COMMIT_SLACK_MS = 2000;
 
@@ -162,9 +167,11 @@ export function checkHistory(h: History): Verdict {
     h.runs.filter((r) => r.tag !== null),
     (r) => `${r.tag}/${r.partition ?? "-"}`,
   );
+  // An event's time is its transaction's start; the API's answer comes after the commit.
   const cancelledAt = new Map<string, number>();
   for (const e of h.events)
     if (e.type === "run.cancelled" && !cancelledAt.has(e.runId)) cancelledAt.set(e.runId, e.createdAt);
+  for (const a of h.cancelAcks) cancelledAt.set(a.runId, Math.max(a.at, cancelledAt.get(a.runId) ?? 0));
   checks.push(
     check(
       "effects after their run was cancelled",

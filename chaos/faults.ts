@@ -46,6 +46,8 @@ export interface FaultRecord {
 }
 
 export const RECOVERY_BOUND_MS = 60_000;
+/** A run counts as affected by a fault when it had an event this long before it. */
+const PROGRESS_WINDOW_MS = 15_000;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -60,6 +62,8 @@ export function startFaults(options: {
   rng: Rng;
   /** Seconds between the end of one recovery and the next fault. */
   gapSeconds: number;
+  /** Only these kinds (default: all). */
+  kinds?: readonly FaultKind[];
   log: (line: string) => void;
 }): FaultInjector {
   const { system, stores, rng, log } = options;
@@ -203,11 +207,18 @@ export function startFaults(options: {
     }
   };
 
-  const activeRuns = async (): Promise<string[]> => {
+  /**
+   * Runs active at heal time that were progressing before the fault (an event in the 15 s before
+   * it): a run a previous fault left stuck is that fault's failure, not this one's.
+   */
+  const activeRuns = async (injectedAt: number): Promise<string[]> => {
     for (let i = 0; i < 40; i++) {
       try {
         const rows = await sql<{ id: string }[]>`
-          select id from runs where status in ('running', 'rolling_back')`;
+          select r.id from runs r
+          where r.status in ('running', 'rolling_back')
+            and exists (select 1 from events e where e.run_id = r.id
+                        and e.created_at > ${new Date(injectedAt - PROGRESS_WINDOW_MS)})`;
         return rows.map((r) => r.id);
       } catch {
         await sleep(250);
@@ -233,7 +244,7 @@ export function startFaults(options: {
     await redis.connect().catch(() => {});
     let order: FaultKind[] = [];
     while (!stopping) {
-      if (order.length === 0) order = rng.shuffle([...FAULT_KINDS]);
+      if (order.length === 0) order = rng.shuffle([...(options.kinds ?? FAULT_KINDS)]);
       const kind = order.shift()!;
       const injectedAt = Date.now();
       let target: string;
@@ -243,7 +254,7 @@ export function startFaults(options: {
         target = `failed to inject: ${(error as Error).message}`;
       }
       const healedAt = Date.now();
-      const runs = await activeRuns();
+      const runs = await activeRuns(injectedAt);
       let recoveryMs: number | null = null;
       while (Date.now() - injectedAt < RECOVERY_BOUND_MS) {
         if (await progressed(runs, healedAt)) {

@@ -1,10 +1,12 @@
 /**
- * `npm run chaos -- --seed N --duration S [--plant] [--json FILE]`: runs the fault-injection
- * history checker (see docs/reliability.md) and exits 1 when it finds any violation.
+ * `npm run chaos -- --seed N --duration S [--plant] [--faults KIND,…] [--json FILE]`: runs the
+ * fault-injection history checker (see docs/reliability.md) and exits 1 when it finds any
+ * violation.
  */
 import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { formatVerdict } from "./checker.ts";
+import { FAULT_KINDS, type FaultKind } from "./faults.ts";
 import { runChaos } from "./run.ts";
 
 const { values } = parseArgs({
@@ -13,6 +15,7 @@ const { values } = parseArgs({
     duration: { type: "string", default: "120" },
     plant: { type: "boolean", default: false },
     json: { type: "string" },
+    faults: { type: "string" },
   },
 });
 const seed = Number(values.seed);
@@ -22,7 +25,19 @@ if (!Number.isInteger(seed) || !Number.isFinite(duration) || duration < 10) {
   process.exit(2);
 }
 
-const result = await runChaos({ seed, durationSeconds: duration, plant: values.plant });
+const kinds = values.faults?.split(",").map((k) => k.trim()) as FaultKind[] | undefined;
+const unknown = kinds?.filter((k) => !FAULT_KINDS.includes(k));
+if (unknown?.length) {
+  process.stderr.write(`unknown fault kind(s): ${unknown.join(", ")}\nknown: ${FAULT_KINDS.join(", ")}\n`);
+  process.exit(2);
+}
+
+const result = await runChaos({
+  seed,
+  durationSeconds: duration,
+  plant: values.plant,
+  ...(kinds ? { faultKinds: kinds } : {}),
+});
 const s = result.summary;
 process.stdout.write(
   `\nseed ${s.seed}, ${s.durationSeconds} s: ${s.runs} runs (${Object.entries(s.runsByStatus)

@@ -7,7 +7,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import postgres from "postgres";
 import { checkHistory, type History, type Verdict } from "./checker.ts";
-import { type FaultRecord, startFaults } from "./faults.ts";
+import { type FaultKind, type FaultRecord, startFaults } from "./faults.ts";
 import { createRng } from "./rng.ts";
 import { startSseFleet } from "./sse.ts";
 import { startStores } from "./stores.ts";
@@ -21,6 +21,8 @@ export interface ChaosOptions {
   durationSeconds: number;
   /** Plant violations (an overlapping duplicate effect, a dropped SSE event): the run must fail. */
   plant: boolean;
+  /** Only these fault kinds (default: all), to reproduce a finding. */
+  faultKinds?: readonly FaultKind[];
   /** Seconds between a fault's recovery and the next fault. */
   faultGapSeconds?: number;
   /** New work waits while this many runs are active (default 30). */
@@ -105,6 +107,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       stores,
       rng: createRng(options.seed + 5),
       gapSeconds: options.faultGapSeconds ?? 2,
+      ...(options.faultKinds ? { kinds: options.faultKinds } : {}),
       log: say,
     });
     await sleep(Math.max(0, options.durationSeconds * 1000 - 3000));
@@ -173,6 +176,7 @@ async function readHistory(
   return {
     runs: [...runs],
     accepted: [...state.runs.keys()],
+    cancelAcks: [...state.cancelled].map(([runId, at]) => ({ runId, at })),
     idempotency: [...state.idempotency].map(([key, ids]) => ({ key, runIds: [...ids] })),
     scheduleFires: [...scheduleFires],
     attemptsSucceeded: [...attemptsSucceeded],

@@ -42,6 +42,7 @@ function clean(): History {
       { id: RUN_B, workflow: "wf", status: "succeeded", trigger: "api", tag: "t2", partition: "-" },
     ],
     accepted: [RUN_A, RUN_B],
+    cancelAcks: [],
     idempotency: [{ key: "k1", runIds: [RUN_A, RUN_A] }],
     scheduleFires: [],
     attemptsSucceeded: [
@@ -162,8 +163,11 @@ describe("chaos history checker", () => {
     });
     h.sse = [];
     expect(violationsOf(h)).toEqual({});
-    h.effects.push(effect({ id: 4, tag: "t2", step: "later", start: 2500, end: 2600 }));
+    h.effects.push(effect({ id: 4, tag: "t2", step: "later", start: 3500, end: 3600 }));
     expect(violationsOf(h)).toEqual({ "effects after their run was cancelled": 1 });
+    // Measured from the API's answer when there is one (the commit came before it).
+    h.cancelAcks.push({ runId: RUN_B, at: 1600 });
+    expect(violationsOf(h)).toEqual({});
   });
 
   it("finds SSE gaps, duplicates, reordering and streams that never ended", () => {
