@@ -68,7 +68,11 @@ export function startFaults(options: {
 }): FaultInjector {
   const { system, stores, rng, log } = options;
   const sql = postgres(stores.pg.url, { max: 2, onnotice: () => {}, connect_timeout: 3 });
-  const redis = new Redis(stores.redis.url, { maxRetriesPerRequest: 1, lazyConnect: true });
+  const redis = new Redis(stores.redis.url, {
+    maxRetriesPerRequest: 1,
+    lazyConnect: true,
+    retryStrategy: (n) => Math.min(n * 200, 1000),
+  });
   redis.on("error", () => {});
   const faults: FaultRecord[] = [];
   let stopping = false;
@@ -102,6 +106,8 @@ export function startFaults(options: {
 
   /** Injects one fault; resolves once it is healed, with a description of its target. */
   const inject = async (kind: FaultKind): Promise<string> => {
+    // The checker's own Redis client gave up while Redis was down: connect it again.
+    if (kind.startsWith("redis") && redis.status === "end") await redis.connect();
     switch (kind) {
       case "kill -9 api":
         return signal("api", "SIGKILL");
@@ -155,7 +161,6 @@ export function startFaults(options: {
         await sleep(3000);
         return "redis";
       case "redis restart":
-        redis.disconnect();
         await stores.redis.down();
         await sleep(1500);
         await stores.redis.up();
@@ -251,7 +256,10 @@ export function startFaults(options: {
       try {
         target = await inject(kind);
       } catch (error) {
-        target = `failed to inject: ${(error as Error).message}`;
+        // Not a fault of the system: not counted, not measured.
+        log(`fault ${kind} could not be injected: ${(error as Error).message}`);
+        await sleep(1000);
+        continue;
       }
       const healedAt = Date.now();
       const runs = await activeRuns(injectedAt);

@@ -3,14 +3,28 @@
  * the Flowline processes connect through. The shared 5432/6379 instances are never touched.
  */
 import { execFileSync, spawnSync } from "node:child_process";
-import { chmodSync, chownSync, mkdtempSync, rmSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import postgres from "postgres";
 import { freePort } from "../test/helpers/processes.ts";
 import { type PrivateRedis, startPrivateRedis } from "../test/helpers/redis-server.ts";
 import { startProxy, type TcpProxy } from "./proxy.ts";
 
-const PG_BIN = "/usr/local/bin";
+/**
+ * Where `initdb` and `pg_ctl` are: `CHAOS_PG_BIN`, else `/usr/local/bin`, else the newest Debian
+ * install under `/usr/lib/postgresql/<version>/bin`.
+ */
+function pgBinDir(): string {
+  if (process.env.CHAOS_PG_BIN) return process.env.CHAOS_PG_BIN;
+  if (existsSync("/usr/local/bin/initdb")) return "/usr/local/bin";
+  const versions = existsSync("/usr/lib/postgresql")
+    ? readdirSync("/usr/lib/postgresql")
+        .filter((v) => existsSync(`/usr/lib/postgresql/${v}/bin/initdb`))
+        .sort((a, b) => Number(b) - Number(a))
+    : [];
+  if (versions[0]) return `/usr/lib/postgresql/${versions[0]}/bin`;
+  throw new Error("initdb not found: set CHAOS_PG_BIN to the directory of the Postgres server binaries");
+}
 /** Room for every process's pool plus the connections the pool-exhaustion fault grabs. */
 export const PG_MAX_CONNECTIONS = 120;
 
@@ -37,6 +51,7 @@ function run(args: string[]): void {
 }
 
 export async function startPrivatePostgres(): Promise<PrivatePostgres> {
+  const PG_BIN = pgBinDir();
   const port = await freePort();
   const dir = mkdtempSync("/tmp/flowline-chaos-pg-");
   chmodSync(dir, 0o700);
