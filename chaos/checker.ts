@@ -32,8 +32,11 @@ export interface History {
   cancelAcks: Array<{ runId: string; at: number }>;
   /** Idempotency-Key → every run id answered for it. */
   idempotency: Array<{ key: string; runIds: string[] }>;
-  /** schedule_fires rows. */
-  scheduleFires: Array<{ workflow: string; scheduleKey: string; fireAt: string; runId: string | null }>;
+  /**
+   * Cron slots, each with every run that claims it: the run its `schedule_fires` row records and
+   * the run its slot idempotency key names (a fire interrupted between the two has only the key).
+   */
+  scheduleSlots: Array<{ slot: string; runIds: string[] }>;
   /** step_attempts rows that succeeded. */
   attemptsSucceeded: Array<{ runId: string; stepId: string; phase: string; attempt: number }>;
   materializations: Array<{ runId: string; stepId: string; asset: string }>;
@@ -123,18 +126,18 @@ export function checkHistory(h: History): Verdict {
       h.accepted.filter((id) => !runsById.has(id)),
     ),
   );
-  const fired = new Set(h.scheduleFires.map((f) => f.runId).filter(Boolean));
+  const slotted = new Set(h.scheduleSlots.flatMap((s) => s.runIds));
   checks.push(
     check("duplicate runs per idempotency key or cron slot", [
       ...h.idempotency
         .filter((k) => new Set(k.runIds).size > 1)
         .map((k) => `key ${k.key}: ${k.runIds.join(", ")}`),
+      ...h.scheduleSlots
+        .filter((s) => new Set(s.runIds).size > 1)
+        .map((s) => `slot ${s.slot}: runs ${[...new Set(s.runIds)].join(", ")}`),
       ...h.runs
-        .filter((r) => r.trigger === "schedule" && !fired.has(r.id))
-        .map((r) => `schedule run ${r.id} of ${r.workflow} is no slot's run`),
-      ...[...groupBy(h.scheduleFires, (f) => `${f.workflow}/${f.scheduleKey}/${f.fireAt}`)]
-        .filter(([, fires]) => fires.length > 1)
-        .map(([slot]) => `slot ${slot} fired more than once`),
+        .filter((r) => r.trigger === "schedule" && !slotted.has(r.id))
+        .map((r) => `schedule run ${r.id} of ${r.workflow} belongs to no slot`),
     ]),
   );
 

@@ -6,6 +6,7 @@
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import postgres from "postgres";
+import { RESERVED_KEY_PREFIX, scheduleSlotKey } from "../src/domain/idempotency.ts";
 import { checkHistory, type History, type Verdict } from "./checker.ts";
 import { type FaultKind, type FaultRecord, startFaults } from "./faults.ts";
 import { createRng } from "./rng.ts";
@@ -161,9 +162,19 @@ async function readHistory(
     select r.id, w.name as workflow, r.status, r.trigger,
            r.params->>'tag' as tag, r.params->>'partition' as partition
     from runs r join workflows w on w.id = r.workflow_id`;
-  const scheduleFires = await sql<History["scheduleFires"]>`
-    select w.name as workflow, f.schedule_key as "scheduleKey", f.fire_at::text as "fireAt", f.run_id as "runId"
-    from schedule_fires f join workflows w on w.id = f.workflow_id`;
+  const fires = await sql<
+    Array<{ workflowId: string; scheduleKey: string; fireAt: Date; runId: string | null }>
+  >`
+    select workflow_id as "workflowId", schedule_key as "scheduleKey", fire_at as "fireAt", run_id as "runId"
+    from schedule_fires`;
+  const slotKeys = await sql<Array<{ key: string; runId: string | null }>>`
+    select key, run_id as "runId" from idempotency_keys where key like ${`${RESERVED_KEY_PREFIX}schedule:%`}`;
+  const slots = new Map<string, string[]>();
+  const claim = (slot: string, runId: string | null) => {
+    if (runId) slots.set(slot, [...(slots.get(slot) ?? []), runId]);
+  };
+  for (const f of fires) claim(scheduleSlotKey(f.workflowId, f.scheduleKey, f.fireAt), f.runId);
+  for (const k of slotKeys) claim(k.key, k.runId);
   const attemptsSucceeded = await sql<History["attemptsSucceeded"]>`
     select run_id as "runId", step_id as "stepId", phase, attempt
     from step_attempts where status = 'succeeded'`;
@@ -178,7 +189,7 @@ async function readHistory(
     accepted: [...state.runs.keys()],
     cancelAcks: [...state.cancelled].map(([runId, at]) => ({ runId, at })),
     idempotency: [...state.idempotency].map(([key, ids]) => ({ key, runIds: [...ids] })),
-    scheduleFires: [...scheduleFires],
+    scheduleSlots: [...slots].map(([slot, runIds]) => ({ slot, runIds })),
     attemptsSucceeded: [...attemptsSucceeded],
     materializations: [...materializations],
     events: events.map((e) => ({ ...e, createdAt: e.createdAt.getTime() })),

@@ -44,7 +44,7 @@ function clean(): History {
     accepted: [RUN_A, RUN_B],
     cancelAcks: [],
     idempotency: [{ key: "k1", runIds: [RUN_A, RUN_A] }],
-    scheduleFires: [],
+    scheduleSlots: [{ slot: "s1", runIds: ["c1", "c1"] }],
     attemptsSucceeded: [
       { runId: RUN_A, stepId: "s", phase: "execute", attempt: 1 },
       { runId: RUN_B, stepId: "s", phase: "execute", attempt: 1 },
