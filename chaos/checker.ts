@@ -210,6 +210,7 @@ export function checkHistory(h: History): Verdict {
   const sseDuplicates: string[] = [];
   const sseOrder: string[] = [];
   const sseUnended: string[] = [];
+  const sseForeign: string[] = [];
   h.sse.forEach((client, index) => {
     const name = `client ${index + 1} (run ${client.runId})`;
     const seen = new Set<number>();
@@ -222,6 +223,10 @@ export function checkHistory(h: History): Verdict {
     }
     if (!client.ended) sseUnended.push(`${name}: no end after ${client.received.length} events`);
     const events = eventsByRun.get(client.runId) ?? [];
+    const own = new Set(events.map((e) => e.id));
+    const foreign = client.received.filter((id) => !own.has(id));
+    if (foreign.length > 0)
+      sseForeign.push(`${name}: events ${foreign.slice(0, 5).join(", ")} are not this run's`);
     const missing = events.filter(
       (e) =>
         !seen.has(e.id) &&
@@ -236,6 +241,7 @@ export function checkHistory(h: History): Verdict {
       );
   });
   checks.push(check("SSE gaps (events never delivered)", sseGaps));
+  checks.push(check("SSE events of another run", sseForeign));
   checks.push(check("SSE duplicates", sseDuplicates));
   checks.push(check("SSE reordering", sseOrder));
   checks.push(check("SSE streams that never ended", sseUnended));

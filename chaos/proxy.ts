@@ -17,19 +17,33 @@ export interface TcpProxy {
 export async function startProxy(targetPort: number): Promise<TcpProxy> {
   let delayMs = 0;
   const sockets = new Set<Socket>();
+  /**
+   * Forwards `from` to `to`, each chunk no earlier than `delayMs` after it arrived and never
+   * before a chunk that arrived before it: one FIFO per direction, drained by one timer, so a late
+   * timer can never let a newer chunk overtake an older one (Postgres pipelines queries on one
+   * connection: reordered bytes would hand one query's rows to another).
+   */
   const pipe = (from: Socket, to: Socket) => {
-    let last = 0;
-    from.on("data", (chunk) => {
-      if (delayMs === 0 && last <= Date.now()) {
+    const queue: Array<{ at: number; chunk: Buffer }> = [];
+    let timer: NodeJS.Timeout | undefined;
+    const drain = () => {
+      timer = undefined;
+      while (queue.length > 0 && queue[0]!.at <= Date.now()) {
+        const { chunk } = queue.shift()!;
+        if (!to.destroyed) to.write(chunk);
+      }
+      if (queue.length > 0) timer = setTimeout(drain, queue[0]!.at - Date.now());
+    };
+    from.on("data", (chunk: Buffer) => {
+      if (delayMs === 0 && queue.length === 0) {
         to.write(chunk);
         return;
       }
-      // Never earlier than a chunk already scheduled: the stream's order is kept.
-      const at = Math.max(Date.now() + delayMs, last);
-      last = at;
-      setTimeout(() => {
-        if (!to.destroyed) to.write(chunk);
-      }, at - Date.now());
+      queue.push({ at: Date.now() + delayMs, chunk });
+      timer ??= setTimeout(drain, delayMs);
+    });
+    from.on("close", () => {
+      if (timer) clearTimeout(timer);
     });
   };
   const server = createServer((client) => {

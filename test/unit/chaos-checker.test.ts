@@ -170,20 +170,23 @@ describe("chaos history checker", () => {
     expect(violationsOf(h)).toEqual({});
   });
 
-  it("finds SSE gaps, duplicates, reordering and streams that never ended", () => {
+  it("finds SSE gaps, foreign events, duplicates, reordering and streams that never ended", () => {
     const h = clean();
     h.sse = [
       { runId: RUN_A, received: [1, 3, 4], ended: true, endedAt: 1200 },
       { runId: RUN_A, received: [1, 2, 2, 3, 4], ended: true, endedAt: 1200 },
       { runId: RUN_A, received: [1, 3, 2, 4], ended: true, endedAt: 1200 },
+      // Another run's event in this run's stream (and its own event 2 missing).
+      { runId: RUN_A, received: [1, 6, 3, 4], ended: true, endedAt: 1200 },
       { runId: RUN_B, received: [5, 6], ended: false, endedAt: null },
       // Ended, but the last events, committed well before the end, never came.
       { runId: RUN_B, received: [5, 6], ended: true, endedAt: 10_000 },
     ];
     expect(violationsOf(h)).toEqual({
-      "SSE gaps (events never delivered)": 2,
+      "SSE gaps (events never delivered)": 3,
+      "SSE events of another run": 1,
       "SSE duplicates": 1,
-      "SSE reordering": 1,
+      "SSE reordering": 3,
       "SSE streams that never ended": 1,
     });
   });
