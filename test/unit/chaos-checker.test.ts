@@ -165,6 +165,18 @@ describe("chaos history checker", () => {
     expect(violationsOf(h)).toEqual({});
     h.effects.push(effect({ id: 4, tag: "t2", step: "later", start: 3500, end: 3600 }));
     expect(violationsOf(h)).toEqual({ "effects after their run was cancelled": 1 });
+    // Unless an attempt of that step was running when the run was cancelled (its worker froze
+    // between its start and its request): started before run.cancelled, none after.
+    const frozen = structuredClone(h);
+    frozen.events.push({
+      id: 8.5,
+      runId: RUN_B,
+      type: "step.started",
+      stepId: "later",
+      phase: "execute",
+      createdAt: 1240,
+    });
+    expect(violationsOf(frozen)).toEqual({});
     // Measured from the API's answer when there is one (the commit came before it).
     h.cancelAcks.push({ runId: RUN_B, at: 1600 });
     expect(violationsOf(h)).toEqual({});
@@ -181,6 +193,8 @@ describe("chaos history checker", () => {
       { runId: RUN_B, received: [5, 6], ended: false, endedAt: null },
       // Ended, but the last events, committed well before the end, never came.
       { runId: RUN_B, received: [5, 6], ended: true, endedAt: 10_000 },
+      // Committed shortly before the end: may still have been in flight (not counted).
+      { runId: RUN_B, received: [5, 6], ended: true, endedAt: 6000 },
     ];
     expect(violationsOf(h)).toEqual({
       "SSE gaps (events never delivered)": 3,
