@@ -390,7 +390,7 @@ export async function finishAttempts(
         after,
       );
     }
-    if (continuation) await claimReadyChildren(deps, sql, loaded, items, results, continuation, after);
+    if (continuation) await claimReadyChildren(deps, sql, run, loaded, items, results, continuation, after);
     return results;
   });
   for (const [i, r] of results.entries())
@@ -407,6 +407,7 @@ export async function finishAttempts(
 async function claimReadyChildren(
   deps: EngineDeps,
   sql: Sql,
+  run: RunRow,
   loaded: LoadedSpec,
   items: readonly FinishRequest[],
   results: FinishResult[],
@@ -415,7 +416,9 @@ async function claimReadyChildren(
 ): Promise<void> {
   const wanting = items.flatMap((item, i) => (item.continue && results[i]!.accepted ? [i] : []));
   if (wanting.length === 0) return;
-  const runId = items[0]!.ref.runId;
+  const runId = run.id;
+  // Jobs this transaction queued. If a failure later in the same batch ended the run, their steps
+  // were cancelled and markRunning's guard (queued or retrying) moves none of them.
   const claimable = after.jobs.filter(
     (j) =>
       j.runId === runId &&
@@ -426,8 +429,6 @@ async function claimReadyChildren(
       continuation.queues.has(j.queue),
   );
   if (claimable.length === 0) return;
-  const run = (await lockRun(sql, runId))!;
-  if (run.status !== "running") return;
   const picked = claimable.slice(0, wanting.length).map((job) => ({
     job,
     stepId: job.stepId,

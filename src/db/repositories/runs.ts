@@ -196,19 +196,30 @@ export async function readStepsWithCompensation(
   sql: Sql,
   runId: string,
 ): Promise<Array<StepRow & { compensation: StepCompensation | null }>> {
-  const rows = await sql<Array<StepRow & { compensation: StepCompensation | null }>>`
-    select s.*, case when c.step_id is null then null else json_build_object('status', c.status,
-      'attempt', c.attempt, 'error', c.error, 'started_at', c.started_at, 'finished_at', c.finished_at) end
-      as compensation
+  type Joined = StepRow & {
+    c_status: StepStatus | null;
+    c_attempt: number;
+    c_error: unknown;
+    c_started_at: Date | null;
+    c_finished_at: Date | null;
+  };
+  const rows = await sql<Joined[]>`
+    select s.*, c.status as c_status, c.attempt as c_attempt, c.error as c_error,
+      c.started_at as c_started_at, c.finished_at as c_finished_at
     from step_runs s left join step_runs c on c.run_id = s.run_id and c.step_id = s.step_id and c.phase = 'compensate'
     where s.run_id = ${runId} and s.phase = 'execute'`;
-  for (const r of rows) {
-    if (!r.compensation) continue;
-    const c = r.compensation as unknown as Record<string, string | null>;
-    r.compensation.started_at = c.started_at ? new Date(c.started_at) : null;
-    r.compensation.finished_at = c.finished_at ? new Date(c.finished_at) : null;
-  }
-  return rows;
+  return rows.map(({ c_status, c_attempt, c_error, c_started_at, c_finished_at, ...step }) => ({
+    ...step,
+    compensation: c_status
+      ? {
+          status: c_status,
+          attempt: c_attempt,
+          error: c_error,
+          started_at: c_started_at,
+          finished_at: c_finished_at,
+        }
+      : null,
+  }));
 }
 
 export async function stepOutputs(sql: Sql, runId: string, stepIds: readonly string[]) {
