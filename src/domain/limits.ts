@@ -46,3 +46,50 @@ export function quotaExceeded(quota: string, limit: number, current: string): Fl
     { retryAfterSeconds: 5 },
   );
 }
+
+/**
+ * Text Postgres cannot store in `jsonb` or `text`: the NUL character, and UTF-16 surrogates that
+ * are not part of a pair (JSON can carry both; Postgres refuses the whole write).
+ */
+// biome-ignore lint/suspicious/noControlCharactersInRegex: NUL is exactly what this looks for
+const UNSTORABLE = /\u0000|[\ud800-\udfff]/;
+
+/** The text with each unstorable character replaced by U+FFFD (for logs and messages). */
+export function storableText(text: string): string {
+  if (!UNSTORABLE.test(text)) return text;
+  return text.toWellFormed().replaceAll("\u0000", "\uFFFD");
+}
+
+const isStorable = (text: string) =>
+  !UNSTORABLE.test(text) || (!text.includes("\u0000") && text.isWellFormed());
+
+/**
+ * Where a JSON value holds text Postgres cannot store (as `$.a[0].b`, a key or a string), or null.
+ * A step output is refused whole rather than altered: its readers would get other data.
+ */
+export function unstorableAt(value: unknown, path = "$"): string | null {
+  if (typeof value === "string") return isStorable(value) ? null : path;
+  if (typeof value !== "object" || value === null) return null;
+  if (Array.isArray(value)) {
+    for (const [i, item] of value.entries()) {
+      const found = unstorableAt(item, `${path}[${i}]`);
+      if (found) return found;
+    }
+    return null;
+  }
+  for (const [key, item] of Object.entries(value)) {
+    const at = /^[A-Za-z_$][\w$]*$/.test(key) ? `${path}.${key}` : `${path}[${JSON.stringify(key)}]`;
+    if (!isStorable(key)) return at;
+    const found = unstorableAt(item, at);
+    if (found) return found;
+  }
+  return null;
+}
+
+/** A JSON value with its unstorable text replaced (error details, which are only read by people). */
+export function storableValue<T>(value: T): T {
+  if (typeof value === "string") return storableText(value) as T;
+  if (typeof value !== "object" || value === null) return value;
+  if (Array.isArray(value)) return value.map(storableValue) as T;
+  return Object.fromEntries(Object.entries(value).map(([k, v]) => [storableText(k), storableValue(v)])) as T;
+}

@@ -6,8 +6,11 @@
  * - at most one write is in flight; while `highWater` lines wait, `push` answers false and the
  *   producer should pause until `drained()` resolves (the command executor stops reading the
  *   child's pipes, so the child blocks on write); a producer that ignores that is cut off at
- *   `4 × highWater` waiting lines, which are dropped and counted.
+ *   `4 × highWater` waiting lines, which are dropped and counted;
+ * - text Postgres cannot store (NUL, unpaired surrogates) is replaced by U+FFFD.
  */
+import { storableText } from "../domain/limits.ts";
+
 export type LogStream = "stdout" | "stderr" | "log";
 export interface LogLine {
   stream: LogStream;
@@ -44,7 +47,7 @@ export class AttemptLog {
       return false;
     }
     this.accepted++;
-    this.waiting.push({ stream, line: cutLine(line, this.options.maxLineBytes) });
+    this.waiting.push({ stream, line: storableText(cutLine(line, this.options.maxLineBytes)) });
     if (this.waiting.length >= this.options.highWater) {
       void this.flush();
       return false;

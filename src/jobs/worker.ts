@@ -11,6 +11,7 @@ import { type Job, Worker } from "bullmq";
 import type { Logger } from "pino";
 import type { Config } from "../config/index.ts";
 import { createDb } from "../db/client.ts";
+import { storableText, storableValue } from "../domain/limits.ts";
 import { ownValue } from "../domain/records.ts";
 import {
   type FinishRequest,
@@ -281,7 +282,10 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
         logDrained: () => logs.drained(),
         maxLineBytes: config.limits.logLineBytes,
         progress: (pct, message) => {
-          progress = { pct: Math.min(1, Math.max(0, pct)), ...(message ? { message } : {}) };
+          progress = {
+            pct: Math.min(1, Math.max(0, pct)),
+            ...(message ? { message: storableText(message) } : {}),
+          };
         },
         config,
         handlers,
@@ -335,7 +339,8 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
             ref,
             end: {
               kind: "failed",
-              error: { message: error.message, code: error.code, ...error.details },
+              // What a step says goes into Postgres: text it cannot store would fail the write forever.
+              error: storableValue({ message: error.message, code: error.code, ...error.details }),
               retryable: error.retryable,
             },
           },

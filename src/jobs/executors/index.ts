@@ -1,4 +1,4 @@
-import { jsonBytes } from "../../domain/limits.ts";
+import { jsonBytes, unstorableAt } from "../../domain/limits.ts";
 import { ownValue } from "../../domain/records.ts";
 import type { Executor } from "../../domain/workflow/spec.ts";
 import { RenderTooLargeError, renderTemplates, TemplateError } from "../../domain/workflow/templates.ts";
@@ -12,7 +12,7 @@ export { ExecutionError } from "./types.ts";
 /**
  * Renders the executor's templates and runs it; resolves with the step output. Bounds what an
  * attempt may make the system hold (SPEC §13): the rendered input (`input_too_large`), the output
- * (`output_too_large`). None of these is retried: the next attempt would render and produce the
+ * (`output_too_large`); text Postgres cannot store in the output (`output_invalid`). None of these is retried: the next attempt would render and produce the
  * same. (Log lines are bounded where they are buffered: jobs/attempt-log.ts.)
  */
 export async function execute(executor: Executor, ctx: ExecutionContext): Promise<unknown> {
@@ -39,6 +39,15 @@ export async function execute(executor: Executor, ctx: ExecutionContext): Promis
       false,
       "output_too_large",
       { bytes: outputBytes, limit: limits.outputBytes },
+    );
+  }
+  const unstorable = unstorableAt(output);
+  if (unstorable) {
+    throw new ExecutionError(
+      `the step output holds text that cannot be stored (a NUL character or an unpaired UTF-16 surrogate) at ${unstorable}; remove it or encode the data (base64, say)`,
+      false,
+      "output_invalid",
+      { path: unstorable },
     );
   }
   return output;
