@@ -45,7 +45,8 @@ import { collectTemplateRefs } from "../domain/workflow/templates.ts";
 import { type Activity, activityEvents } from "./activity.ts";
 import { assetLockKey } from "./admission.ts";
 import { advanceAfterSuccesses, advanceRun } from "./advance.ts";
-import { type AfterCommit, type EngineDeps, inRunTransaction } from "./deps.ts";
+import { type AfterCommit, type EngineDeps, inRunsTransaction, inRunTransaction } from "./deps.ts";
+import { ItemFailure } from "./group-commit.ts";
 import { jobFor } from "./jobs.ts";
 import { advanceRollback, failRollback } from "./rollback.ts";
 import type { LoadedSpec } from "./specs.ts";
@@ -115,84 +116,97 @@ export async function startAttempts(
   jobs: readonly StartRequest[],
   worker: { id: string; leaseSeconds: number },
 ): Promise<StartResult[]> {
-  return inRunTransaction(deps, runId, async (sql, locked, after): Promise<StartResult[]> => {
-    if (!locked) return jobs.map(() => refuse("run_not_found", "run not found"));
-    let run: RunRow = locked;
-    const keys = jobs.map((j) => ({ stepId: j.stepId, phase: phaseOf(j) }));
-    let rows = await readAttempts(sql, runId, keys);
-    const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
-    const results: StartResult[] = [];
-    const chosen: Array<{ index: number; job: StartRequest; phase: Phase; token: string }> = [];
-    const taken = new Set<string>();
-    for (const job of jobs) {
-      const phase = phaseOf(job);
-      const key = attemptKey(job.stepId, phase);
-      if (taken.has(key)) {
-        results.push(refuse("duplicate", "duplicate delivery of a job started in this batch"));
-        continue;
-      }
-      const row = rows.get(key);
-      const judged = judgeStart(
-        run.status === activeRunStatusOf[phase],
-        run.status,
-        row && {
-          status: row.status,
-          attempt: row.attempt,
-          jobId: row.job_id,
-          leaseLeftMs: row.lease_left_ms,
-        },
-        job,
-      );
-      if (judged.action === "refuse") {
-        results.push({
-          ...refuse(judged.refusal, judged.reason),
-          ...(judged.retryAfterMs !== undefined ? { retryAfterMs: judged.retryAfterMs } : {}),
-        });
-      } else if (judged.action === "abandon_then_refuse") {
-        const outcome = await abandonAttempt(deps, sql, run, loaded, row!, "no heartbeat", after);
-        results.push(refuse("lease_lost", `worker lost during attempt ${job.attempt}; ${outcome}`));
-        // What the abandonment changed (the run may have failed, siblings been cancelled) is what
-        // the rest of the batch is judged against.
-        run = (await lockRun(sql, runId))!;
-        rows = await readAttempts(sql, runId, keys);
-      } else {
-        taken.add(key);
-        chosen.push({ index: results.length, job, phase, token: randomUUID() });
-        results.push(refuse("illegal_transition", "pending")); // replaced below
-      }
+  return inRunTransaction(deps, runId, (sql, locked, after) =>
+    startLocked(deps, sql, runId, locked, jobs, worker, after),
+  );
+}
+
+/** `startAttempts` inside a transaction that holds the run's lock (`locked`: its row then). */
+async function startLocked(
+  deps: EngineDeps,
+  sql: Sql,
+  runId: string,
+  locked: RunRow | undefined,
+  jobs: readonly StartRequest[],
+  worker: { id: string; leaseSeconds: number },
+  after: AfterCommit,
+): Promise<StartResult[]> {
+  if (!locked) return jobs.map(() => refuse("run_not_found", "run not found"));
+  let run: RunRow = locked;
+  const keys = jobs.map((j) => ({ stepId: j.stepId, phase: phaseOf(j) }));
+  let rows = await readAttempts(sql, runId, keys);
+  const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
+  const results: StartResult[] = [];
+  const chosen: Array<{ index: number; job: StartRequest; phase: Phase; token: string }> = [];
+  const taken = new Set<string>();
+  for (const job of jobs) {
+    const phase = phaseOf(job);
+    const key = attemptKey(job.stepId, phase);
+    if (taken.has(key)) {
+      results.push(refuse("duplicate", "duplicate delivery of a job started in this batch"));
+      continue;
     }
-    const startable = chosen.filter((c) => run.status === activeRunStatusOf[c.phase]);
-    const started = await markRunning(
-      sql,
-      runId,
-      startable.map((c) => ({
-        stepId: c.job.stepId,
-        phase: c.phase,
-        attempt: c.job.attempt,
-        token: c.token,
-      })),
-      worker,
+    const row = rows.get(key);
+    const judged = judgeStart(
+      run.status === activeRunStatusOf[phase],
+      run.status,
+      row && {
+        status: row.status,
+        attempt: row.attempt,
+        jobId: row.job_id,
+        leaseLeftMs: row.lease_left_ms,
+      },
+      job,
     );
-    const accepted = chosen.filter((c) => started.has(attemptKey(c.job.stepId, c.phase)));
-    for (const c of chosen) {
-      if (!started.has(attemptKey(c.job.stepId, c.phase)))
-        results[c.index] =
-          run.status === activeRunStatusOf[c.phase]
-            ? refuse("not_current", "step moved on")
-            : refuse("run_inactive", `run is ${run.status}`);
+    if (judged.action === "refuse") {
+      results.push({
+        ...refuse(judged.refusal, judged.reason),
+        ...(judged.retryAfterMs !== undefined ? { retryAfterMs: judged.retryAfterMs } : {}),
+      });
+    } else if (judged.action === "abandon_then_refuse") {
+      const outcome = await abandonAttempt(deps, sql, run, loaded, row!, "no heartbeat", after);
+      results.push(refuse("lease_lost", `worker lost during attempt ${job.attempt}; ${outcome}`));
+      // What the abandonment changed (the run may have failed, siblings been cancelled) is what
+      // the rest of the batch is judged against.
+      run = (await lockRun(sql, runId))!;
+      rows = await readAttempts(sql, runId, keys);
+    } else {
+      taken.add(key);
+      chosen.push({ index: results.length, job, phase, token: randomUUID() });
+      results.push(refuse("illegal_transition", "pending")); // replaced below
     }
-    const attempts = await announceStarts(
-      deps,
-      sql,
-      run,
-      loaded,
-      accepted.map((c) => ({ stepId: c.job.stepId, phase: c.phase, attempt: c.job.attempt, token: c.token })),
-      worker,
-      after,
-    );
-    for (const [i, c] of accepted.entries()) results[c.index] = { accepted: true, attempt: attempts[i]! };
-    return results;
-  });
+  }
+  const startable = chosen.filter((c) => run.status === activeRunStatusOf[c.phase]);
+  const started = await markRunning(
+    sql,
+    runId,
+    startable.map((c) => ({
+      stepId: c.job.stepId,
+      phase: c.phase,
+      attempt: c.job.attempt,
+      token: c.token,
+    })),
+    worker,
+  );
+  const accepted = chosen.filter((c) => started.has(attemptKey(c.job.stepId, c.phase)));
+  for (const c of chosen) {
+    if (!started.has(attemptKey(c.job.stepId, c.phase)))
+      results[c.index] =
+        run.status === activeRunStatusOf[c.phase]
+          ? refuse("not_current", "step moved on")
+          : refuse("run_inactive", `run is ${run.status}`);
+  }
+  const attempts = await announceStarts(
+    deps,
+    sql,
+    run,
+    loaded,
+    accepted.map((c) => ({ stepId: c.job.stepId, phase: c.phase, attempt: c.job.attempt, token: c.token })),
+    worker,
+    after,
+  );
+  for (const [i, c] of accepted.entries()) results[c.index] = { accepted: true, attempt: attempts[i]! };
+  return results;
 }
 
 /**
@@ -283,119 +297,203 @@ export async function finishAttempts(
   items: readonly FinishRequest[],
   continuation?: Continuation,
 ): Promise<FinishResult[]> {
-  const results = await inRunTransaction(deps, runId, async (sql, run, after): Promise<FinishResult[]> => {
-    if (!run) return items.map(() => refuse("run_not_found", "run not found"));
-    const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
-    const results: FinishResult[] = items.map(() =>
-      refuse("lease_lost", "the attempt is no longer this holder's"),
-    );
-    const events: NewEvent[] = [];
-    const successes: number[] = [];
-    const failures: number[] = [];
-    for (const [i, item] of items.entries()) {
-      const phase = phaseOf(item.ref);
-      if (!canFinishIn(phase, run.status)) results[i] = refuse("run_inactive", `run is ${run.status}`);
-      else if (item.end.kind === "succeeded") successes.push(i);
-      else failures.push(i);
-    }
+  const results = await inRunTransaction(deps, runId, (sql, run, after) =>
+    finishLocked(deps, sql, runId, run, items, continuation, after),
+  );
+  logRefusedFinishes(deps, items, results);
+  return results;
+}
 
-    // Steps that provide assets write only with the run's newest fencing tokens (SPEC §8.6).
-    const fenced: number[] = [];
-    for (const i of successes) {
-      const { ref } = items[i]!;
-      const provides = phaseOf(ref) === "execute" ? (loaded.steps.get(ref.stepId)?.provides ?? []) : [];
-      if (provides.length === 0) {
-        fenced.push(i);
-        continue;
-      }
-      if (!(await heldAttempt(sql, { ...ref, phase: "execute" }))) continue;
-      const refusedWrites = await claimAssetWrites(sql, run, provides);
-      if (refusedWrites.length === 0) {
-        fenced.push(i);
-        continue;
-      }
-      deps.log.warn(
-        { runId, stepId: ref.stepId, refused: refusedWrites },
-        "materialization refused (stale fencing token)",
-      );
-      const error = {
-        message: `asset lock lost: ${refusedWrites.join("; ")}; this run's materialization is refused`,
-        code: "lock_lost",
-      };
-      await applyFailure(deps, sql, run, loaded, ref, { kind: "failed", error, retryable: false }, after);
-      results[i] = refuse("lease_lost", error.message);
-    }
-
-    const moved = await markSucceeded(
-      sql,
-      runId,
-      fenced.map((i) => {
-        const { ref, end } = items[i]!;
-        return {
-          stepId: ref.stepId,
-          phase: phaseOf(ref),
-          attempt: ref.attempt,
-          token: ref.token,
-          output: (end as { output: unknown }).output,
-        };
-      }),
-    );
-    const succeeded: Record<Phase, string[]> = { execute: [], compensate: [] };
-    for (const i of fenced) {
-      const { ref, end } = items[i]!;
-      const phase = phaseOf(ref);
-      const key = attemptKey(ref.stepId, phase);
-      if (!moved.delete(key)) continue; // refused, or a duplicate that already counted
-      results[i] = { accepted: true };
-      succeeded[phase].push(ref.stepId);
-      const output = (end as { output: unknown }).output;
-      events.push({
-        type: "step.succeeded",
-        stepId: ref.stepId,
-        attempt: ref.attempt,
-        // The output is written once, on the step's row (GET /v1/runs/{id}), not again here.
-        data: { ...phaseData(phase), attempt: ref.attempt },
-      });
-      if (phase === "execute") {
-        const provides = loaded.steps.get(ref.stepId)?.provides ?? [];
-        if (provides.length > 0)
-          events.push(...(await recordMaterializations(sql, run, ref.stepId, provides, output)));
-      }
-    }
-    if (succeeded.execute.length > 0) {
-      await advanceAfterSuccesses(deps, sql, run, loaded, succeeded.execute, after, events);
-    } else if (succeeded.compensate.length > 0) {
-      await advanceRollback(sql, run, loaded, after, events);
-      await appendEvents(sql, run.tenant_id, run.id, events);
-      after.runs.add(run.id);
-    } else if (events.length > 0) {
-      await appendEvents(sql, run.tenant_id, run.id, events);
-      after.runs.add(run.id);
-    }
-
-    for (const i of failures) {
-      const { ref, end } = items[i]!;
-      const current = (await lockRun(sql, runId))!;
-      if (!canFinishIn(phaseOf(ref), current.status)) {
-        results[i] = refuse("run_inactive", `run is ${current.status}`);
-        continue;
-      }
-      results[i] = await applyFailure(
-        deps,
-        sql,
-        current,
-        loaded,
-        ref,
-        end as Extract<AttemptEnd, { kind: "failed" }>,
-        after,
-      );
-    }
-    if (continuation) await claimReadyChildren(deps, sql, run, loaded, items, results, continuation, after);
-    return results;
-  });
+function logRefusedFinishes(
+  deps: EngineDeps,
+  items: readonly FinishRequest[],
+  results: readonly FinishResult[],
+) {
   for (const [i, r] of results.entries())
     if (!r.accepted)
       deps.log.warn({ ...items[i]!.ref, token: undefined, refusal: r.refusal }, "stale result refused");
+}
+
+/** `finishAttempts` inside a transaction that holds the run's lock (`run`: its row then). */
+async function finishLocked(
+  deps: EngineDeps,
+  sql: Sql,
+  runId: string,
+  run: RunRow | undefined,
+  items: readonly FinishRequest[],
+  continuation: Continuation | undefined,
+  after: AfterCommit,
+): Promise<FinishResult[]> {
+  if (!run) return items.map(() => refuse("run_not_found", "run not found"));
+  const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
+  const results: FinishResult[] = items.map(() =>
+    refuse("lease_lost", "the attempt is no longer this holder's"),
+  );
+  const events: NewEvent[] = [];
+  const successes: number[] = [];
+  const failures: number[] = [];
+  for (const [i, item] of items.entries()) {
+    const phase = phaseOf(item.ref);
+    if (!canFinishIn(phase, run.status)) results[i] = refuse("run_inactive", `run is ${run.status}`);
+    else if (item.end.kind === "succeeded") successes.push(i);
+    else failures.push(i);
+  }
+
+  // Steps that provide assets write only with the run's newest fencing tokens (SPEC §8.6).
+  const fenced: number[] = [];
+  for (const i of successes) {
+    const { ref } = items[i]!;
+    const provides = phaseOf(ref) === "execute" ? (loaded.steps.get(ref.stepId)?.provides ?? []) : [];
+    if (provides.length === 0) {
+      fenced.push(i);
+      continue;
+    }
+    if (!(await heldAttempt(sql, { ...ref, phase: "execute" }))) continue;
+    const refusedWrites = await claimAssetWrites(sql, run, provides);
+    if (refusedWrites.length === 0) {
+      fenced.push(i);
+      continue;
+    }
+    deps.log.warn(
+      { runId, stepId: ref.stepId, refused: refusedWrites },
+      "materialization refused (stale fencing token)",
+    );
+    const error = {
+      message: `asset lock lost: ${refusedWrites.join("; ")}; this run's materialization is refused`,
+      code: "lock_lost",
+    };
+    await applyFailure(deps, sql, run, loaded, ref, { kind: "failed", error, retryable: false }, after);
+    results[i] = refuse("lease_lost", error.message);
+  }
+
+  const moved = await markSucceeded(
+    sql,
+    runId,
+    fenced.map((i) => {
+      const { ref, end } = items[i]!;
+      return {
+        stepId: ref.stepId,
+        phase: phaseOf(ref),
+        attempt: ref.attempt,
+        token: ref.token,
+        output: (end as { output: unknown }).output,
+      };
+    }),
+  );
+  const succeeded: Record<Phase, string[]> = { execute: [], compensate: [] };
+  for (const i of fenced) {
+    const { ref, end } = items[i]!;
+    const phase = phaseOf(ref);
+    const key = attemptKey(ref.stepId, phase);
+    if (!moved.delete(key)) continue; // refused, or a duplicate that already counted
+    results[i] = { accepted: true };
+    succeeded[phase].push(ref.stepId);
+    const output = (end as { output: unknown }).output;
+    events.push({
+      type: "step.succeeded",
+      stepId: ref.stepId,
+      attempt: ref.attempt,
+      // The output is written once, on the step's row (GET /v1/runs/{id}), not again here.
+      data: { ...phaseData(phase), attempt: ref.attempt },
+    });
+    if (phase === "execute") {
+      const provides = loaded.steps.get(ref.stepId)?.provides ?? [];
+      if (provides.length > 0)
+        events.push(...(await recordMaterializations(sql, run, ref.stepId, provides, output)));
+    }
+  }
+  if (succeeded.execute.length > 0) {
+    await advanceAfterSuccesses(deps, sql, run, loaded, succeeded.execute, after, events);
+  } else if (succeeded.compensate.length > 0) {
+    await advanceRollback(sql, run, loaded, after, events);
+    await appendEvents(sql, run.tenant_id, run.id, events);
+    after.runs.add(run.id);
+  } else if (events.length > 0) {
+    await appendEvents(sql, run.tenant_id, run.id, events);
+    after.runs.add(run.id);
+  }
+
+  for (const i of failures) {
+    const { ref, end } = items[i]!;
+    const current = (await lockRun(sql, runId))!;
+    if (!canFinishIn(phaseOf(ref), current.status)) {
+      results[i] = refuse("run_inactive", `run is ${current.status}`);
+      continue;
+    }
+    results[i] = await applyFailure(
+      deps,
+      sql,
+      current,
+      loaded,
+      ref,
+      end as Extract<AttemptEnd, { kind: "failed" }>,
+      after,
+    );
+  }
+  if (continuation) await claimReadyChildren(deps, sql, run, loaded, items, results, continuation, after);
+  return results;
+}
+
+/** A start or a finish, for the worker's one committer (`commitAttempts`). */
+export type AttemptRequest = { start: StartRequest } | { finish: FinishRequest };
+export type AttemptResult = StartResult | FinishResult;
+
+const runOfRequest = (r: AttemptRequest): string => ("start" in r ? r.start.runId : r.finish.ref.runId);
+
+/**
+ * The worker's one committer: starts and finishes of any number of runs in one transaction and one
+ * commit (the runs locked in id order up front; per run, finishes first, then starts, each judged
+ * against the rows as the earlier ones left them). If the shared transaction fails (a deadlock
+ * with another process, a run whose work throws), each run is tried again in a transaction of its
+ * own, so one run's failure is that run's alone.
+ */
+export async function commitAttempts(
+  deps: EngineDeps,
+  requests: readonly AttemptRequest[],
+  continuation: Continuation,
+): Promise<Array<AttemptResult | ItemFailure>> {
+  const byRun = new Map<string, number[]>();
+  for (const [i, r] of requests.entries()) {
+    const runId = runOfRequest(r);
+    const list = byRun.get(runId);
+    if (list) list.push(i);
+    else byRun.set(runId, [i]);
+  }
+  const results: Array<AttemptResult | ItemFailure> = new Array(requests.length);
+  const work = async (sql: Sql, runId: string, locked: RunRow | undefined, after: AfterCommit) => {
+    const indexes = byRun.get(runId)!;
+    const finishes = indexes.filter((i) => "finish" in requests[i]!);
+    const starts = indexes.filter((i) => "start" in requests[i]!);
+    let run = locked;
+    if (finishes.length > 0) {
+      const items = finishes.map((i) => (requests[i] as { finish: FinishRequest }).finish);
+      const done = await finishLocked(deps, sql, runId, run, items, continuation, after);
+      logRefusedFinishes(deps, items, done);
+      for (const [k, i] of finishes.entries()) results[i] = done[k]!;
+      if (starts.length > 0 && run) run = await lockRun(sql, runId);
+    }
+    if (starts.length > 0) {
+      const jobs = starts.map((i) => (requests[i] as { start: StartRequest }).start);
+      const done = await startLocked(deps, sql, runId, run, jobs, continuation.worker, after);
+      for (const [k, i] of starts.entries()) results[i] = done[k]!;
+    }
+  };
+  try {
+    await inRunsTransaction(deps, [...byRun.keys()], work);
+  } catch (error) {
+    if (byRun.size === 1) throw error;
+    deps.log.warn(
+      { err: (error as Error).message, runs: byRun.size },
+      "batch across runs failed; each run alone",
+    );
+    await Promise.all(
+      [...byRun.entries()].map(([runId, indexes]) =>
+        inRunTransaction(deps, runId, (sql, run, after) => work(sql, runId, run, after)).catch((failure) => {
+          for (const i of indexes) results[i] = new ItemFailure(failure);
+        }),
+      ),
+    );
+  }
   return results;
 }
 

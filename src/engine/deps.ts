@@ -1,7 +1,7 @@
 import type { Logger } from "pino";
 import type { Config } from "../config/index.ts";
 import type { DbHandle } from "../db/client.ts";
-import { lockRun, type RunRow, type Sql } from "../db/repositories/runs.ts";
+import { lockRun, lockRuns, type RunRow, type Sql } from "../db/repositories/runs.ts";
 import type { ControlBus, EventNotifier, LockService, StepDispatcher, StepJob } from "../domain/ports.ts";
 import type { SpecCache } from "./specs.ts";
 
@@ -67,4 +67,27 @@ export async function inRunTransaction<T>(
   const result = (await deps.db.sql.begin(async (sql) => work(sql, await lockRun(sql, runId), after))) as T;
   await after.flush(deps);
   return result;
+}
+
+/**
+ * One transaction for the work of several runs (a worker's batch across runs, a batch of
+ * submissions): their rows are locked up front in id order by one statement, then `work` runs for
+ * each run in that order, and the after-commit work of all of them runs once, after the one
+ * commit. A run that does not exist gets `undefined`.
+ */
+export async function inRunsTransaction<T>(
+  deps: EngineDeps,
+  runIds: readonly string[],
+  work: (sql: Sql, runId: string, run: RunRow | undefined, after: AfterCommit) => Promise<T>,
+): Promise<Map<string, T>> {
+  const after = new AfterCommit();
+  const ordered = [...new Set(runIds)].sort();
+  const results = (await deps.db.sql.begin(async (sql) => {
+    const locked = await lockRuns(sql, ordered);
+    const out = new Map<string, T>();
+    for (const runId of ordered) out.set(runId, await work(sql, runId, locked.get(runId), after));
+    return out;
+  })) as Map<string, T>;
+  await after.flush(deps);
+  return results;
 }

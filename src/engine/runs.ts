@@ -23,8 +23,9 @@ import { isTerminalRun, type RunKind, type RunStatus } from "../domain/status.ts
 import { canonicalJson } from "../domain/workflow/canonical.ts";
 import { resolveStep } from "../domain/workflow/resolve.ts";
 import { releaseTaken } from "./admission.ts";
-import { insertRun, type TakenLocks } from "./create-run.ts";
+import { insertRun, type NewRun, type TakenLocks } from "./create-run.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
+import { GroupCommitter, ItemFailure } from "./group-commit.ts";
 import { loadedSpec } from "./specs.ts";
 
 export interface SubmitRunInput {
@@ -110,6 +111,10 @@ export async function planWorkflowRun(deps: EngineDeps, input: SubmitRunInput) {
 /**
  * Starts a run of the workflow's current version. With an idempotency key, concurrent duplicates
  * collapse on the key's primary key: the loser waits for the winner's commit and answers its run.
+ *
+ * A run that starts as it is created (no concurrency limit, no asset to lock) goes through this
+ * process's submission committer: submissions that arrive while one commits share the next
+ * transaction and its one commit. Others take their own transaction (admission takes locks).
  */
 export async function submitRun(
   deps: EngineDeps,
@@ -119,69 +124,143 @@ export async function submitRun(
 ): Promise<{ run: RunRow; created: boolean }> {
   const wf = await loadWorkflow(deps, input.tenantId, input.workflow);
   const loaded = await deps.specs.load(wf.workflowId, wf.version);
-  const params = mergeParams(deps, wf.spec.params, input.params);
-  const priority = input.priority ?? wf.spec.defaults?.priority ?? 5;
+  const plan = planRun(loaded.spec, { kind: "workflow" }, { graph: loaded.graph });
+  const submission: Submission = {
+    input,
+    idempotency,
+    guard: options.guard,
+    run: {
+      tenantId: input.tenantId,
+      loaded,
+      kind: "workflow",
+      trigger: input.trigger ?? "api",
+      params: mergeParams(deps, wf.spec.params, input.params),
+      priority: input.priority ?? wf.spec.defaults?.priority ?? 5,
+      request: { params: input.params ?? {}, priority: input.priority ?? null },
+      plan,
+    },
+  };
+  const result =
+    !loaded.spec.concurrency && plan.assets.length === 0
+      ? await submitterOf(deps).submit("runs", submission)
+      : await submitAlone(deps, submission);
+  if (result.created)
+    deps.log.info({ runId: result.run.id, workflow: wf.name, version: wf.version }, "run started");
+  return result;
+}
+
+interface Submission {
+  input: SubmitRunInput;
+  idempotency: { key: string; hash: string } | undefined;
+  guard: ((sql: Sql) => Promise<void>) | undefined;
+  run: NewRun;
+}
+type Submitted = { run: RunRow; created: boolean };
+
+const submitters = new WeakMap<EngineDeps, GroupCommitter<Submission, Submitted>>();
+
+function submitterOf(deps: EngineDeps): GroupCommitter<Submission, Submitted> {
+  let committer = submitters.get(deps);
+  if (!committer) {
+    committer = new GroupCommitter((_key, batch) => submitBatch(deps, batch), 100);
+    submitters.set(deps, committer);
+  }
+  return committer;
+}
+
+/**
+ * Submissions of runs that need no admission, many in one transaction. One whose guard or
+ * idempotency key refuses it is rolled back to its savepoint and fails alone; any other error
+ * fails the transaction, and then each submission is tried alone.
+ */
+async function submitBatch(
+  deps: EngineDeps,
+  batch: readonly Submission[],
+): Promise<Array<Submitted | ItemFailure>> {
+  if (batch.length === 1) return [await submitAlone(deps, batch[0]!)];
+  const after = new AfterCommit();
+  const taken: TakenLocks = [];
+  try {
+    const results = await deps.db.sql.begin(async (sql) => {
+      const out: Array<Submitted | ItemFailure> = [];
+      for (const item of batch) {
+        if (!item.guard && !item.idempotency) {
+          out.push(await submitIn(deps, sql, item, after, taken));
+          continue;
+        }
+        const jobs = after.jobs.length;
+        try {
+          out.push(await sql.savepoint((inner) => submitIn(deps, inner, item, after, taken)));
+        } catch (error) {
+          if (!(error instanceof FlowlineError)) throw error;
+          after.jobs.length = jobs; // what the rolled-back part queued is not sent
+          out.push(new ItemFailure(error));
+        }
+      }
+      return out;
+    });
+    await after.flush(deps);
+    return results as Array<Submitted | ItemFailure>;
+  } catch (error) {
+    await releaseTaken(deps, taken);
+    deps.log.warn(
+      { err: (error as Error).message, runs: batch.length },
+      "batch of submissions failed; each alone",
+    );
+    return Promise.all(batch.map((item) => submitAlone(deps, item).catch((e) => new ItemFailure(e))));
+  }
+}
+
+async function submitAlone(deps: EngineDeps, item: Submission): Promise<Submitted> {
   const after = new AfterCommit();
   const taken: TakenLocks = [];
   const result = await deps.db.sql
-    .begin(async (sql) => {
-      await options.guard?.(sql);
-      if (idempotency) {
-        const claimed = await sql`
-        insert into idempotency_keys (tenant_id, key, request_hash, expires_at)
-        values (${input.tenantId}, ${idempotency.key}, ${idempotency.hash}, now() + make_interval(hours => ${IDEMPOTENCY_TTL_HOURS}))
-        on conflict (tenant_id, key) do update set request_hash = excluded.request_hash, run_id = null,
-          created_at = now(), expires_at = excluded.expires_at
-          where idempotency_keys.expires_at < now()
-        returning 1`;
-        if (claimed.length === 0) {
-          const [existing] = await sql<{ request_hash: string; run_id: string | null }[]>`
-          select request_hash, run_id from idempotency_keys where tenant_id = ${input.tenantId} and key = ${idempotency.key}`;
-          if (!existing || existing.request_hash !== idempotency.hash) {
-            throw new FlowlineError(
-              "idempotency_conflict",
-              "This Idempotency-Key was used with a different request",
-            );
-          }
-          const [run] = await sql<
-            RunRow[]
-          >`select ${runColumns(sql)} from runs where id = ${existing.run_id}`;
-          if (!run)
-            throw new FlowlineError("conflict", "The request with this Idempotency-Key did not create a run");
-          return { run, created: false };
-        }
-      }
-      const plan = planRun(loaded.spec, { kind: "workflow" }, { graph: loaded.graph });
-      const { run } = await insertRun(
-        deps,
-        sql,
-        {
-          tenantId: input.tenantId,
-          loaded,
-          kind: "workflow",
-          trigger: input.trigger ?? "api",
-          params,
-          priority,
-          request: { params: input.params ?? {}, priority: input.priority ?? null },
-          plan,
-        },
-        after,
-        taken,
-      );
-      if (idempotency) {
-        await sql`update idempotency_keys set run_id = ${run.id} where tenant_id = ${input.tenantId} and key = ${idempotency.key}`;
-      }
-      return { run, created: true };
-    })
+    .begin((sql) => submitIn(deps, sql, item, after, taken))
     .catch(async (error) => {
       await releaseTaken(deps, taken);
       throw error;
     });
-  if (result.created) {
-    deps.log.info({ runId: result.run.id, workflow: wf.name, version: wf.version }, "run started");
-    await after.flush(deps);
-  }
+  if (result.created) await after.flush(deps);
   return result;
+}
+
+/** One submission inside a transaction: its guard, its idempotency key, its run. */
+async function submitIn(
+  deps: EngineDeps,
+  sql: Sql,
+  { input, idempotency, guard, run: newRun }: Submission,
+  after: AfterCommit,
+  taken: TakenLocks,
+): Promise<Submitted> {
+  await guard?.(sql);
+  if (idempotency) {
+    const claimed = await sql`
+      insert into idempotency_keys (tenant_id, key, request_hash, expires_at)
+      values (${input.tenantId}, ${idempotency.key}, ${idempotency.hash}, now() + make_interval(hours => ${IDEMPOTENCY_TTL_HOURS}))
+      on conflict (tenant_id, key) do update set request_hash = excluded.request_hash, run_id = null,
+        created_at = now(), expires_at = excluded.expires_at
+        where idempotency_keys.expires_at < now()
+      returning 1`;
+    if (claimed.length === 0) {
+      const [existing] = await sql<{ request_hash: string; run_id: string | null }[]>`
+        select request_hash, run_id from idempotency_keys where tenant_id = ${input.tenantId} and key = ${idempotency.key}`;
+      if (!existing || existing.request_hash !== idempotency.hash) {
+        throw new FlowlineError(
+          "idempotency_conflict",
+          "This Idempotency-Key was used with a different request",
+        );
+      }
+      const [run] = await sql<RunRow[]>`select ${runColumns(sql)} from runs where id = ${existing.run_id}`;
+      if (!run)
+        throw new FlowlineError("conflict", "The request with this Idempotency-Key did not create a run");
+      return { run, created: false };
+    }
+  }
+  const { run } = await insertRun(deps, sql, newRun, after, taken);
+  if (idempotency) {
+    await sql`update idempotency_keys set run_id = ${run.id} where tenant_id = ${input.tenantId} and key = ${idempotency.key}`;
+  }
+  return { run, created: true };
 }
 
 /** Cancels a run and everything still to do in it. Idempotent: a finished run is answered as is. */

@@ -14,9 +14,11 @@ import { createDb } from "../db/client.ts";
 import { storableText, storableValue } from "../domain/limits.ts";
 import { ownValue } from "../domain/records.ts";
 import {
+  type AttemptRequest,
+  type AttemptResult,
+  commitAttempts,
   type FinishRequest,
   type FinishResult,
-  finishAttempts,
   type HeldRef,
   handBackAttempt,
   recordActivity,
@@ -24,7 +26,6 @@ import {
   type StartedAttempt,
   type StartRequest,
   type StartResult,
-  startAttempts,
 } from "../engine/attempts.ts";
 import { createEngineDeps } from "../engine/create.ts";
 import { GroupCommitter } from "../engine/group-commit.ts";
@@ -62,6 +63,8 @@ const LOG_HIGH_WATER = 500;
 /** Steps and time one job may go on with children it made ready before handing back to the queue. */
 const CONTINUE_MAX_STEPS = 100;
 const CONTINUE_MAX_MS = 1000;
+/** Transactions a worker keeps in flight at once for its attempts' starts and finishes. */
+const COMMIT_LANES = 4;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -88,22 +91,27 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     log,
   });
   const handlers = await loadHandlers(config.worker.handlersModule);
-  // Starts and finishes of one run that arrive while a transaction for that run is in flight go
-  // together in the next one (group commit): one run-row lock per batch, not per attempt.
-  // A start that has not answered within a lease fails its job (BullMQ tries it again later):
-  // if it did commit, the attempt it started is recovered when its lease runs out.
-  const starts = new GroupCommitter<StartRequest, StartResult>(
-    (runId, jobs) => startAttempts(deps, runId, jobs, { id, leaseSeconds }),
-    256,
-    leaseSeconds * 1000,
-  );
   const serves = new Set(options.queues);
-  // A finish that has not answered within a lease is tried again (see `finish`): it is fenced.
-  const finishes = new GroupCommitter<FinishRequest, FinishResult>(
-    (runId, items) => finishAttempts(deps, runId, items, { worker: { id, leaseSeconds }, queues: serves }),
+  // One committer for the starts and finishes of every run this worker handles: what arrives
+  // while a transaction is in flight goes together in the next one (group commit, no timer), so
+  // many attempts of many runs share one commit. A few lanes (by run) keep the database busy on
+  // more than one connection; one run always uses the same lane. A request that has not answered
+  // within a lease fails: a start's job is tried again later by BullMQ (if it did commit, the
+  // attempt is recovered when its lease runs out); a finish is tried again (see `finish`).
+  const engine = new GroupCommitter<AttemptRequest, AttemptResult>(
+    (_lane, requests) => commitAttempts(deps, requests, { worker: { id, leaseSeconds }, queues: serves }),
     256,
     leaseSeconds * 1000,
   );
+  const laneOf = (runId: string) => String(Number.parseInt(runId.slice(0, 8), 16) % COMMIT_LANES);
+  const starts = {
+    submit: (runId: string, request: StartRequest) =>
+      engine.submit(laneOf(runId), { start: request }) as Promise<StartResult>,
+  };
+  const finishes = {
+    submit: (runId: string, item: FinishRequest) =>
+      engine.submit(laneOf(runId), { finish: item }) as Promise<FinishResult>,
+  };
   let stopping = false;
   let stoppingAt = 0;
   const closingFor = () => Date.now() - stoppingAt;

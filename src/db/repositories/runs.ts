@@ -127,6 +127,17 @@ export async function lockRun(sql: Sql, runId: string, tenantId?: string): Promi
 }
 
 /**
+ * Locks several runs' rows in one statement, in id order (the one order every multi-run
+ * transaction uses, so two of them cannot deadlock on each other). Missing runs are absent.
+ */
+export async function lockRuns(sql: Sql, runIds: readonly string[]): Promise<Map<string, RunRow>> {
+  const rows = await sql<RunRow[]>`
+    select ${runColumns(sql)} from runs where id = any(${sql.array([...runIds])}::uuid[])
+    order by id for update`;
+  return new Map(rows.map((r) => [r.id, r]));
+}
+
+/**
  * Appends events (the run row must be locked by this transaction); returns the last id. Run-level
  * events also go to the notification outbox (webhooks), in the same statement: only the types in
  * `notifyOn` when the caller knows what the run's workflow notifies on, else every run-level one.
