@@ -11,10 +11,6 @@ import { EXIT } from "./client/output.ts";
 
 const roles = () => import("./roles.ts");
 
-function printDashboard(url: string): void {
-  process.stdout.write(`\nDashboard: ${url}/ui/ (log in with an API key)\n\n`);
-}
-
 export function buildProgram(): Command {
   const program = new Command("flowline")
     .description("Self-hosted workflow orchestration: run the server, or talk to one")

@@ -6,6 +6,8 @@
  * applied here. Starts and finishes take lists: a lone request is a batch of one.
  */
 import { randomUUID } from "node:crypto";
+import { claimAssetFence } from "../db/repositories/fences.ts";
+import { recordMaterialization } from "../db/repositories/materializations.ts";
 import {
   appendEvents,
   lockRun,
@@ -763,16 +765,8 @@ async function claimAssetWrites(sql: Sql, run: RunRow, assets: readonly string[]
       refused.push(`the run holds no lock for ${lockKey}`);
       continue;
     }
-    const [row] = await sql<{ fencing_token: string }[]>`
-      insert into asset_fences (tenant_id, lock_key, fencing_token) values (${run.tenant_id}, ${lockKey}, ${fence})
-      on conflict (tenant_id, lock_key) do update set fencing_token = excluded.fencing_token, updated_at = now()
-        where asset_fences.fencing_token <= excluded.fencing_token
-      returning fencing_token`;
-    if (!row) {
-      const [newest] = await sql<{ fencing_token: string }[]>`
-        select fencing_token from asset_fences where tenant_id = ${run.tenant_id} and lock_key = ${lockKey}`;
-      refused.push(`${lockKey} fencing token ${fence} < ${newest?.fencing_token ?? "?"}`);
-    }
+    const claimed = await claimAssetFence(sql, run.tenant_id, lockKey, String(fence));
+    if (!claimed.ok) refused.push(`${lockKey} fencing token ${fence} < ${claimed.newest ?? "?"}`);
   }
   return refused;
 }
@@ -788,20 +782,19 @@ async function recordMaterializations(
   const events: NewEvent[] = [];
   for (const asset of assets) {
     const fence = run.locks_held[assetLockKey(asset, run.partition_key)]!;
-    await sql`
-      insert into assets (tenant_id, key, fencing_token, last_materialized_at)
-      values (${run.tenant_id}, ${asset}, ${fence}, now())
-      on conflict (tenant_id, key) do update set last_materialized_at = now(),
-        fencing_token = greatest(assets.fencing_token, excluded.fencing_token)`;
-    const [m] = await sql<{ id: string }[]>`
-      insert into materializations (tenant_id, asset_key, run_id, step_id, partition_key, fencing_token, metadata)
-      values (${run.tenant_id}, ${asset}, ${run.id}, ${stepId}, ${run.partition_key}, ${fence},
-        ${sql.json((output ?? null) as never)})
-      returning id`;
+    const materializationId = await recordMaterialization(sql, {
+      tenantId: run.tenant_id,
+      asset,
+      runId: run.id,
+      stepId,
+      partitionKey: run.partition_key,
+      fence,
+      metadata: output,
+    });
     events.push({
       type: "asset.materialized",
       stepId,
-      data: { asset, partition: run.partition_key, fencingToken: fence, materializationId: Number(m!.id) },
+      data: { asset, partition: run.partition_key, fencingToken: fence, materializationId },
     });
   }
   return events;

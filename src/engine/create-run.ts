@@ -6,8 +6,15 @@
  * and then tries to admit the run (concurrency slot, asset locks); an admitted run starts at once,
  * another waits in `queued`.
  */
-import type { NewEvent, RunRow, Sql } from "../db/repositories/runs.ts";
-import { appendEvents, runColumns } from "../db/repositories/runs.ts";
+import {
+  appendEvents,
+  insertRunRow,
+  insertStepRows,
+  type NewEvent,
+  type NewStepRow,
+  type RunRow,
+  type Sql,
+} from "../db/repositories/runs.ts";
 import { FlowlineError } from "../domain/errors.ts";
 import type { Plan } from "../domain/planner.ts";
 import type { RunKind } from "../domain/status.ts";
@@ -76,21 +83,26 @@ export async function insertRun(
   const locksWanted = plan.assets.map((asset) => assetLockKey(asset, input.partitionKey));
   // Nothing to wait for (no concurrency limit, no asset to lock): the run starts as it is created.
   const unrestricted = !loaded.spec.concurrency && locksWanted.length === 0;
-  const [inserted] = await sql<RunRow[]>`
-    insert into runs (tenant_id, workflow_id, workflow_version, kind, status, trigger, params, priority,
-      request, plan, parent_run_id, backfill_id, partition_key, concurrency_key, locks_wanted,
-      pending_steps, created_at, started_at)
-    values (${input.tenantId}, ${loaded.workflowId}, ${loaded.version}, ${input.kind},
-      ${unrestricted ? "running" : "queued"}, ${input.trigger},
-      ${sql.json(input.params as never)}, ${input.priority}, ${sql.json((input.request ?? {}) as never)},
-      ${sql.json(plan.steps.map((s) => ({ stepId: s.stepId, action: s.action, reason: s.reason })) as never)},
-      ${input.parent?.runId ?? null}, ${input.backfillId ?? null}, ${input.partitionKey ?? null},
-      ${concurrencyKeyOf(loaded, input.params)}, ${sql.json(locksWanted)}, ${plan.toRun.length}, clock_timestamp(),
-      ${unrestricted ? sql`clock_timestamp()` : null})
-    returning ${runColumns(sql)}`;
-  const run = inserted!;
+  const run = await insertRunRow(sql, {
+    tenantId: input.tenantId,
+    workflowId: loaded.workflowId,
+    workflowVersion: loaded.version,
+    kind: input.kind,
+    status: unrestricted ? "running" : "queued",
+    trigger: input.trigger,
+    params: input.params,
+    priority: input.priority,
+    request: input.request,
+    plan: plan.steps.map((s) => ({ stepId: s.stepId, action: s.action, reason: s.reason })),
+    parentRunId: input.parent?.runId ?? null,
+    backfillId: input.backfillId ?? null,
+    partitionKey: input.partitionKey ?? null,
+    concurrencyKey: concurrencyKeyOf(loaded, input.params),
+    locksWanted,
+    pendingSteps: plan.toRun.length,
+  });
 
-  const rows = plan.steps.map((p) => {
+  const rows = plan.steps.map((p): NewStepRow => {
     const spec = loaded.steps.get(p.stepId)!;
     const resolved = resolveStep(loaded.spec, spec, deps.config.tags, input.priority);
     const output =
@@ -111,14 +123,7 @@ export async function insertRun(
       finished: p.action !== "run",
     };
   });
-  await sql`
-    insert into step_runs (run_id, step_id, status, unmet_needs, max_attempts, queue, priority, timeout_seconds,
-      plan_reason, output, reused_from_run_id, finished_at)
-    select ${run.id}, x.step_id, x.status::step_status, x.unmet_needs, x.max_attempts, x.queue, x.priority,
-      x.timeout_seconds, x.plan_reason, x.output, x.reused_from, case when x.finished then now() end
-    from jsonb_to_recordset(${sql.json(rows as never)})
-      as x(step_id text, status text, unmet_needs int, max_attempts int, queue text, priority smallint,
-        timeout_seconds int, plan_reason text, output jsonb, reused_from uuid, finished boolean)`;
+  await insertStepRows(sql, run.id, rows);
 
   const admission: Awaited<ReturnType<typeof tryAdmit>> = unrestricted
     ? { ok: true, held: {} }

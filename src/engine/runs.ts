@@ -3,17 +3,27 @@
  */
 import { createHash } from "node:crypto";
 import {
+  bindIdempotencyKey,
+  claimIdempotencyKey,
+  idempotentRequest,
+} from "../db/repositories/idempotency.ts";
+import {
   appendEvents,
   type EventRow,
+  listRunRows,
   lockRun,
+  markRunCancelled,
   type NewEvent,
   type RunRow,
   readEvents,
+  readRun,
   readStepsWithCompensation,
-  runColumns,
+  runStatusOf,
+  runWithWorkflowName,
   type Sql,
   type StepCompensation,
   type StepRow,
+  workflowNameOf,
 } from "../db/repositories/runs.ts";
 import { workflowsRepository } from "../db/repositories/workflows.ts";
 import { cancelUnfinished } from "../db/transitions.ts";
@@ -234,32 +244,29 @@ async function submitIn(
 ): Promise<Submitted> {
   await guard?.(sql);
   if (idempotency) {
-    const claimed = await sql`
-      insert into idempotency_keys (tenant_id, key, request_hash, expires_at)
-      values (${input.tenantId}, ${idempotency.key}, ${idempotency.hash}, now() + make_interval(hours => ${IDEMPOTENCY_TTL_HOURS}))
-      on conflict (tenant_id, key) do update set request_hash = excluded.request_hash, run_id = null,
-        created_at = now(), expires_at = excluded.expires_at
-        where idempotency_keys.expires_at < now()
-      returning 1`;
-    if (claimed.length === 0) {
-      const [existing] = await sql<{ request_hash: string; run_id: string | null }[]>`
-        select request_hash, run_id from idempotency_keys where tenant_id = ${input.tenantId} and key = ${idempotency.key}`;
+    const claimed = await claimIdempotencyKey(
+      sql,
+      input.tenantId,
+      idempotency.key,
+      idempotency.hash,
+      IDEMPOTENCY_TTL_HOURS,
+    );
+    if (!claimed) {
+      const existing = await idempotentRequest(sql, input.tenantId, idempotency.key);
       if (!existing || existing.request_hash !== idempotency.hash) {
         throw new FlowlineError(
           "idempotency_conflict",
           "This Idempotency-Key was used with a different request",
         );
       }
-      const [run] = await sql<RunRow[]>`select ${runColumns(sql)} from runs where id = ${existing.run_id}`;
+      const run = existing.run_id ? await readRun(sql, existing.run_id) : undefined;
       if (!run)
         throw new FlowlineError("conflict", "The request with this Idempotency-Key did not create a run");
       return { run, created: false };
     }
   }
   const { run } = await insertRun(deps, sql, newRun, after, taken);
-  if (idempotency) {
-    await sql`update idempotency_keys set run_id = ${run.id} where tenant_id = ${input.tenantId} and key = ${idempotency.key}`;
-  }
+  if (idempotency) await bindIdempotencyKey(sql, input.tenantId, idempotency.key, run.id);
   return { run, created: true };
 }
 
@@ -273,8 +280,7 @@ export async function cancelRun(
   const run = await deps.db.sql.begin(async (sql) => {
     const run = await lockRun(sql, runId, tenantId);
     if (!run) throw notFound("Run");
-    const [wf] = await sql<{ name: string }[]>`select name from workflows where id = ${run.workflow_id}`;
-    const name = wf!.name;
+    const name = (await workflowNameOf(sql, run.workflow_id))!;
     if (isTerminalRun(run.status)) return { ...run, workflow_name: name };
     // Steps and, during a rollback, compensations: running ones are aborted alike.
     const stopped = await cancelUnfinished(sql, runId);
@@ -289,9 +295,7 @@ export async function cancelRun(
         : { type: "step.cancelled", stepId: s.step_id, data: { reason: "run cancelled" } },
     );
     events.push({ type: "run.cancelled", data: {} });
-    const [updated] = await sql<RunRow[]>`
-      update runs set status = 'cancelled', pending_steps = 0, finished_at = now(), updated_at = now(), revision = revision + 1
-      where id = ${runId} returning ${runColumns(sql)}`;
+    const updated = await markRunCancelled(sql, runId);
     await appendEvents(sql, run.tenant_id, run.id, events);
     after.runs.add(run.id);
     after.ended.push(run);
@@ -310,9 +314,7 @@ export interface RunDetails {
 }
 
 export async function getRun(deps: EngineDeps, tenantId: string, runId: string): Promise<RunDetails> {
-  const [run] = await deps.db.sql<(RunRow & { workflow_name: string })[]>`
-    select ${runColumns(deps.db.sql, "r")}, w.name as workflow_name from runs r join workflows w on w.id = r.workflow_id
-    where r.id = ${runId} and r.tenant_id = ${tenantId}`;
+  const run = await runWithWorkflowName(deps.db.sql, tenantId, runId);
   if (!run) throw notFound("Run");
   const steps = await readStepsWithCompensation(deps.db.sql, runId);
   const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
@@ -336,25 +338,7 @@ export interface RunListPosition {
 }
 
 export async function listRuns(deps: EngineDeps, tenantId: string, filter: ListRunsFilter) {
-  const sql = deps.db.sql;
-  const rows = await sql<(RunRow & { workflow_name: string; position_us: string })[]>`
-    select ${runColumns(deps.db.sql, "r")}, w.name as workflow_name,
-      (extract(epoch from r.created_at) * 1000000)::bigint::text as position_us
-    from runs r join workflows w on w.id = r.workflow_id
-    where r.tenant_id = ${tenantId}
-      ${filter.workflow ? sql`and w.name = ${filter.workflow}` : sql``}
-      ${filter.status ? sql`and r.status = ${filter.status}` : sql``}
-      ${filter.kind ? sql`and r.kind = ${filter.kind}` : sql``}
-      ${
-        // A position, not a row: the cursor holds even when retention deleted the run it names.
-        // Compared in the database: created_at has microseconds, which a JSON timestamp would lose.
-        filter.before
-          ? sql`and (r.created_at, r.id) < (timestamptz 'epoch' + ${filter.before.atMicros}::bigint * interval '1 microsecond', ${filter.before.id}::uuid)`
-          : sql``
-      }
-    -- NULLS LAST matches runs_tenant_created_idx, so the page is read from the index, not sorted.
-    order by r.created_at desc nulls last, r.id desc nulls last
-    limit ${filter.limit + 1}`;
+  const rows = await listRunRows(deps.db.sql, tenantId, filter);
   const items = rows.slice(0, filter.limit);
   const last = items.at(-1);
   return {
@@ -372,8 +356,7 @@ export async function runEvents(
   afterId: number,
   limit: number,
 ): Promise<{ run: Pick<RunRow, "id" | "status">; events: EventRow[] }> {
-  const [run] = await deps.db.sql<Pick<RunRow, "id" | "status">[]>`
-    select id, status from runs where id = ${runId} and tenant_id = ${tenantId}`;
+  const run = await runStatusOf(deps.db.sql, tenantId, runId);
   if (!run) throw notFound("Run");
   return { run, events: await readEvents(deps.db.sql, runId, afterId, limit) };
 }

@@ -37,3 +37,25 @@ export async function assertFence(sql: Sql, name: string, fence: number): Promis
   const newest = row ? Number(row.fence) : 0;
   if (newest !== fence) throw new StaleFenceError(fence, newest);
 }
+
+/**
+ * Records `fence` as the newest token that has written to the asset lock `lockKey`; when a newer
+ * one has written already, answers that one instead (and nothing is written). Guard: the token
+ * only grows. The caller holds the run lock of the run that holds the asset lock.
+ */
+export async function claimAssetFence(
+  sql: Sql,
+  tenantId: string,
+  lockKey: string,
+  fence: string,
+): Promise<{ ok: true } | { ok: false; newest: string | null }> {
+  const [row] = await sql<{ fencing_token: string }[]>`
+    insert into asset_fences (tenant_id, lock_key, fencing_token) values (${tenantId}, ${lockKey}, ${fence})
+    on conflict (tenant_id, lock_key) do update set fencing_token = excluded.fencing_token, updated_at = now()
+      where asset_fences.fencing_token <= excluded.fencing_token
+    returning fencing_token`;
+  if (row) return { ok: true };
+  const [newest] = await sql<{ fencing_token: string }[]>`
+    select fencing_token from asset_fences where tenant_id = ${tenantId} and lock_key = ${lockKey}`;
+  return { ok: false, newest: newest?.fencing_token ?? null };
+}

@@ -4,7 +4,13 @@
  */
 import type postgres from "postgres";
 import type { Phase } from "../../domain/attempt.ts";
-import type { EventType, RunKind, RunStatus, StepStatus } from "../../domain/status.ts";
+import {
+  type EventType,
+  type RunKind,
+  type RunStatus,
+  runSourcesOf,
+  type StepStatus,
+} from "../../domain/status.ts";
 
 export type Sql = postgres.Sql | postgres.TransactionSql;
 type Json = postgres.JSONValue;
@@ -335,4 +341,148 @@ export async function concurrencySlotUse(
       and id <> ${run.id}
       and status in ('running', 'paused', 'rolling_back', 'queued')`;
   return { active: Number(row!.active), earlier: Number(row!.earlier) };
+}
+
+/** A run with its workflow's name, when it belongs to the tenant. */
+export async function runWithWorkflowName(
+  sql: Sql,
+  tenantId: string,
+  runId: string,
+): Promise<(RunRow & { workflow_name: string }) | undefined> {
+  const [run] = await sql<(RunRow & { workflow_name: string })[]>`
+    select ${runColumns(sql, "r")}, w.name as workflow_name from runs r join workflows w on w.id = r.workflow_id
+    where r.id = ${runId} and r.tenant_id = ${tenantId}`;
+  return run;
+}
+
+/** A run's id and status, when it belongs to the tenant (the cheap check before reading its events). */
+export async function runStatusOf(
+  sql: Sql,
+  tenantId: string,
+  runId: string,
+): Promise<Pick<RunRow, "id" | "status"> | undefined> {
+  const [run] = await sql<Pick<RunRow, "id" | "status">[]>`
+    select id, status from runs where id = ${runId} and tenant_id = ${tenantId}`;
+  return run;
+}
+
+export async function readRun(sql: Sql, runId: string): Promise<RunRow | undefined> {
+  const [run] = await sql<RunRow[]>`select ${runColumns(sql)} from runs where id = ${runId}`;
+  return run;
+}
+
+export async function workflowNameOf(sql: Sql, workflowId: string): Promise<string | undefined> {
+  const [wf] = await sql<{ name: string }[]>`select name from workflows where id = ${workflowId}`;
+  return wf?.name;
+}
+
+export interface RunListQuery {
+  workflow?: string;
+  status?: RunStatus;
+  kind?: RunKind;
+  limit: number;
+  /** Runs strictly before this position: creation time (µs since the epoch) and id. */
+  before?: { atMicros: string; id: string };
+}
+
+/**
+ * A page of the tenant's runs, newest first, with `position_us` (the creation time in µs) for the
+ * next cursor. Reads `limit + 1` rows so the caller knows whether more follow.
+ */
+export async function listRunRows(sql: Sql, tenantId: string, query: RunListQuery) {
+  return sql<(RunRow & { workflow_name: string; position_us: string })[]>`
+    select ${runColumns(sql, "r")}, w.name as workflow_name,
+      (extract(epoch from r.created_at) * 1000000)::bigint::text as position_us
+    from runs r join workflows w on w.id = r.workflow_id
+    where r.tenant_id = ${tenantId}
+      ${query.workflow ? sql`and w.name = ${query.workflow}` : sql``}
+      ${query.status ? sql`and r.status = ${query.status}` : sql``}
+      ${query.kind ? sql`and r.kind = ${query.kind}` : sql``}
+      ${
+        // A position, not a row: the cursor holds even when retention deleted the run it names.
+        // Compared in the database: created_at has microseconds, which a JSON timestamp would lose.
+        query.before
+          ? sql`and (r.created_at, r.id) < (timestamptz 'epoch' + ${query.before.atMicros}::bigint * interval '1 microsecond', ${query.before.id}::uuid)`
+          : sql``
+      }
+    -- NULLS LAST matches runs_tenant_created_idx, so the page is read from the index, not sorted.
+    order by r.created_at desc nulls last, r.id desc nulls last
+    limit ${query.limit + 1}`;
+}
+
+const CANCELLED_FROM = runSourcesOf("cancelled");
+
+/**
+ * Ends the run as cancelled with nothing left pending. Guard: status in runSourcesOf('cancelled')
+ * (not already terminal); answers the row, or undefined when it could not move. The caller holds
+ * the run lock and has cancelled its unfinished steps.
+ */
+export async function markRunCancelled(sql: Sql, runId: string): Promise<RunRow | undefined> {
+  const [updated] = await sql<RunRow[]>`
+    update runs set status = 'cancelled', pending_steps = 0, finished_at = now(), updated_at = now(), revision = revision + 1
+    where id = ${runId} and status = any(${sql.array(CANCELLED_FROM)}::run_status[])
+    returning ${runColumns(sql)}`;
+  return updated;
+}
+
+export interface NewRunRow {
+  tenantId: string;
+  workflowId: string;
+  workflowVersion: number;
+  kind: RunKind;
+  /** `running` (started as created: `started_at` is set) or `queued` (waits for admission). */
+  status: "running" | "queued";
+  trigger: string;
+  params: Record<string, unknown>;
+  priority: number;
+  request: unknown;
+  plan: unknown;
+  parentRunId: string | null;
+  backfillId: string | null;
+  partitionKey: string | null;
+  concurrencyKey: string | null;
+  locksWanted: string[];
+  pendingSteps: number;
+}
+
+/** Inserts a new run; the caller then inserts its steps (`insertStepRows`) in the same transaction. */
+export async function insertRunRow(sql: Sql, run: NewRunRow): Promise<RunRow> {
+  const [inserted] = await sql<RunRow[]>`
+    insert into runs (tenant_id, workflow_id, workflow_version, kind, status, trigger, params, priority,
+      request, plan, parent_run_id, backfill_id, partition_key, concurrency_key, locks_wanted,
+      pending_steps, created_at, started_at)
+    values (${run.tenantId}, ${run.workflowId}, ${run.workflowVersion}, ${run.kind}, ${run.status}, ${run.trigger},
+      ${sql.json(run.params as never)}, ${run.priority}, ${sql.json((run.request ?? {}) as never)},
+      ${sql.json(run.plan as never)}, ${run.parentRunId}, ${run.backfillId}, ${run.partitionKey},
+      ${run.concurrencyKey}, ${sql.json(run.locksWanted)}, ${run.pendingSteps}, clock_timestamp(),
+      ${run.status === "running" ? sql`clock_timestamp()` : null})
+    returning ${runColumns(sql)}`;
+  return inserted!;
+}
+
+export interface NewStepRow {
+  step_id: string;
+  status: "pending" | "reused" | "skipped";
+  unmet_needs: number;
+  max_attempts: number;
+  queue: string;
+  priority: number;
+  timeout_seconds: number | null;
+  plan_reason: string;
+  output: unknown;
+  reused_from: string | null;
+  /** Reused and skipped steps are finished as they are created. */
+  finished: boolean;
+}
+
+/** Inserts a new run's step rows (phase `execute`), all in one statement. */
+export async function insertStepRows(sql: Sql, runId: string, rows: readonly NewStepRow[]): Promise<void> {
+  await sql`
+    insert into step_runs (run_id, step_id, status, unmet_needs, max_attempts, queue, priority, timeout_seconds,
+      plan_reason, output, reused_from_run_id, finished_at)
+    select ${runId}, x.step_id, x.status::step_status, x.unmet_needs, x.max_attempts, x.queue, x.priority,
+      x.timeout_seconds, x.plan_reason, x.output, x.reused_from, case when x.finished then now() end
+    from jsonb_to_recordset(${sql.json(rows as never)})
+      as x(step_id text, status text, unmet_needs int, max_attempts int, queue text, priority smallint,
+        timeout_seconds int, plan_reason text, output jsonb, reused_from uuid, finished boolean)`;
 }
