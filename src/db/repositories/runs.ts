@@ -196,7 +196,7 @@ export async function readEvents(
 export async function stepStatuses(sql: Sql, runId: string, stepIds?: readonly string[]) {
   const rows = await sql<{ step_id: string; status: StepStatus }[]>`
     select step_id, status from step_runs where run_id = ${runId} and phase = 'execute'
-    ${stepIds ? sql`and step_id in ${sql(stepIds as string[])}` : sql``}`;
+    ${stepIds ? sql`and step_id = any(${sql.array([...stepIds])}::text[])` : sql``}`;
   return new Map(rows.map((r) => [r.step_id, r.status]));
 }
 
@@ -243,7 +243,7 @@ export async function stepOutputs(sql: Sql, runId: string, stepIds: readonly str
   if (stepIds.length === 0) return new Map<string, unknown>();
   const rows = await sql<{ step_id: string; output: unknown }[]>`
     select step_id, output from step_runs where run_id = ${runId} and phase = 'execute'
-      and step_id in ${sql(stepIds as string[])}`;
+      and step_id = any(${sql.array([...stepIds])}::text[])`;
   return new Map(rows.map((r) => [r.step_id, r.output]));
 }
 
@@ -261,7 +261,7 @@ export async function setStepStatuses(
       queued_at = ${extra.queued ? sql`now()` : sql`queued_at`},
       finished_at = ${extra.finished ? sql`now()` : sql`finished_at`},
       lease_token = ${extra.finished ? null : sql`lease_token`}
-    where run_id = ${runId} and phase = 'execute' and step_id in ${sql(stepIds as string[])}
+    where run_id = ${runId} and phase = 'execute' and step_id = any(${sql.array([...stepIds])}::text[])
     returning step_id`;
   return rows.map((r) => r.step_id);
 }
@@ -302,7 +302,7 @@ export async function activeLockHolder(
 ): Promise<{ id: string; lock_key: string } | undefined> {
   const [row] = await sql<{ id: string; lock_key: string }[]>`
     select r.id, k.lock_key from runs r, jsonb_object_keys(r.locks_held) as k(lock_key)
-    where r.tenant_id = ${tenantId} and r.status in ${sql(LOCK_HOLDING_STATUSES as unknown as string[])}
+    where r.tenant_id = ${tenantId} and r.status = any(${sql.array([...LOCK_HOLDING_STATUSES])}::run_status[])
       and r.id <> ${exceptRunId} and r.locks_held ?| ${lockKeys as string[]}
       and k.lock_key = any(${sql.array(lockKeys as string[])}::text[])
     limit 1`;
@@ -315,7 +315,7 @@ export async function heldLocksOf(sql: Sql, runIds: readonly string[]): Promise<
   const rows = await sql<{ id: string; tenant_id: string; lock_key: string }[]>`
     select r.id, r.tenant_id, k.lock_key from runs r, jsonb_object_keys(r.locks_held) as k(lock_key)
     where r.id = any(${sql.array(runIds as string[])}::uuid[])
-      and r.status in ${sql(LOCK_HOLDING_STATUSES as unknown as string[])}`;
+      and r.status = any(${sql.array([...LOCK_HOLDING_STATUSES])}::run_status[])`;
   return new Set(rows.map((r) => `${r.tenant_id}\u0000${r.lock_key}\u0000${r.id}`));
 }
 
