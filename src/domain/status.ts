@@ -33,8 +33,9 @@ export type RunKind = (typeof runKinds)[number];
 const runTransitions: Record<RunStatus, readonly RunStatus[]> = {
   queued: ["running", "cancelled", "failed"],
   running: ["paused", "succeeded", "failed", "cancelled", "rolling_back"],
-  // A step with `onFailure: rollback` may fail for good while its run is paused.
-  paused: ["running", "cancelled", "failed", "rolling_back"],
+  // Steps already running when the run was paused still finish: the last one may end the run
+  // (succeeded or failed), and a step with `onFailure: rollback` may fail for good meanwhile.
+  paused: ["running", "succeeded", "cancelled", "failed", "rolling_back"],
   succeeded: ["rolling_back"],
   failed: ["rolling_back"],
   cancelled: [],

@@ -126,6 +126,24 @@ export async function lockRun(sql: Sql, runId: string, tenantId?: string): Promi
   return rows[0];
 }
 
+/** Reads a run (no lock): e.g. the row a transaction has just changed, as it is now. */
+export async function readRun(sql: Sql, runId: string): Promise<RunRow | undefined> {
+  const [row] = await sql<RunRow[]>`select ${runColumns(sql)} from runs where id = ${runId}`;
+  return row;
+}
+
+/** Reads a tenant's run with its workflow's name (no lock); undefined when the tenant has no such run. */
+export async function readRunWithName(
+  sql: Sql,
+  tenantId: string,
+  runId: string,
+): Promise<(RunRow & { workflow_name: string }) | undefined> {
+  const [row] = await sql<(RunRow & { workflow_name: string })[]>`
+    select ${runColumns(sql, "r")}, w.name as workflow_name from runs r join workflows w on w.id = r.workflow_id
+    where r.id = ${runId} and r.tenant_id = ${tenantId}`;
+  return row;
+}
+
 /**
  * Appends events (the run row must be locked by this transaction); returns the last id. Run-level
  * events also go to the notification outbox (webhooks), in the same statement: only the types in
@@ -230,23 +248,35 @@ export async function stepOutputs(sql: Sql, runId: string, stepIds: readonly str
   return new Map(rows.map((r) => [r.step_id, r.output]));
 }
 
-/** Moves steps to a status, counting how many left the non-terminal set. */
-export async function setStepStatuses(
+/** Reads the steps of a run that are `pending` with every need met: ready to be queued. */
+export async function readySteps(sql: Sql, runId: string): Promise<string[]> {
+  const rows = await sql<{ step_id: string }[]>`
+    select step_id from step_runs where run_id = ${runId} and phase = 'execute' and status = 'pending'
+      and unmet_needs = 0`;
+  return rows.map((r) => r.step_id);
+}
+
+/**
+ * Reads the steps of a run waiting for a job (`queued` or `retrying`), each with the time its
+ * retry is still due in by the database clock (which set `next_attempt_at`; this process's clock
+ * may be off).
+ */
+export async function waitingSteps(
   sql: Sql,
   runId: string,
-  stepIds: readonly string[],
-  to: StepStatus,
-  extra: { queued?: boolean; finished?: boolean } = {},
-): Promise<string[]> {
-  if (stepIds.length === 0) return [];
-  const rows = await sql<{ step_id: string }[]>`
-    update step_runs set status = ${to}, updated_at = now(),
-      queued_at = ${extra.queued ? sql`now()` : sql`queued_at`},
-      finished_at = ${extra.finished ? sql`now()` : sql`finished_at`},
-      lease_token = ${extra.finished ? null : sql`lease_token`}
-    where run_id = ${runId} and phase = 'execute' and step_id in ${sql(stepIds as string[])}
-    returning step_id`;
-  return rows.map((r) => r.step_id);
+): Promise<Array<StepRow & { due_in_ms: number | null }>> {
+  return sql<Array<StepRow & { due_in_ms: number | null }>>`
+    select *, (extract(epoch from (next_attempt_at - now())) * 1000)::float8 as due_in_ms
+    from step_runs where run_id = ${runId} and phase = 'execute' and status in ('queued', 'retrying')`;
+}
+
+/** Reads the compensations (phase `compensate`) of a run: status, last error, queue and priority. */
+export async function readCompensations(
+  sql: Sql,
+  runId: string,
+): Promise<Array<Pick<StepRow, "step_id" | "status" | "error" | "queue" | "priority">>> {
+  return sql<Array<Pick<StepRow, "step_id" | "status" | "error" | "queue" | "priority">>>`
+    select step_id, status, error, queue, priority from step_runs where run_id = ${runId} and phase = 'compensate'`;
 }
 
 export async function decrementPending(sql: Sql, runId: string, by: number): Promise<number> {
@@ -254,20 +284,6 @@ export async function decrementPending(sql: Sql, runId: string, by: number): Pro
     update runs set pending_steps = pending_steps - ${by}, updated_at = now() where id = ${runId}
     returning pending_steps`;
   return row!.pending_steps;
-}
-
-export async function setRunStatus(
-  sql: Sql,
-  runId: string,
-  status: RunStatus,
-  extra: { started?: boolean; finished?: boolean; error?: unknown } = {},
-): Promise<void> {
-  await sql`
-    update runs set status = ${status}, updated_at = now(), revision = revision + 1,
-      started_at = ${extra.started ? sql`coalesce(started_at, now())` : sql`started_at`},
-      finished_at = ${extra.finished ? sql`now()` : sql`finished_at`},
-      error = ${extra.error === undefined ? sql`error` : sql`${sql.json(extra.error as Json)}`}
-    where id = ${runId}`;
 }
 
 /** Statuses in which a run holds its asset locks (and counts against its concurrency limit). */
@@ -307,6 +323,15 @@ export const concurrencySlot = (workflowId: string, key: string | null): string 
   `flowline:concurrency:${workflowId}:${key ?? ""}`;
 
 /**
+ * Takes the advisory locks of these concurrency slots, held to the end of the transaction, in the
+ * order given (callers taking several sort them, so two transactions cannot deadlock on them).
+ * One statement per slot: the order in which one statement would take them is not defined.
+ */
+export async function lockConcurrencySlots(sql: Sql, slots: readonly string[]): Promise<void> {
+  for (const slot of slots) await sql`select pg_advisory_xact_lock(hashtextextended(${slot}, 0))`;
+}
+
+/**
  * How many other runs of `run`'s workflow and concurrency key are active, and how many wait ahead
  * of it; serialised per slot by an advisory lock held to the end of the transaction.
  */
@@ -314,7 +339,7 @@ export async function concurrencySlotUse(
   sql: Sql,
   run: Pick<RunRow, "id" | "workflow_id" | "concurrency_key" | "created_at">,
 ): Promise<{ active: number; earlier: number }> {
-  await sql`select pg_advisory_xact_lock(hashtextextended(${concurrencySlot(run.workflow_id, run.concurrency_key)}, 0))`;
+  await lockConcurrencySlots(sql, [concurrencySlot(run.workflow_id, run.concurrency_key)]);
   const [row] = await sql<{ active: string; earlier: string }[]>`
     select
       count(*) filter (where status in ('running', 'paused', 'rolling_back')) as active,
