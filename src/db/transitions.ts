@@ -6,7 +6,7 @@
  * batch of one and of 500 take the same prepared statement. The caller holds the run lock.
  */
 import type { AttemptError, Phase } from "../domain/attempt.ts";
-import { type StepStatus, stepSourcesOf } from "../domain/status.ts";
+import { narrowSources, type StepStatus, stepSourcesOf } from "../domain/status.ts";
 import type { Sql, StepRow } from "./repositories/runs.ts";
 
 export interface AttemptKey {
@@ -299,15 +299,8 @@ export async function markCancelled(sql: Sql, runId: string, key: AttemptKey): P
 
 // --- steps before and after their attempts: queueing, needs, the failure policy, compensations ---
 
-const QUEUE_FROM = within(stepSourcesOf("queued"), ["pending"]);
+const QUEUE_FROM = narrowSources("queued", stepSourcesOf("queued"), ["pending"]);
 const STOPPED_FROM = { skipped: stepSourcesOf("skipped"), cancelled: stepSourcesOf("cancelled") };
-
-/** `from`, once checked to be in `legal` (a guard narrower than the table, never wider). */
-function within(legal: readonly StepStatus[], from: readonly StepStatus[]): StepStatus[] {
-  for (const f of from)
-    if (!legal.includes(f)) throw new Error(`step transition from ${f} is not in domain/status.ts`);
-  return [...from];
-}
 
 /**
  * pending → queued for steps (phase `execute`) whose needs are met: attempt 1, carried by the job

@@ -78,6 +78,18 @@ export function runSourcesOf(to: RunStatus): RunStatus[] {
   return runStatuses.filter((from) => runTransitions[from].includes(to));
 }
 
+/**
+ * A guard narrower than the table's, for a move with one meaning only (resume moves a `paused`
+ * run to `running`, not a `queued` one): `from`, once checked to be among `sources` (the table's
+ * sources of `to`). A narrowing the table does not allow throws, at the load of the module that
+ * declares it.
+ */
+export function narrowSources<S extends string>(to: S, sources: readonly S[], from: readonly S[]): S[] {
+  for (const f of from)
+    if (!sources.includes(f)) throw new Error(`transition ${f} → ${to} is not in the table`);
+  return [...from];
+}
+
 export const terminalRunStatuses: ReadonlySet<RunStatus> = new Set([
   "succeeded",
   "failed",

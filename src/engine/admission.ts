@@ -30,7 +30,7 @@ import {
   readySteps,
 } from "../db/repositories/runs.ts";
 import { markRunStarted } from "../db/run-transitions.ts";
-import { FlowlineError } from "../domain/errors.ts";
+import { illegalRunTransition } from "../domain/errors.ts";
 import type { WorkflowSpec } from "../domain/workflow/spec.ts";
 import { queueSteps } from "./advance.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
@@ -118,11 +118,7 @@ export async function startAdmittedRun(
   after: AfterCommit,
 ): Promise<RunRow> {
   const started = await markRunStarted(sql, run.id, held);
-  if (!started)
-    throw new FlowlineError(
-      "illegal_transition",
-      `Run ${run.id} is ${run.status}: only a queued run can be admitted`,
-    );
+  if (!started) throw illegalRunTransition(run, "running");
   const events = [
     { type: "run.started" as const, data: Object.keys(held).length > 0 ? { locks: held } : {} },
   ];

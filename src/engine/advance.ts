@@ -13,7 +13,7 @@ import {
 } from "../db/repositories/runs.ts";
 import { markRunEnded } from "../db/run-transitions.ts";
 import { markStepsStopped, queuePendingSteps, releaseNeeds } from "../db/transitions.ts";
-import { FlowlineError } from "../domain/errors.ts";
+import { illegalRunTransition } from "../domain/errors.ts";
 import { outcomeOf, type Progress, progressAfter } from "../domain/progress.ts";
 import type { StepStatus } from "../domain/status.ts";
 import { resolveStep } from "../domain/workflow/resolve.ts";
@@ -199,8 +199,5 @@ async function endRunAs(
   error: unknown,
 ): Promise<void> {
   if (!(await markRunEnded(sql, run.id, outcome, error === undefined ? {} : { error })))
-    throw new FlowlineError(
-      "illegal_transition",
-      `Run ${run.id} is ${run.status}: it cannot become ${outcome}`,
-    );
+    throw illegalRunTransition(run, outcome);
 }

@@ -17,7 +17,7 @@ import {
 import { workflowName } from "../db/repositories/workflows.ts";
 import { markRunPaused, markRunResumed } from "../db/run-transitions.ts";
 import { recordJob } from "../db/transitions.ts";
-import { FlowlineError, notFound } from "../domain/errors.ts";
+import { FlowlineError, illegalRunTransition, notFound } from "../domain/errors.ts";
 import { stepJobId } from "../domain/ports.ts";
 import { queueSteps } from "./advance.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
@@ -29,10 +29,6 @@ async function withName(sql: Sql, run: RunRow): Promise<RunWithName> {
   return { ...run, workflow_name: (await workflowName(sql, run.workflow_id))! };
 }
 
-/** A transition the run lock should have made certain did not happen: the table refused it. */
-const illegal = (run: RunRow, to: string) =>
-  new FlowlineError("illegal_transition", `Run is ${run.status}: it cannot become ${to}`);
-
 export async function pauseRun(deps: EngineDeps, tenantId: string, runId: string): Promise<RunWithName> {
   const after = new AfterCommit();
   const run = await deps.db.sql.begin(async (sql) => {
@@ -42,7 +38,7 @@ export async function pauseRun(deps: EngineDeps, tenantId: string, runId: string
     if (run.status !== "running")
       throw new FlowlineError("conflict", `Run is ${run.status}: only a running run can be paused`);
     const paused = await markRunPaused(sql, runId);
-    if (!paused) throw illegal(run, "paused");
+    if (!paused) throw illegalRunTransition(run, "paused");
     await appendEvents(sql, run.tenant_id, run.id, [{ type: "run.paused", data: {} }]);
     after.runs.add(run.id);
     return withName(sql, paused);
@@ -61,7 +57,7 @@ export async function resumeRun(deps: EngineDeps, tenantId: string, runId: strin
     if (run.status !== "paused")
       throw new FlowlineError("conflict", `Run is ${run.status}: only a paused run can be resumed`);
     const resumed = await markRunResumed(sql, runId);
-    if (!resumed) throw illegal(run, "running");
+    if (!resumed) throw illegalRunTransition(run, "running");
     const events: NewEvent[] = [{ type: "run.resumed", data: {} }];
     // A retry's remaining delay is measured on the database clock, which set next_attempt_at:
     // this process's clock may be off.

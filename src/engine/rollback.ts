@@ -32,7 +32,7 @@ import { workflowName } from "../db/repositories/workflows.ts";
 import { findIdleRollbacks, markRollbackEnded, markRunRollingBack } from "../db/run-transitions.ts";
 import { cancelUnfinished, openCompensations, queueCompensations } from "../db/transitions.ts";
 import type { AttemptError } from "../domain/attempt.ts";
-import { FlowlineError, notFound } from "../domain/errors.ts";
+import { FlowlineError, illegalRunTransition, notFound } from "../domain/errors.ts";
 import { stepJobId } from "../domain/ports.ts";
 import { type CompensationStatus, compensationsReady, rollbackOutcome } from "../domain/progress.ts";
 import { canTransitionRun, isTerminalRun } from "../domain/status.ts";
@@ -44,10 +44,6 @@ import type { LoadedSpec } from "./specs.ts";
 const PHASE = "compensate" as const;
 
 type RunWithName = RunRow & { workflow_name: string };
-
-/** A transition the run lock should have made certain did not happen: the table refused it. */
-const illegal = (run: Pick<RunRow, "id" | "status">, to: string) =>
-  new FlowlineError("illegal_transition", `Run ${run.id} is ${run.status}: it cannot become ${to}`);
 
 /**
  * Requests the rollback of a finished run (`POST /v1/runs/{id}/rollback`). Only a run that ended
@@ -124,7 +120,7 @@ export async function beginRollback(
     releaseLocks: lockless,
     ...(error === undefined ? {} : { error }),
   });
-  if (!updated) throw illegal(run, "rolling_back");
+  if (!updated) throw illegalRunTransition(run, "rolling_back");
   events.push({
     type: "run.rolling_back",
     data: {
@@ -221,7 +217,7 @@ async function endRollback(
   after: AfterCommit,
   events: NewEvent[],
 ): Promise<void> {
-  if (!(await markRollbackEnded(sql, run.id, outcome, error))) throw illegal(run, outcome);
+  if (!(await markRollbackEnded(sql, run.id, outcome, error))) throw illegalRunTransition(run, outcome);
   events.push(
     outcome === "rolled_back"
       ? { type: "run.rolled_back", data: {} }
