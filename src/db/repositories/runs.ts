@@ -197,7 +197,7 @@ export async function readEvents(
 export async function stepStatuses(sql: Sql, runId: string, stepIds?: readonly string[]) {
   const rows = await sql<{ step_id: string; status: StepStatus }[]>`
     select step_id, status from step_runs where run_id = ${runId} and phase = 'execute'
-    ${stepIds ? sql`and step_id in ${sql(stepIds as string[])}` : sql``}`;
+    ${stepIds ? sql`and step_id = any(${sql.array(stepIds as string[])}::text[])` : sql``}`;
   return new Map(rows.map((r) => [r.step_id, r.status]));
 }
 
@@ -244,7 +244,7 @@ export async function stepOutputs(sql: Sql, runId: string, stepIds: readonly str
   if (stepIds.length === 0) return new Map<string, unknown>();
   const rows = await sql<{ step_id: string; output: unknown }[]>`
     select step_id, output from step_runs where run_id = ${runId} and phase = 'execute'
-      and step_id in ${sql(stepIds as string[])}`;
+      and step_id = any(${sql.array(stepIds as string[])}::text[])`;
   return new Map(rows.map((r) => [r.step_id, r.output]));
 }
 
