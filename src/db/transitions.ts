@@ -6,7 +6,7 @@
  * batch of one and of 500 take the same prepared statement. The caller holds the run lock.
  */
 import type { AttemptError, Phase } from "../domain/attempt.ts";
-import { type StepStatus, stepSourcesOf } from "../domain/status.ts";
+import { narrowSources, type StepStatus, stepSourcesOf } from "../domain/status.ts";
 import type { Sql, StepRow } from "./repositories/runs.ts";
 
 export interface AttemptKey {
@@ -295,4 +295,113 @@ export async function markCancelled(sql: Sql, runId: string, key: AttemptKey): P
   await sql`update step_runs set status = 'cancelled', lease_token = null, finished_at = now(), updated_at = now()
     where run_id = ${runId} and step_id = ${key.stepId} and phase = ${key.phase}
       and status = any(${sql.array(stepSourcesOf("cancelled"))}::step_status[])`;
+}
+
+// --- steps before and after their attempts: queueing, needs, the failure policy, compensations ---
+
+const QUEUE_FROM = narrowSources("queued", stepSourcesOf("queued"), ["pending"]);
+const STOPPED_FROM = { skipped: stepSourcesOf("skipped"), cancelled: stepSourcesOf("cancelled") };
+
+/**
+ * pending → queued for steps (phase `execute`) whose needs are met: attempt 1, carried by the job
+ * `runId.stepId.1`. Guard: status in stepSourcesOf('queued') ∩ {pending}. Returns the ids that moved.
+ */
+export async function queuePendingSteps(
+  sql: Sql,
+  runId: string,
+  stepIds: readonly string[],
+): Promise<string[]> {
+  if (stepIds.length === 0) return [];
+  const rows = await sql<{ step_id: string }[]>`
+    update step_runs set status = 'queued', attempt = 1, queued_at = now(), updated_at = now(),
+      job_id = ${`${runId}.`} || step_id || '.1'
+    where run_id = ${runId} and phase = 'execute' and step_id = any(${sql.array(stepIds as string[])}::text[])
+      and status = any(${sql.array(QUEUE_FROM)}::step_status[])
+    returning step_id`;
+  return rows.map((r) => r.step_id);
+}
+
+/**
+ * Lowers the unmet needs of steps (phase `execute`) by the number of their parents that just
+ * succeeded (`met`: step id → count). No status changes; returns each step's count and status
+ * after the write, so the caller finds the ones now ready (0 and `pending`).
+ */
+export async function releaseNeeds(
+  sql: Sql,
+  runId: string,
+  met: ReadonlyMap<string, number>,
+): Promise<Array<{ step_id: string; unmet_needs: number; status: StepStatus }>> {
+  if (met.size === 0) return [];
+  return sql<{ step_id: string; unmet_needs: number; status: StepStatus }[]>`
+    update step_runs s set unmet_needs = s.unmet_needs - c.n
+    from unnest(${sql.array([...met.keys()])}::text[], ${sql.array([...met.values()])}::int[]) as c(step_id, n)
+    where s.run_id = ${runId} and s.phase = 'execute' and s.step_id = c.step_id
+    returning s.step_id, s.unmet_needs, s.status`;
+}
+
+/**
+ * → skipped | cancelled for steps (phase `execute`) the failure policy stops, finishing them
+ * (`finished_at`, lease token cleared; running ones are aborted by a control message after commit).
+ * Guard: status in stepSourcesOf(to). Returns the ids that moved.
+ */
+export async function markStepsStopped(
+  sql: Sql,
+  runId: string,
+  stepIds: readonly string[],
+  to: "skipped" | "cancelled",
+): Promise<string[]> {
+  if (stepIds.length === 0) return [];
+  const rows = await sql<{ step_id: string }[]>`
+    update step_runs set status = ${to}, updated_at = now(), finished_at = now(), lease_token = null
+    where run_id = ${runId} and phase = 'execute' and step_id = any(${sql.array(stepIds as string[])}::text[])
+      and status = any(${sql.array(to === "skipped" ? STOPPED_FROM.skipped : STOPPED_FROM.cancelled)}::step_status[])
+    returning step_id`;
+  return rows.map((r) => r.step_id);
+}
+
+/**
+ * Opens a rollback's compensations: a `compensate` row in `pending` (attempt 0, the step's retry
+ * limit, queue, priority and timeout) for each of `stepIds` that succeeded in this run (phase
+ * `execute` in `succeeded`: a reused step's effects belong to its parent run). This starts a new
+ * lifecycle rather than moving one: a compensation row left by an earlier rollback of the run is
+ * reset to `pending` unless it succeeded then (what was undone is not undone twice).
+ * Guard: execute row `succeeded`; existing compensate row not `succeeded`. Returns the ids opened.
+ */
+export async function openCompensations(
+  sql: Sql,
+  runId: string,
+  stepIds: readonly string[],
+): Promise<string[]> {
+  if (stepIds.length === 0) return [];
+  const rows = await sql<{ step_id: string }[]>`
+    insert into step_runs (run_id, step_id, phase, status, attempt, max_attempts, queue, priority, timeout_seconds)
+    select run_id, step_id, 'compensate', 'pending', 0, max_attempts, queue, priority, timeout_seconds
+    from step_runs where run_id = ${runId} and phase = 'execute' and status = 'succeeded'
+      and step_id = any(${sql.array(stepIds as string[])}::text[])
+    on conflict (run_id, step_id, phase) do update set status = 'pending', attempt = 0, error = null,
+      job_id = null, lease_token = null, lease_expires_at = null, worker_id = null, next_attempt_at = null,
+      queued_at = null, started_at = null, finished_at = null, updated_at = now()
+      where step_runs.status <> 'succeeded'
+    returning step_id`;
+  return rows.map((r) => r.step_id);
+}
+
+/**
+ * pending → queued for compensations that may start: attempt 1, each with its job id.
+ * Guard: status in stepSourcesOf('queued') ∩ {pending}. Returns the ids that moved.
+ */
+export async function queueCompensations(
+  sql: Sql,
+  runId: string,
+  items: ReadonlyArray<{ stepId: string; jobId: string }>,
+): Promise<string[]> {
+  if (items.length === 0) return [];
+  const rows = await sql<{ step_id: string }[]>`
+    update step_runs s set status = 'queued', attempt = 1, queued_at = now(), job_id = j.job_id, updated_at = now()
+    from unnest(${sql.array(items.map((i) => i.stepId))}::text[], ${sql.array(items.map((i) => i.jobId))}::text[])
+      as j(step_id, job_id)
+    where s.run_id = ${runId} and s.step_id = j.step_id and s.phase = 'compensate'
+      and s.status = any(${sql.array(QUEUE_FROM)}::step_status[])
+    returning s.step_id`;
+  return rows.map((r) => r.step_id);
 }

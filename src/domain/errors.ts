@@ -65,3 +65,10 @@ export function formatPath(path: ReadonlyArray<string | number>): string {
 }
 
 export const notFound = (what: string): FlowlineError => new FlowlineError("not_found", `${what} not found`);
+
+/**
+ * A run move the transition table refused (its guarded statement moved nothing). Callers hold the
+ * run lock and check the status first, so this answers a race or a bug, never a client's request.
+ */
+export const illegalRunTransition = (run: { id: string; status: string }, to: string): FlowlineError =>
+  new FlowlineError("illegal_transition", `Run ${run.id} is ${run.status}: it cannot become ${to}`);

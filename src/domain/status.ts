@@ -33,8 +33,9 @@ export type RunKind = (typeof runKinds)[number];
 const runTransitions: Record<RunStatus, readonly RunStatus[]> = {
   queued: ["running", "cancelled", "failed"],
   running: ["paused", "succeeded", "failed", "cancelled", "rolling_back"],
-  // A step with `onFailure: rollback` may fail for good while its run is paused.
-  paused: ["running", "cancelled", "failed", "rolling_back"],
+  // Steps already running when the run was paused still finish: the last one may end the run
+  // (succeeded or failed), and a step with `onFailure: rollback` may fail for good meanwhile.
+  paused: ["running", "succeeded", "cancelled", "failed", "rolling_back"],
   succeeded: ["rolling_back"],
   failed: ["rolling_back"],
   cancelled: [],
@@ -75,6 +76,18 @@ export function stepSourcesOf(to: StepStatus): StepStatus[] {
 /** The same for runs. */
 export function runSourcesOf(to: RunStatus): RunStatus[] {
   return runStatuses.filter((from) => runTransitions[from].includes(to));
+}
+
+/**
+ * A guard narrower than the table's, for a move with one meaning only (resume moves a `paused`
+ * run to `running`, not a `queued` one): `from`, once checked to be among `sources` (the table's
+ * sources of `to`). A narrowing the table does not allow throws, at the load of the module that
+ * declares it.
+ */
+export function narrowSources<S extends string>(to: S, sources: readonly S[], from: readonly S[]): S[] {
+  for (const f of from)
+    if (!sources.includes(f)) throw new Error(`transition ${f} → ${to} is not in the table`);
+  return [...from];
 }
 
 export const terminalRunStatuses: ReadonlySet<RunStatus> = new Set([

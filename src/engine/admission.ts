@@ -13,6 +13,13 @@
  * materialization; Postgres refuses a token older than the newest one that has written, so a run
  * that lost its lock (supervisor gone past the lease, Redis failover) can never record late.
  */
+import {
+  assetFenceTokens,
+  earlierRunWantingLocks,
+  raiseAssetFences,
+  runsHoldingLocks,
+  waitingRunIds,
+} from "../db/repositories/admission.ts";
 import type { RunRow, Sql } from "../db/repositories/runs.ts";
 import {
   activeLockHolder,
@@ -20,8 +27,10 @@ import {
   concurrencySlotUse,
   heldLocksOf,
   lockRun,
-  runColumns,
+  readySteps,
 } from "../db/repositories/runs.ts";
+import { markRunStarted } from "../db/run-transitions.ts";
+import { illegalRunTransition } from "../domain/errors.ts";
 import type { WorkflowSpec } from "../domain/workflow/spec.ts";
 import { queueSteps } from "./advance.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
@@ -59,12 +68,7 @@ export async function tryAdmit(
 
   const wanted = run.locks_wanted;
   if (wanted.length === 0) return { ok: true, held: {} };
-  const [earlier] = await sql<{ id: string }[]>`
-    select id from runs
-    where tenant_id = ${run.tenant_id} and status = 'queued' and id <> ${run.id}
-      and (created_at, id) < (${run.created_at}, ${run.id}::uuid)
-      and locks_wanted ?| ${wanted as string[]}
-    limit 1`;
+  const earlier = await earlierRunWantingLocks(sql, run, wanted);
   if (earlier)
     return { ok: false, reason: `run ${earlier.id}, submitted earlier, waits for the same assets` };
   // Postgres, not the lock store, says who holds a lock: after a flush or failover the store may
@@ -73,13 +77,7 @@ export async function tryAdmit(
   if (holder)
     return { ok: false, reason: `asset ${holder.lock_key} is being materialized by run ${holder.id}` };
 
-  const fences = new Map(
-    (
-      await sql<{ lock_key: string; fencing_token: string }[]>`
-        select lock_key, fencing_token from asset_fences
-        where tenant_id = ${run.tenant_id} and lock_key in ${sql(wanted as string[])}`
-    ).map((r) => [r.lock_key, Number(r.fencing_token)]),
-  );
+  const fences = await assetFenceTokens(sql, run.tenant_id, wanted);
   const ttlMs = deps.config.assets.lockTtlSeconds * 1000;
   const held: Record<string, number> = {};
   const mine: Array<{ tenantId: string; lockKey: string; token: string }> = [];
@@ -105,13 +103,7 @@ export async function tryAdmit(
   }
   // Postgres learns each new token now, not at the first write: a run that lost the lock to this
   // one can no longer record, even if it finishes first.
-  await sql`
-    insert into asset_fences (tenant_id, lock_key, fencing_token)
-    select ${run.tenant_id}, x.lock_key, x.fence
-    from jsonb_to_recordset(${sql.json(Object.entries(held).map(([lock_key, fence]) => ({ lock_key, fence })))})
-      as x(lock_key text, fence bigint)
-    on conflict (tenant_id, lock_key) do update
-      set fencing_token = greatest(asset_fences.fencing_token, excluded.fencing_token), updated_at = now()`;
+  await raiseAssetFences(sql, run.tenant_id, held);
   taken.push(...mine);
   return { ok: true, held };
 }
@@ -125,28 +117,15 @@ export async function startAdmittedRun(
   held: Record<string, number>,
   after: AfterCommit,
 ): Promise<RunRow> {
-  const [started] = await sql<RunRow[]>`
-    update runs set status = 'running', started_at = coalesce(started_at, clock_timestamp()), updated_at = now(),
-      revision = revision + 1, locks_held = ${sql.json(held)}
-    where id = ${run.id} returning ${runColumns(sql)}`;
+  const started = await markRunStarted(sql, run.id, held);
+  if (!started) throw illegalRunTransition(run, "running");
   const events = [
     { type: "run.started" as const, data: Object.keys(held).length > 0 ? { locks: held } : {} },
   ];
-  const ready = await sql<{ step_id: string }[]>`
-    select step_id from step_runs where run_id = ${run.id} and phase = 'execute' and status = 'pending'
-      and unmet_needs = 0`;
-  await queueSteps(
-    deps,
-    sql,
-    started!,
-    loaded,
-    ready.map((r) => r.step_id),
-    after,
-    events,
-  );
+  await queueSteps(deps, sql, started, loaded, await readySteps(sql, run.id), after, events);
   await appendEvents(sql, run.tenant_id, run.id, events, loaded.notifyOn);
   after.runs.add(run.id);
-  return started!;
+  return started;
 }
 
 /**
@@ -156,15 +135,9 @@ export async function startAdmittedRun(
 export async function admitQueuedRuns(deps: EngineDeps, limit = 100): Promise<number> {
   // The oldest waiting runs, and the head of every (workflow, concurrency key) queue: a long queue
   // of one workflow must not hide another's first run from this pass.
-  const waiting = await deps.db.sql<{ id: string }[]>`
-    select id from (
-      (select id, created_at from runs where status = 'queued' order by created_at, id limit ${limit})
-      union
-      (select distinct on (workflow_id, coalesce(concurrency_key, '')) id, created_at from runs
-        where status = 'queued' order by workflow_id, coalesce(concurrency_key, ''), created_at, id limit ${limit * 2})
-    ) q order by created_at, id`;
+  const waiting = await waitingRunIds(deps.db.sql, limit);
   let started = 0;
-  for (const { id } of waiting) {
+  for (const id of waiting) {
     const after = new AfterCommit();
     const taken: Array<{ tenantId: string; lockKey: string; token: string }> = [];
     try {
@@ -195,9 +168,7 @@ export async function admitQueuedRuns(deps: EngineDeps, limit = 100): Promise<nu
  * anyway, and the store should say so too. Returns the locks it could neither renew nor re-take.
  */
 export async function renewAssetLocks(deps: EngineDeps): Promise<number> {
-  const active = await deps.db.sql<Pick<RunRow, "id" | "tenant_id" | "locks_held">[]>`
-    select id, tenant_id, locks_held from runs
-    where status in ('running', 'paused', 'rolling_back') and locks_held <> '{}'::jsonb`;
+  const active = await runsHoldingLocks(deps.db.sql);
   const ttlMs = deps.config.assets.lockTtlSeconds * 1000;
   let lost = 0;
   for (const run of active) {

@@ -9,10 +9,11 @@ import {
   type NewEvent,
   type RunRow,
   type Sql,
-  setRunStatus,
-  setStepStatuses,
   stepStatuses,
 } from "../db/repositories/runs.ts";
+import { markRunEnded } from "../db/run-transitions.ts";
+import { markStepsStopped, queuePendingSteps, releaseNeeds } from "../db/transitions.ts";
+import { illegalRunTransition } from "../domain/errors.ts";
 import { outcomeOf, type Progress, progressAfter } from "../domain/progress.ts";
 import type { StepStatus } from "../domain/status.ts";
 import { resolveStep } from "../domain/workflow/resolve.ts";
@@ -42,10 +43,7 @@ export async function queueSteps(
   // A paused run dispatches nothing new: ready steps stay `pending` (with no unmet needs) until
   // the run is resumed, which queues them then.
   if (stepIds.length === 0 || run.status === "paused") return;
-  await sql`
-    update step_runs set status = 'queued', attempt = 1, queued_at = now(), updated_at = now(),
-      job_id = ${`${run.id}.`} || step_id || '.1'
-    where run_id = ${run.id} and phase = 'execute' and step_id in ${sql(stepIds as string[])} and status = 'pending'`;
+  await queuePendingSteps(sql, run.id, stepIds);
   for (const stepId of stepIds) {
     const resolved = resolveStep(loaded.spec, loaded.steps.get(stepId)!, deps.config.tags, run.priority);
     events.push({
@@ -86,15 +84,7 @@ export async function advanceRun(
     // Each child counts its unmet needs, so a completion costs O(children), not O(parents of
     // children): a 1,000-way join does not re-read 1,000 parents 1,000 times.
     const children = graph.children(finished.stepId);
-    const ready =
-      children.length === 0
-        ? []
-        : await sql<{ step_id: string; unmet_needs: number; status: StepStatus }[]>`
-            update step_runs set unmet_needs = unmet_needs - 1
-            where run_id = ${run.id} and phase = 'execute' and step_id in ${sql(children as string[])}
-            returning step_id, unmet_needs, status`.then((rows) =>
-            rows.filter((r) => r.unmet_needs === 0 && r.status === "pending").map((r) => r.step_id),
-          );
+    const ready = readyAmong(await releaseNeeds(sql, run.id, new Map(children.map((c) => [c, 1]))));
     progress = { ready, transitions: [] };
   } else {
     statuses = await stepStatuses(sql, run.id);
@@ -112,7 +102,7 @@ export async function advanceRun(
     const ids = progress.transitions.filter((t) => t.to === to).map((t) => t.stepId);
     if (ids.length === 0) continue;
     for (const id of ids) if (statuses.get(id) === "running") cancelledRunning.push(id);
-    const changed = await setStepStatuses(sql, run.id, ids, to, { finished: true });
+    const changed = await markStepsStopped(sql, run.id, ids, to);
     terminalCount += changed.length;
     for (const id of changed) {
       events.push({
@@ -135,7 +125,7 @@ export async function advanceRun(
       // The run keeps its asset locks until the rollback ends (beginRollback's run is not `ended`).
       await beginRollback(sql, run, loaded, { reason: error.message, error }, after, events);
     } else {
-      await setRunStatus(sql, run.id, "failed", { finished: true, error });
+      await endRunAs(sql, run, "failed", error);
       events.push({ type: "run.failed", data: { error } });
       after.ended.push(run);
     }
@@ -160,7 +150,7 @@ async function endRun(sql: Sql, run: RunRow, after: AfterCommit, events: NewEven
             .join(", ")}`,
         }
       : undefined;
-  await setRunStatus(sql, run.id, outcome, { finished: true, ...(error ? { error } : {}) });
+  await endRunAs(sql, run, outcome, error);
   after.ended.push(run);
   events.push({
     type: outcome === "succeeded" ? "run.succeeded" : "run.failed",
@@ -186,22 +176,28 @@ export async function advanceAfterSuccesses(
   const counts = new Map<string, number>();
   for (const id of stepIds)
     for (const child of loaded.graph.children(id)) counts.set(child, (counts.get(child) ?? 0) + 1);
-  const ready =
-    counts.size === 0
-      ? []
-      : (
-          await sql<{ step_id: string; unmet_needs: number; status: StepStatus }[]>`
-            update step_runs s set unmet_needs = s.unmet_needs - c.n
-            from jsonb_to_recordset(${sql.json([...counts].map(([step_id, n]) => ({ step_id, n })))})
-              as c(step_id text, n int)
-            where s.run_id = ${run.id} and s.phase = 'execute' and s.step_id = c.step_id
-            returning s.step_id, s.unmet_needs, s.status`
-        )
-          .filter((r) => r.unmet_needs === 0 && r.status === "pending")
-          .map((r) => r.step_id);
+  const ready = readyAmong(await releaseNeeds(sql, run.id, counts));
   const pending = await decrementPending(sql, run.id, stepIds.length);
   await queueSteps(deps, sql, run, loaded, ready, after, events);
   if (pending <= 0 && ready.length === 0) await endRun(sql, run, after, events);
   await appendEvents(sql, run.tenant_id, run.id, events, loaded.notifyOn);
   after.runs.add(run.id);
+}
+
+/** Steps whose needs are now all met and that have not started: ready to be queued. */
+function readyAmong(
+  rows: ReadonlyArray<{ step_id: string; unmet_needs: number; status: StepStatus }>,
+): string[] {
+  return rows.filter((r) => r.unmet_needs === 0 && r.status === "pending").map((r) => r.step_id);
+}
+
+/** Ends the run; a run whose status the transition table does not let end is an illegal transition. */
+async function endRunAs(
+  sql: Sql,
+  run: RunRow,
+  outcome: "succeeded" | "failed",
+  error: unknown,
+): Promise<void> {
+  if (!(await markRunEnded(sql, run.id, outcome, error === undefined ? {} : { error })))
+    throw illegalRunTransition(run, outcome);
 }

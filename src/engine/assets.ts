@@ -9,12 +9,17 @@
  * pagination then work on that merged set in memory, so a page costs as much as the assets after
  * its cursor — fine for thousands of assets, not for millions.
  */
-import type { DbHandle } from "../db/client.ts";
+import {
+  type AssetKeyFilter,
+  assetProviderRows,
+  latestPartitions,
+  materializationAggregates,
+  materializationHistory,
+} from "../db/repositories/assets.ts";
+import type { Sql } from "../db/repositories/runs.ts";
 import { notFound } from "../domain/errors.ts";
 import { assetFreshness, type Freshness } from "../domain/planner.ts";
 import type { EngineDeps } from "./deps.ts";
-
-type Sql = DbHandle["sql"];
 
 export const freshnessValues = ["missing", "stale", "fresh"] as const satisfies readonly Freshness[];
 
@@ -68,13 +73,6 @@ export const PARTITIONS_SHOWN = 100;
 
 const noPolicy: AssetPolicyView = { maxAgeSeconds: null, autoMaterialize: null, description: null };
 
-interface ProviderRow {
-  workflow: string;
-  key: string;
-  provided: boolean;
-  policy: { maxAgeSeconds?: number; autoMaterialize?: boolean; description?: string } | null;
-}
-
 interface AssetDefinition {
   workflows: string[];
   policy: AssetPolicyView;
@@ -88,30 +86,9 @@ interface AssetDefinition {
 async function readDefinitions(
   sql: Sql,
   tenantId: string,
-  filter: { key?: string; afterKey?: string },
+  filter: AssetKeyFilter,
 ): Promise<Map<string, AssetDefinition>> {
-  const { key, afterKey } = filter;
-  const rows = await sql<ProviderRow[]>`
-    select w.name as workflow, k.key, k.provided, v.spec->'assets'->k.key as policy
-    from workflows w
-    join workflow_versions v on v.workflow_id = w.id and v.version = w.latest_version
-    cross join lateral (
-      select d.key, bool_or(d.provided) as provided from (
-        select jsonb_array_elements_text(coalesce(s->'provides', '[]'::jsonb)) as key, true as provided
-        from jsonb_array_elements(v.spec->'steps') s
-        union all
-        select jsonb_object_keys(coalesce(v.spec->'assets', '{}'::jsonb)), false
-      ) d group by d.key
-    ) k
-    where w.tenant_id = ${tenantId} and w.archived_at is null
-      ${
-        key === undefined
-          ? sql``
-          : sql`and k.key = ${key} and (v.spec->'steps' @> ${sql.json([{ provides: [key] }])}
-              or coalesce(v.spec->'assets', '{}'::jsonb) ? ${key})`
-      }
-      ${afterKey === undefined ? sql`` : sql`and k.key > ${afterKey} collate "C"`}
-    order by k.key, w.name`;
+  const rows = await assetProviderRows(sql, tenantId, filter);
   const out = new Map<string, AssetDefinition & { policyFromProvider: boolean }>();
   for (const row of rows) {
     let def = out.get(row.key);
@@ -135,17 +112,6 @@ async function readDefinitions(
   return out;
 }
 
-interface AggregateRow {
-  key: string;
-  count: number;
-  last_at: Date | null;
-  id: string | null;
-  run_id: string | null;
-  step_id: string | null;
-  partition_key: string | null;
-  created_at: Date | null;
-}
-
 interface MaterializationState {
   count: number;
   lastMaterializedAt: Date | null;
@@ -159,31 +125,9 @@ interface MaterializationState {
 async function readMaterializationStates(
   sql: Sql,
   tenantId: string,
-  filter: { key?: string; afterKey?: string },
+  filter: AssetKeyFilter,
 ): Promise<Map<string, MaterializationState>> {
-  const { key, afterKey } = filter;
-  const keyFilter = (column: string) =>
-    sql`${key === undefined ? sql`` : sql`and ${sql(column)} = ${key}`}
-      ${afterKey === undefined ? sql`` : sql`and ${sql(column)} > ${afterKey} collate "C"`}`;
-  const rows = await sql<AggregateRow[]>`
-    with counted as (
-      select asset_key as key, count(*)::int as count, max(created_at) as last_at
-      from materializations where tenant_id = ${tenantId} ${keyFilter("asset_key")}
-      group by asset_key
-    ), latest as (
-      select distinct on (asset_key) asset_key as key, id, run_id, step_id, partition_key, created_at
-      from materializations where tenant_id = ${tenantId} ${keyFilter("asset_key")}
-      order by asset_key, created_at desc, id desc
-    ), recorded as (
-      select key, last_materialized_at from assets
-      where tenant_id = ${tenantId} and last_materialized_at is not null ${keyFilter("key")}
-    )
-    select coalesce(c.key, r.key) as key, coalesce(c.count, 0) as count,
-      greatest(c.last_at, r.last_materialized_at) as last_at,
-      l.id, l.run_id, l.step_id, l.partition_key, l.created_at
-    from counted c
-    full join recorded r on r.key = c.key
-    left join latest l on l.key = c.key`;
+  const rows = await materializationAggregates(sql, tenantId, filter);
   const out = new Map<string, MaterializationState>();
   for (const row of rows) {
     out.set(row.key, {
@@ -274,17 +218,6 @@ export interface AssetHistoryFilter {
   now?: Date;
 }
 
-interface HistoryRow {
-  id: string;
-  run_id: string;
-  step_id: string;
-  partition_key: string | null;
-  fencing_token: string;
-  metadata: unknown;
-  created_at: Date;
-  exact_at: string;
-}
-
 /**
  * One asset with a page of its materializations, newest first, and the latest materialization
  * of each partition. Throws `not_found` for an asset the tenant does not have.
@@ -300,28 +233,12 @@ export async function getAsset(
   const [definitions, states, historyRows, partitionRows] = await Promise.all([
     readDefinitions(sql, tenantId, { key }),
     readMaterializationStates(sql, tenantId, { key }),
-    sql<HistoryRow[]>`
-      select id, run_id, step_id, partition_key, fencing_token, metadata, created_at,
-        to_char(created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as exact_at
-      from materializations
-      where tenant_id = ${tenantId} and asset_key = ${key}
-        ${filter.partition === undefined ? sql`` : sql`and partition_key = ${filter.partition}`}
-        ${
-          filter.before === undefined
-            ? sql``
-            : sql`and (created_at, id) < (${filter.before.at}::timestamptz, ${filter.before.id}::bigint)`
-        }
-      order by created_at desc, id desc
-      limit ${filter.limit + 1}`,
-    sql<(Omit<HistoryRow, "fencing_token" | "metadata" | "exact_at"> & { total: number })[]>`
-      select p.*, (count(*) over ())::int as total from (
-        select distinct on (partition_key) id, run_id, step_id, partition_key, created_at
-        from materializations
-        where tenant_id = ${tenantId} and asset_key = ${key} and partition_key is not null
-        order by partition_key desc, created_at desc, id desc
-      ) p
-      order by p.partition_key desc
-      limit ${PARTITIONS_SHOWN}`,
+    materializationHistory(sql, tenantId, key, {
+      limit: filter.limit + 1,
+      ...(filter.partition === undefined ? {} : { partition: filter.partition }),
+      ...(filter.before === undefined ? {} : { before: filter.before }),
+    }),
+    latestPartitions(sql, tenantId, key, PARTITIONS_SHOWN),
   ]);
   const definition = definitions.get(key);
   const state = states.get(key);

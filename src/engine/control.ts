@@ -10,11 +10,14 @@ import {
   lockRun,
   type NewEvent,
   type RunRow,
-  runColumns,
+  readySteps,
   type Sql,
-  type StepRow,
+  waitingSteps,
 } from "../db/repositories/runs.ts";
-import { FlowlineError, notFound } from "../domain/errors.ts";
+import { workflowName } from "../db/repositories/workflows.ts";
+import { markRunPaused, markRunResumed } from "../db/run-transitions.ts";
+import { recordJob } from "../db/transitions.ts";
+import { FlowlineError, illegalRunTransition, notFound } from "../domain/errors.ts";
 import { stepJobId } from "../domain/ports.ts";
 import { queueSteps } from "./advance.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
@@ -23,8 +26,7 @@ import { jobFor } from "./jobs.ts";
 type RunWithName = RunRow & { workflow_name: string };
 
 async function withName(sql: Sql, run: RunRow): Promise<RunWithName> {
-  const [wf] = await sql<{ name: string }[]>`select name from workflows where id = ${run.workflow_id}`;
-  return { ...run, workflow_name: wf!.name };
+  return { ...run, workflow_name: (await workflowName(sql, run.workflow_id))! };
 }
 
 export async function pauseRun(deps: EngineDeps, tenantId: string, runId: string): Promise<RunWithName> {
@@ -35,12 +37,11 @@ export async function pauseRun(deps: EngineDeps, tenantId: string, runId: string
     if (run.status === "paused") return withName(sql, run);
     if (run.status !== "running")
       throw new FlowlineError("conflict", `Run is ${run.status}: only a running run can be paused`);
-    const [paused] = await sql<RunRow[]>`
-      update runs set status = 'paused', updated_at = now(), revision = revision + 1
-      where id = ${runId} returning ${runColumns(sql)}`;
+    const paused = await markRunPaused(sql, runId);
+    if (!paused) throw illegalRunTransition(run, "paused");
     await appendEvents(sql, run.tenant_id, run.id, [{ type: "run.paused", data: {} }]);
     after.runs.add(run.id);
-    return withName(sql, paused!);
+    return withName(sql, paused);
   });
   await after.flush(deps);
   deps.log.info({ runId }, "run paused");
@@ -55,43 +56,29 @@ export async function resumeRun(deps: EngineDeps, tenantId: string, runId: strin
     if (run.status === "running") return withName(sql, run);
     if (run.status !== "paused")
       throw new FlowlineError("conflict", `Run is ${run.status}: only a paused run can be resumed`);
-    const [resumed] = await sql<RunRow[]>`
-      update runs set status = 'running', updated_at = now(), revision = revision + 1
-      where id = ${runId} returning ${runColumns(sql)}`;
+    const resumed = await markRunResumed(sql, runId);
+    if (!resumed) throw illegalRunTransition(run, "running");
     const events: NewEvent[] = [{ type: "run.resumed", data: {} }];
     // A retry's remaining delay is measured on the database clock, which set next_attempt_at:
     // this process's clock may be off.
-    const steps = await sql<Array<StepRow & { due_in_ms: number | null }>>`
-      select *, (extract(epoch from (next_attempt_at - now())) * 1000)::float8 as due_in_ms
-      from step_runs where run_id = ${runId} and phase = 'execute' and status in ('queued', 'retrying')`;
+    const steps = await waitingSteps(sql, runId);
     // Jobs of waiting steps may have reached a worker while the run was paused and been refused.
     // Each gets a fresh job; an old one still waiting is refused as superseded when it arrives.
     for (const step of steps) {
       const delayMs = step.status === "retrying" ? Math.max(0, Math.round(step.due_in_ms ?? 0)) : 0;
-      const job = jobFor(resumed!, step, step.attempt, {
+      const job = jobFor(resumed, step, step.attempt, {
         jobSuffix: `p${Date.now()}`,
         ...(delayMs ? { delayMs } : {}),
       });
-      await sql`update step_runs set job_id = ${stepJobId(job)}, updated_at = now()
-        where run_id = ${runId} and step_id = ${step.step_id} and phase = 'execute'`;
+      await recordJob(sql, runId, { stepId: step.step_id, phase: "execute" }, stepJobId(job));
       after.jobs.push(job);
     }
-    const ready = await sql<{ step_id: string }[]>`
-      select step_id from step_runs where run_id = ${runId} and phase = 'execute' and status = 'pending'
-        and unmet_needs = 0`;
+    const ready = await readySteps(sql, runId);
     const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
-    await queueSteps(
-      deps,
-      sql,
-      resumed!,
-      loaded,
-      ready.map((r) => r.step_id),
-      after,
-      events,
-    );
+    await queueSteps(deps, sql, resumed, loaded, ready, after, events);
     await appendEvents(sql, run.tenant_id, run.id, events);
     after.runs.add(run.id);
-    return withName(sql, resumed!);
+    return withName(sql, resumed);
   });
   await after.flush(deps);
   deps.log.info({ runId }, "run resumed");

@@ -15,7 +15,8 @@
  * Every repair happens under the run lock and re-checks the state it saw, so it is safe to run
  * concurrently with workers (and with a second reconciler, though the supervisor lease prevents that).
  */
-import { appendEvents, lockRun, type RunRow, setRunStatus, stepStatuses } from "../db/repositories/runs.ts";
+import { appendEvents, lockRun, stepStatuses } from "../db/repositories/runs.ts";
+import { findFinishedRunningRuns, markRunEnded } from "../db/run-transitions.ts";
 import {
   findExpiredLeases,
   findWaitingAttempts,
@@ -25,7 +26,7 @@ import {
   recheckWaiting,
   recordJob,
 } from "../db/transitions.ts";
-import { activeRunStatusOf, canFinishIn } from "../domain/attempt.ts";
+import { activeRunStatusOf } from "../domain/attempt.ts";
 import { stepJobId } from "../domain/ports.ts";
 import { outcomeOf } from "../domain/progress.ts";
 import { abandonAttempt } from "./attempts.ts";
@@ -146,14 +147,9 @@ async function recoverExpiredLeases(deps: EngineDeps, graceSeconds: number, batc
 }
 
 async function closeFinishedRuns(deps: EngineDeps, minAgeSeconds: number, batch: number): Promise<number> {
-  const stuck = await deps.db.sql<Pick<RunRow, "id">[]>`
-    select r.id from runs r
-    where r.status = 'running' and r.updated_at < now() - make_interval(secs => ${minAgeSeconds})
-      and not exists (select 1 from step_runs s where s.run_id = r.id and s.phase = 'execute'
-        and s.status not in ('succeeded', 'failed', 'skipped', 'cancelled', 'reused'))
-    limit ${batch}`;
+  const stuck = await findFinishedRunningRuns(deps.db.sql, minAgeSeconds, batch);
   let closed = 0;
-  for (const { id } of stuck) {
+  for (const id of stuck) {
     const after = new AfterCommit();
     const done = await deps.db.sql.begin(async (tx) => {
       const run = await lockRun(tx, id);
@@ -168,8 +164,8 @@ async function closeFinishedRuns(deps: EngineDeps, minAgeSeconds: number, batch:
       const outcome = outcomeOf(statuses.values());
       const failed = [...statuses].filter(([, s]) => s === "failed").map(([stepId]) => stepId);
       const error = outcome === "failed" ? { message: `steps failed: ${failed.join(", ")}` } : undefined;
-      await tx`update runs set pending_steps = 0 where id = ${id}`;
-      await setRunStatus(tx, id, outcome, { finished: true, ...(error ? { error } : {}) });
+      if (!(await markRunEnded(tx, id, outcome, { resetPending: true, ...(error ? { error } : {}) })))
+        return false;
       await appendEvents(tx, run.tenant_id, id, [
         { type: outcome === "succeeded" ? "run.succeeded" : "run.failed", data: error ? { error } : {} },
       ]);

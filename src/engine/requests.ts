@@ -3,7 +3,21 @@
  * backfills), subgraphs, retries — turned into runs by the same path (`create-run.ts`).
  */
 import { randomUUID } from "node:crypto";
-import { concurrencySlot, type RunRow, runColumns, type Sql, type StepRow } from "../db/repositories/runs.ts";
+import { wantedLocksOfUnfinishedRuns } from "../db/repositories/admission.ts";
+import {
+  assetProviders,
+  autoMaterializeCandidates,
+  lastMaterializations,
+  lastUnpartitionedMaterializations,
+} from "../db/repositories/assets.ts";
+import {
+  concurrencySlot,
+  lockConcurrencySlots,
+  readRunWithName,
+  readStepsWithCompensation,
+  type Sql,
+} from "../db/repositories/runs.ts";
+import { workflowByName, workflowNames } from "../db/repositories/workflows.ts";
 import { type FieldIssue, FlowlineError, notFound } from "../domain/errors.ts";
 import type { AssetState, ParentRun, Plan, PlanAction, PlanReason } from "../domain/planner.ts";
 import { planRun } from "../domain/planner.ts";
@@ -91,8 +105,7 @@ async function createRuns(
           if (!input.loaded.spec.concurrency) continue;
           slots.add(concurrencySlot(input.loaded.workflowId, concurrencyKeyOf(input.loaded, input.params)));
         }
-        for (const slot of [...slots].sort())
-          await sql`select pg_advisory_xact_lock(hashtextextended(${slot}, 0))`;
+        await lockConcurrencySlots(sql, [...slots].sort());
       }
       const out: CreatedRun[] = [];
       for (const input of inputs) {
@@ -138,13 +151,7 @@ export interface MaterializeResult {
 
 /** The workflow (latest version) that provides the requested assets; 400 for unknown or split ones. */
 async function providerOf(deps: EngineDeps, tenantId: string, assets: string[]): Promise<LoadedSpec> {
-  const rows = await deps.db.sql<{ workflow_id: string; version: number; asset: string }[]>`
-    select w.id as workflow_id, w.latest_version as version, p.asset
-    from workflows w
-    join workflow_versions v on v.workflow_id = w.id and v.version = w.latest_version
-    cross join lateral jsonb_array_elements(v.spec->'steps') s
-    cross join lateral jsonb_array_elements_text(coalesce(s->'provides', '[]'::jsonb)) p(asset)
-    where w.tenant_id = ${tenantId} and w.archived_at is null and p.asset in ${deps.db.sql(assets)}`;
+  const rows = await assetProviders(deps.db.sql, tenantId, assets);
   const byAsset = new Map<string, Set<string>>();
   for (const r of rows) byAsset.set(r.asset, (byAsset.get(r.asset) ?? new Set()).add(r.workflow_id));
   const unknown = assets.flatMap((a, i) =>
@@ -155,31 +162,13 @@ async function providerOf(deps: EngineDeps, tenantId: string, assets: string[]):
   if (unknown.length > 0) invalid(`unknown assets: ${unknown.map((u) => u.message).join("; ")}`, unknown);
   const workflowIds = new Set(rows.map((r) => r.workflow_id));
   if (workflowIds.size > 1) {
-    const names = await deps.db.sql<{ name: string }[]>`
-      select name from workflows where id in ${deps.db.sql([...workflowIds])} order by name`;
-    invalid(
-      `the assets are provided by different workflows (${names.map((n) => n.name).join(", ")}); request them separately`,
-      [{ location: "body", path: ["assets"], message: "provided by more than one workflow" }],
-    );
+    const names = await workflowNames(deps.db.sql, [...workflowIds]);
+    invalid(`the assets are provided by different workflows (${names.join(", ")}); request them separately`, [
+      { location: "body", path: ["assets"], message: "provided by more than one workflow" },
+    ]);
   }
   const row = rows[0]!;
   return deps.specs.load(row.workflow_id, row.version);
-}
-
-/** Last materialization per asset (time and metadata) in one partition (or unpartitioned). */
-async function lastMaterializations(
-  deps: EngineDeps,
-  tenantId: string,
-  assets: readonly string[],
-  partition: string | null,
-) {
-  if (assets.length === 0) return new Map<string, { at: Date; metadata: unknown }>();
-  const rows = await deps.db.sql<{ asset_key: string; created_at: Date; metadata: unknown }[]>`
-    select distinct on (asset_key) asset_key, created_at, metadata from materializations
-    where tenant_id = ${tenantId} and asset_key in ${deps.db.sql(assets as string[])}
-      and partition_key is not distinct from ${partition}
-    order by asset_key, created_at desc, id desc`;
-  return new Map(rows.map((r) => [r.asset_key, { at: r.created_at, metadata: r.metadata }]));
 }
 
 export async function materialize(deps: EngineDeps, input: MaterializeInput): Promise<MaterializeResult> {
@@ -195,7 +184,7 @@ export async function materialize(deps: EngineDeps, input: MaterializeInput): Pr
     outputs: Map<string, unknown>;
   }> = [];
   for (const partition of partitions) {
-    const last = await lastMaterializations(deps, input.tenantId, provided, partition);
+    const last = await lastMaterializations(deps.db.sql, input.tenantId, provided, partition);
     const assetStates = new Map<string, AssetState>(
       provided.map((a) => [a, { lastMaterializedAt: last.get(a)?.at ?? null }]),
     );
@@ -245,27 +234,17 @@ export async function materialize(deps: EngineDeps, input: MaterializeInput): Pr
 // --- subgraphs and retries --------------------------------------------------------------------
 
 async function parentRunOf(deps: EngineDeps, tenantId: string, runId: string) {
-  const [run] = await deps.db.sql<(RunRow & { workflow_name: string })[]>`
-    select ${runColumns(deps.db.sql, "r")}, w.name as workflow_name from runs r join workflows w on w.id = r.workflow_id
-    where r.id = ${runId} and r.tenant_id = ${tenantId}`;
+  const run = await readRunWithName(deps.db.sql, tenantId, runId);
   if (!run) return undefined;
-  const steps = await deps.db.sql<
-    Array<
-      Pick<StepRow, "step_id" | "status" | "output"> & {
-        plan_reason: PlanReason | null;
-        compensation_status: string | null;
-      }
-    >
-  >`
-    select s.step_id, s.status, s.output, s.plan_reason, c.status as compensation_status
-    from step_runs s left join step_runs c on c.run_id = s.run_id and c.step_id = s.step_id and c.phase = 'compensate'
-    where s.run_id = ${runId} and s.phase = 'execute'`;
+  const steps = await readStepsWithCompensation(deps.db.sql, runId);
   const parent: ParentRun = {
     // A step a rollback compensated, or is about to, has had its effects undone: it counts as not
     // done (nothing to reuse), whatever its own status says.
-    stepStatuses: new Map(steps.map((s) => [s.step_id, s.compensation_status ? "cancelled" : s.status])),
+    stepStatuses: new Map(steps.map((s) => [s.step_id, s.compensation ? "cancelled" : s.status])),
     runStatus: run.status,
-    planReasons: new Map(steps.flatMap((s) => (s.plan_reason ? [[s.step_id, s.plan_reason] as const] : []))),
+    planReasons: new Map(
+      steps.flatMap((s) => (s.plan_reason ? [[s.step_id, s.plan_reason as PlanReason] as const] : [])),
+    ),
   };
   return { run, parent, outputs: new Map(steps.map((s) => [s.step_id, s.output])) };
 }
@@ -286,8 +265,7 @@ export async function runSubgraph(
   deps: EngineDeps,
   input: SubgraphInput,
 ): Promise<{ plan: PlanView; run?: CreatedRun }> {
-  const [wf] = await deps.db.sql<{ id: string; latest_version: number; archived_at: Date | null }[]>`
-    select id, latest_version, archived_at from workflows where tenant_id = ${input.tenantId} and name = ${input.workflow}`;
+  const wf = await workflowByName(deps.db.sql, input.tenantId, input.workflow);
   if (!wf) throw notFound(`Workflow "${input.workflow}"`);
   const parent = input.parentRunId ? await parentRunOf(deps, input.tenantId, input.parentRunId) : undefined;
   if (input.parentRunId && !parent) throw notFound("Parent run");
@@ -385,26 +363,13 @@ export async function autoMaterialize(
   guard?: (sql: Sql) => Promise<void>,
 ): Promise<number> {
   const sql = deps.db.sql;
-  const candidates = await sql<
-    { tenant_id: string; workflow_id: string; version: number; asset: string; max_age: number | null }[]
-  >`
-    select w.tenant_id, w.id as workflow_id, w.latest_version as version, a.key as asset,
-      (a.value->>'maxAgeSeconds')::int as max_age
-    from workflows w
-    join workflow_versions v on v.workflow_id = w.id and v.version = w.latest_version
-    cross join lateral jsonb_each(coalesce(v.spec->'assets', '{}'::jsonb)) a
-    where w.archived_at is null and (a.value->>'autoMaterialize')::boolean is true`;
+  const candidates = await autoMaterializeCandidates(sql);
   if (candidates.length === 0) return 0;
-  const last = await sql<{ tenant_id: string; asset_key: string; at: Date }[]>`
-    select tenant_id, asset_key, max(created_at) as at from materializations
-    where partition_key is null and (tenant_id, asset_key) in
-      (select * from jsonb_to_recordset(${sql.json(candidates.map((c) => ({ t: c.tenant_id, a: c.asset })))}) as x(t text, a text))
-    group by tenant_id, asset_key`;
-  const lastAt = new Map(last.map((r) => [`${r.tenant_id}/${r.asset_key}`, r.at]));
-  const busy = await sql<{ tenant_id: string; lock: string }[]>`
-    select tenant_id, jsonb_array_elements_text(locks_wanted) as lock from runs
-    where status in ('queued', 'running', 'paused', 'rolling_back') and locks_wanted <> '[]'::jsonb`;
-  const busyLocks = new Set(busy.map((b) => `${b.tenant_id}/${b.lock}`));
+  const lastAt = await lastUnpartitionedMaterializations(
+    sql,
+    candidates.map((c) => ({ tenantId: c.tenant_id, asset: c.asset })),
+  );
+  const busyLocks = await wantedLocksOfUnfinishedRuns(sql);
   const now = Date.now();
   const due = new Map<string, { tenantId: string; assets: string[] }>();
   for (const c of candidates) {

@@ -24,12 +24,15 @@ import {
   lockRun,
   type NewEvent,
   type RunRow,
-  runColumns,
+  readCompensations,
+  readRun,
   type Sql,
 } from "../db/repositories/runs.ts";
-import { cancelUnfinished } from "../db/transitions.ts";
+import { workflowName } from "../db/repositories/workflows.ts";
+import { findIdleRollbacks, markRollbackEnded, markRunRollingBack } from "../db/run-transitions.ts";
+import { cancelUnfinished, openCompensations, queueCompensations } from "../db/transitions.ts";
 import type { AttemptError } from "../domain/attempt.ts";
-import { FlowlineError, notFound } from "../domain/errors.ts";
+import { FlowlineError, illegalRunTransition, notFound } from "../domain/errors.ts";
 import { stepJobId } from "../domain/ports.ts";
 import { type CompensationStatus, compensationsReady, rollbackOutcome } from "../domain/progress.ts";
 import { canTransitionRun, isTerminalRun } from "../domain/status.ts";
@@ -58,8 +61,8 @@ export async function rollbackRun(
   const result = await deps.db.sql.begin(async (sql) => {
     const run = await lockRun(sql, runId, tenantId);
     if (!run) throw notFound("Run");
-    const [wf] = await sql<{ name: string }[]>`select name from workflows where id = ${run.workflow_id}`;
-    const named = (r: RunRow): RunWithName => ({ ...r, workflow_name: wf!.name });
+    const name = (await workflowName(sql, run.workflow_id))!;
+    const named = (r: RunRow): RunWithName => ({ ...r, workflow_name: name });
     if (run.status === "rolling_back" || run.status === "rolled_back")
       return { run: named(run), started: false };
     if (!isTerminalRun(run.status) || !canTransitionRun(run.status, "rolling_back")) {
@@ -108,41 +111,27 @@ export async function beginRollback(
   const compensable = loaded.spec.steps.filter((s) => s.compensate !== undefined).map((s) => s.id);
   // Only steps that succeeded in this run: a reused step's effects belong to its parent run.
   // Compensations that succeeded in an earlier rollback of the same run are not repeated.
-  const marked =
-    compensable.length === 0
-      ? []
-      : await sql<{ step_id: string }[]>`
-          insert into step_runs (run_id, step_id, phase, status, attempt, max_attempts, queue, priority, timeout_seconds)
-          select run_id, step_id, 'compensate', 'pending', 0, max_attempts, queue, priority, timeout_seconds
-          from step_runs where run_id = ${run.id} and phase = 'execute' and status = 'succeeded'
-            and step_id = any(${sql.array(compensable)}::text[])
-          on conflict (run_id, step_id, phase) do update set status = 'pending', attempt = 0, error = null,
-            job_id = null, lease_token = null, lease_expires_at = null, worker_id = null, next_attempt_at = null,
-            queued_at = null, started_at = null, finished_at = null, updated_at = now()
-            where step_runs.status <> 'succeeded'
-          returning step_id`;
+  const marked = await openCompensations(sql, run.id, compensable);
   // A run that had ended freed its asset locks then and does not take them again (a compensation
   // materializes nothing); its run.started event keeps the fencing tokens it wrote with.
   const lockless = isTerminalRun(run.status);
   const error = cause.error !== undefined ? cause.error : errorBeforeRollback(run);
-  const [updated] = await sql<RunRow[]>`
-    update runs set status = 'rolling_back', pending_steps = 0, finished_at = null, updated_at = now(),
-      revision = revision + 1, rollbacks = rollbacks + 1
-      ${lockless ? sql`, locks_held = '{}'::jsonb` : sql``}
-      ${error === undefined ? sql`` : sql`, error = ${error === null ? null : sql.json(error as never)}`}
-    where id = ${run.id} returning ${runColumns(sql)}`;
+  const updated = await markRunRollingBack(sql, run.id, {
+    releaseLocks: lockless,
+    ...(error === undefined ? {} : { error }),
+  });
+  if (!updated) throw illegalRunTransition(run, "rolling_back");
   events.push({
     type: "run.rolling_back",
     data: {
       reason: cause.reason,
       ...(cause.error === undefined ? {} : { error: cause.error }),
-      compensations: marked.map((m) => m.step_id),
+      compensations: marked,
     },
   });
-  await advanceRollback(sql, updated!, loaded, after, events);
+  await advanceRollback(sql, updated, loaded, after, events);
   // With nothing to compensate the rollback has ended already: answer the run as it is now.
-  const [now] = await sql<RunRow[]>`select ${runColumns(sql)} from runs where id = ${run.id}`;
-  return now!;
+  return (await readRun(sql, run.id))!;
 }
 
 /**
@@ -157,11 +146,8 @@ export async function advanceRollback(
   after: AfterCommit,
   events: NewEvent[],
 ): Promise<boolean> {
-  const rows = await sql<
-    { step_id: string; status: CompensationStatus; error: unknown; queue: string; priority: number }[]
-  >`
-    select step_id, status, error, queue, priority from step_runs where run_id = ${run.id} and phase = 'compensate'`;
-  const statusOf = new Map(rows.map((r) => [r.step_id, r.status]));
+  const rows = await readCompensations(sql, run.id);
+  const statusOf = new Map(rows.map((r) => [r.step_id, r.status as CompensationStatus]));
   const outcome = rollbackOutcome(statusOf.values());
   if (outcome === "rolled_back") {
     await endRollback(sql, run, "rolled_back", undefined, after, events);
@@ -184,13 +170,13 @@ export async function advanceRollback(
   if (ready.length === 0) return false;
   const byId = new Map(rows.map((r) => [r.step_id, r]));
   const jobs = ready.map((id) => jobFor(run, { ...byId.get(id)!, phase: PHASE }, 1));
-  const queued = await sql<{ step_id: string }[]>`
-    update step_runs s set status = 'queued', attempt = 1, queued_at = now(), job_id = j.job_id, updated_at = now()
-    from unnest(${sql.array(ready)}::text[], ${sql.array(jobs.map((j) => stepJobId(j)))}::text[]) as j(step_id, job_id)
-    where s.run_id = ${run.id} and s.step_id = j.step_id and s.phase = 'compensate' and s.status = 'pending'
-    returning s.step_id`;
+  const queued = await queueCompensations(
+    sql,
+    run.id,
+    jobs.map((j) => ({ stepId: j.stepId, jobId: stepJobId(j) })),
+  );
   const jobById = new Map(jobs.map((j) => [j.stepId, j]));
-  for (const { step_id } of queued) {
+  for (const step_id of queued) {
     events.push({
       type: "step.queued",
       stepId: step_id,
@@ -231,10 +217,7 @@ async function endRollback(
   after: AfterCommit,
   events: NewEvent[],
 ): Promise<void> {
-  await sql`
-    update runs set status = ${outcome}, finished_at = now(), updated_at = now(), revision = revision + 1
-      ${error === undefined ? sql`` : sql`, error = ${sql.json(error as never)}`}
-    where id = ${run.id}`;
+  if (!(await markRollbackEnded(sql, run.id, outcome, error))) throw illegalRunTransition(run, outcome);
   events.push(
     outcome === "rolled_back"
       ? { type: "run.rolled_back", data: {} }
@@ -299,13 +282,8 @@ export async function reconcileRollbacks(
   batch: number,
 ): Promise<number> {
   let repaired = 0;
-  const idle = await deps.db.sql<Pick<RunRow, "id">[]>`
-    select r.id from runs r
-    where r.status = 'rolling_back' and r.updated_at < now() - make_interval(secs => ${options.minAgeSeconds})
-      and not exists (select 1 from step_runs s where s.run_id = r.id and s.phase = 'compensate'
-        and s.status in ('queued', 'running', 'retrying'))
-    limit ${batch}`;
-  for (const { id } of idle) {
+  const idle = await findIdleRollbacks(deps.db.sql, options.minAgeSeconds, batch);
+  for (const id of idle) {
     const after = new AfterCommit();
     const done = await deps.db.sql.begin(async (tx) => {
       const run = await lockRun(tx, id);

@@ -12,20 +12,19 @@ import {
   type EventRow,
   listRunRows,
   lockRun,
-  markRunCancelled,
   type NewEvent,
   type RunRow,
   readEvents,
   readRun,
+  readRunWithName,
   readStepsWithCompensation,
   runStatusOf,
-  runWithWorkflowName,
   type Sql,
   type StepCompensation,
   type StepRow,
-  workflowNameOf,
 } from "../db/repositories/runs.ts";
-import { workflowsRepository } from "../db/repositories/workflows.ts";
+import { workflowName, workflowsRepository } from "../db/repositories/workflows.ts";
+import { markRunCancelled } from "../db/run-transitions.ts";
 import { cancelUnfinished } from "../db/transitions.ts";
 import { FlowlineError, notFound } from "../domain/errors.ts";
 import { planRun } from "../domain/planner.ts";
@@ -280,7 +279,7 @@ export async function cancelRun(
   const run = await deps.db.sql.begin(async (sql) => {
     const run = await lockRun(sql, runId, tenantId);
     if (!run) throw notFound("Run");
-    const name = (await workflowNameOf(sql, run.workflow_id))!;
+    const name = (await workflowName(sql, run.workflow_id))!;
     if (isTerminalRun(run.status)) return { ...run, workflow_name: name };
     // Steps and, during a rollback, compensations: running ones are aborted alike.
     const stopped = await cancelUnfinished(sql, runId);
@@ -314,7 +313,7 @@ export interface RunDetails {
 }
 
 export async function getRun(deps: EngineDeps, tenantId: string, runId: string): Promise<RunDetails> {
-  const run = await runWithWorkflowName(deps.db.sql, tenantId, runId);
+  const run = await readRunWithName(deps.db.sql, tenantId, runId);
   if (!run) throw notFound("Run");
   const steps = await readStepsWithCompensation(deps.db.sql, runId);
   const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);

@@ -96,6 +96,23 @@ describe("pause and resume", () => {
     ).json().key;
     expectProblem(await post(`/v1/runs/${run.id}/pause`, reader), 404);
   });
+
+  it("a run paused while its last step runs ends with that step", async () => {
+    processes.push(spawnWorker(ctx));
+    await putWorkflow(ctx, "one-sleepy-step", {
+      steps: [{ id: "only", run: { type: "handler", name: "test.sleepy", input: { ms: 800 } } }],
+    });
+    const run = await startRun(ctx, "one-sleepy-step");
+    await waitForRun(ctx, run.id, (r) => stepOf(r, "only").status === "running");
+    expect((await post(`/v1/runs/${run.id}/pause`)).json().status).toBe("paused");
+    // Nothing is left to dispatch: the step's end ends the run, paused or not.
+    const done = await waitForRun(ctx, run.id);
+    expect(done.status).toBe("succeeded");
+    expect(stepOf(done, "only").status).toBe("succeeded");
+    const types = (await eventsOf(ctx, run.id)).map((e) => e.type);
+    expect(types.indexOf("run.paused")).toBeLessThan(types.indexOf("run.succeeded"));
+    expect(types.filter((t) => t === "run.succeeded")).toHaveLength(1);
+  });
 });
 
 describe("concurrency limits", () => {

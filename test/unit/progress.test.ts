@@ -2,7 +2,13 @@ import { describe, expect, it } from "vitest";
 import { buildGraph } from "../../src/domain/dag.ts";
 import { outcomeOf, progressAfter } from "../../src/domain/progress.ts";
 import { backoffDelayMs } from "../../src/domain/retry.ts";
-import { canTransitionRun, canTransitionStep, type StepStatus } from "../../src/domain/status.ts";
+import {
+  canTransitionRun,
+  canTransitionStep,
+  narrowSources,
+  runSourcesOf,
+  type StepStatus,
+} from "../../src/domain/status.ts";
 import { resolveStep } from "../../src/domain/workflow/resolve.ts";
 import type { WorkflowSpec } from "../../src/domain/workflow/spec.ts";
 
@@ -86,6 +92,16 @@ describe("state machines", () => {
     expect(canTransitionStep("pending", "queued")).toBe(true);
     expect(canTransitionStep("succeeded", "failed")).toBe(false);
     expect(canTransitionStep("running", "retrying")).toBe(true);
+  });
+
+  it("derive each writer's guard: the sources of a status, narrowed only within the table", () => {
+    // The last step of a paused run may end it either way.
+    expect(runSourcesOf("succeeded").sort()).toEqual(["paused", "running"]);
+    expect(runSourcesOf("running").sort()).toEqual(["paused", "queued"]);
+    expect(narrowSources("running", runSourcesOf("running"), ["paused"])).toEqual(["paused"]);
+    expect(() => narrowSources("running", runSourcesOf("running"), ["cancelled"])).toThrow(
+      /cancelled → running/,
+    );
   });
 });
 

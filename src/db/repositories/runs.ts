@@ -4,13 +4,7 @@
  */
 import type postgres from "postgres";
 import type { Phase } from "../../domain/attempt.ts";
-import {
-  type EventType,
-  type RunKind,
-  type RunStatus,
-  runSourcesOf,
-  type StepStatus,
-} from "../../domain/status.ts";
+import type { EventType, RunKind, RunStatus, StepStatus } from "../../domain/status.ts";
 
 export type Sql = postgres.Sql | postgres.TransactionSql;
 type Json = postgres.JSONValue;
@@ -132,6 +126,24 @@ export async function lockRun(sql: Sql, runId: string, tenantId?: string): Promi
   return rows[0];
 }
 
+/** Reads a run (no lock): e.g. the row a transaction has just changed, as it is now. */
+export async function readRun(sql: Sql, runId: string): Promise<RunRow | undefined> {
+  const [row] = await sql<RunRow[]>`select ${runColumns(sql)} from runs where id = ${runId}`;
+  return row;
+}
+
+/** Reads a tenant's run with its workflow's name (no lock); undefined when the tenant has no such run. */
+export async function readRunWithName(
+  sql: Sql,
+  tenantId: string,
+  runId: string,
+): Promise<(RunRow & { workflow_name: string }) | undefined> {
+  const [row] = await sql<(RunRow & { workflow_name: string })[]>`
+    select ${runColumns(sql, "r")}, w.name as workflow_name from runs r join workflows w on w.id = r.workflow_id
+    where r.id = ${runId} and r.tenant_id = ${tenantId}`;
+  return row;
+}
+
 /**
  * Locks several runs' rows in one statement, in id order (the one order every multi-run
  * transaction uses, so two of them cannot deadlock on each other). Missing runs are absent.
@@ -196,7 +208,7 @@ export async function readEvents(
 export async function stepStatuses(sql: Sql, runId: string, stepIds?: readonly string[]) {
   const rows = await sql<{ step_id: string; status: StepStatus }[]>`
     select step_id, status from step_runs where run_id = ${runId} and phase = 'execute'
-    ${stepIds ? sql`and step_id = any(${sql.array([...stepIds])}::text[])` : sql``}`;
+    ${stepIds ? sql`and step_id = any(${sql.array(stepIds as string[])}::text[])` : sql``}`;
   return new Map(rows.map((r) => [r.step_id, r.status]));
 }
 
@@ -243,27 +255,39 @@ export async function stepOutputs(sql: Sql, runId: string, stepIds: readonly str
   if (stepIds.length === 0) return new Map<string, unknown>();
   const rows = await sql<{ step_id: string; output: unknown }[]>`
     select step_id, output from step_runs where run_id = ${runId} and phase = 'execute'
-      and step_id = any(${sql.array([...stepIds])}::text[])`;
+      and step_id = any(${sql.array(stepIds as string[])}::text[])`;
   return new Map(rows.map((r) => [r.step_id, r.output]));
 }
 
-/** Moves steps to a status, counting how many left the non-terminal set. */
-export async function setStepStatuses(
+/** Reads the steps of a run that are `pending` with every need met: ready to be queued. */
+export async function readySteps(sql: Sql, runId: string): Promise<string[]> {
+  const rows = await sql<{ step_id: string }[]>`
+    select step_id from step_runs where run_id = ${runId} and phase = 'execute' and status = 'pending'
+      and unmet_needs = 0`;
+  return rows.map((r) => r.step_id);
+}
+
+/**
+ * Reads the steps of a run waiting for a job (`queued` or `retrying`), each with the time its
+ * retry is still due in by the database clock (which set `next_attempt_at`; this process's clock
+ * may be off).
+ */
+export async function waitingSteps(
   sql: Sql,
   runId: string,
-  stepIds: readonly string[],
-  to: StepStatus,
-  extra: { queued?: boolean; finished?: boolean } = {},
-): Promise<string[]> {
-  if (stepIds.length === 0) return [];
-  const rows = await sql<{ step_id: string }[]>`
-    update step_runs set status = ${to}, updated_at = now(),
-      queued_at = ${extra.queued ? sql`now()` : sql`queued_at`},
-      finished_at = ${extra.finished ? sql`now()` : sql`finished_at`},
-      lease_token = ${extra.finished ? null : sql`lease_token`}
-    where run_id = ${runId} and phase = 'execute' and step_id = any(${sql.array([...stepIds])}::text[])
-    returning step_id`;
-  return rows.map((r) => r.step_id);
+): Promise<Array<StepRow & { due_in_ms: number | null }>> {
+  return sql<Array<StepRow & { due_in_ms: number | null }>>`
+    select *, (extract(epoch from (next_attempt_at - now())) * 1000)::float8 as due_in_ms
+    from step_runs where run_id = ${runId} and phase = 'execute' and status in ('queued', 'retrying')`;
+}
+
+/** Reads the compensations (phase `compensate`) of a run: status, last error, queue and priority. */
+export async function readCompensations(
+  sql: Sql,
+  runId: string,
+): Promise<Array<Pick<StepRow, "step_id" | "status" | "error" | "queue" | "priority">>> {
+  return sql<Array<Pick<StepRow, "step_id" | "status" | "error" | "queue" | "priority">>>`
+    select step_id, status, error, queue, priority from step_runs where run_id = ${runId} and phase = 'compensate'`;
 }
 
 export async function decrementPending(sql: Sql, runId: string, by: number): Promise<number> {
@@ -271,20 +295,6 @@ export async function decrementPending(sql: Sql, runId: string, by: number): Pro
     update runs set pending_steps = pending_steps - ${by}, updated_at = now() where id = ${runId}
     returning pending_steps`;
   return row!.pending_steps;
-}
-
-export async function setRunStatus(
-  sql: Sql,
-  runId: string,
-  status: RunStatus,
-  extra: { started?: boolean; finished?: boolean; error?: unknown } = {},
-): Promise<void> {
-  await sql`
-    update runs set status = ${status}, updated_at = now(), revision = revision + 1,
-      started_at = ${extra.started ? sql`coalesce(started_at, now())` : sql`started_at`},
-      finished_at = ${extra.finished ? sql`now()` : sql`finished_at`},
-      error = ${extra.error === undefined ? sql`error` : sql`${sql.json(extra.error as Json)}`}
-    where id = ${runId}`;
 }
 
 /** Statuses in which a run holds its asset locks (and counts against its concurrency limit). */
@@ -324,6 +334,15 @@ export const concurrencySlot = (workflowId: string, key: string | null): string 
   `flowline:concurrency:${workflowId}:${key ?? ""}`;
 
 /**
+ * Takes the advisory locks of these concurrency slots, held to the end of the transaction, in the
+ * order given (callers taking several sort them, so two transactions cannot deadlock on them).
+ * One statement per slot: the order in which one statement would take them is not defined.
+ */
+export async function lockConcurrencySlots(sql: Sql, slots: readonly string[]): Promise<void> {
+  for (const slot of slots) await sql`select pg_advisory_xact_lock(hashtextextended(${slot}, 0))`;
+}
+
+/**
  * How many other runs of `run`'s workflow and concurrency key are active, and how many wait ahead
  * of it; serialised per slot by an advisory lock held to the end of the transaction.
  */
@@ -331,7 +350,7 @@ export async function concurrencySlotUse(
   sql: Sql,
   run: Pick<RunRow, "id" | "workflow_id" | "concurrency_key" | "created_at">,
 ): Promise<{ active: number; earlier: number }> {
-  await sql`select pg_advisory_xact_lock(hashtextextended(${concurrencySlot(run.workflow_id, run.concurrency_key)}, 0))`;
+  await lockConcurrencySlots(sql, [concurrencySlot(run.workflow_id, run.concurrency_key)]);
   const [row] = await sql<{ active: string; earlier: string }[]>`
     select
       count(*) filter (where status in ('running', 'paused', 'rolling_back')) as active,
@@ -343,18 +362,6 @@ export async function concurrencySlotUse(
   return { active: Number(row!.active), earlier: Number(row!.earlier) };
 }
 
-/** A run with its workflow's name, when it belongs to the tenant. */
-export async function runWithWorkflowName(
-  sql: Sql,
-  tenantId: string,
-  runId: string,
-): Promise<(RunRow & { workflow_name: string }) | undefined> {
-  const [run] = await sql<(RunRow & { workflow_name: string })[]>`
-    select ${runColumns(sql, "r")}, w.name as workflow_name from runs r join workflows w on w.id = r.workflow_id
-    where r.id = ${runId} and r.tenant_id = ${tenantId}`;
-  return run;
-}
-
 /** A run's id and status, when it belongs to the tenant (the cheap check before reading its events). */
 export async function runStatusOf(
   sql: Sql,
@@ -364,16 +371,6 @@ export async function runStatusOf(
   const [run] = await sql<Pick<RunRow, "id" | "status">[]>`
     select id, status from runs where id = ${runId} and tenant_id = ${tenantId}`;
   return run;
-}
-
-export async function readRun(sql: Sql, runId: string): Promise<RunRow | undefined> {
-  const [run] = await sql<RunRow[]>`select ${runColumns(sql)} from runs where id = ${runId}`;
-  return run;
-}
-
-export async function workflowNameOf(sql: Sql, workflowId: string): Promise<string | undefined> {
-  const [wf] = await sql<{ name: string }[]>`select name from workflows where id = ${workflowId}`;
-  return wf?.name;
 }
 
 export interface RunListQuery {
@@ -408,21 +405,6 @@ export async function listRunRows(sql: Sql, tenantId: string, query: RunListQuer
     -- NULLS LAST matches runs_tenant_created_idx, so the page is read from the index, not sorted.
     order by r.created_at desc nulls last, r.id desc nulls last
     limit ${query.limit + 1}`;
-}
-
-const CANCELLED_FROM = runSourcesOf("cancelled");
-
-/**
- * Ends the run as cancelled with nothing left pending. Guard: status in runSourcesOf('cancelled')
- * (not already terminal); answers the row, or undefined when it could not move. The caller holds
- * the run lock and has cancelled its unfinished steps.
- */
-export async function markRunCancelled(sql: Sql, runId: string): Promise<RunRow | undefined> {
-  const [updated] = await sql<RunRow[]>`
-    update runs set status = 'cancelled', pending_steps = 0, finished_at = now(), updated_at = now(), revision = revision + 1
-    where id = ${runId} and status = any(${sql.array(CANCELLED_FROM)}::run_status[])
-    returning ${runColumns(sql)}`;
-  return updated;
 }
 
 export interface NewRunRow {

@@ -3,6 +3,7 @@ import { definitionHash } from "../../domain/workflow/canonical.ts";
 import type { WorkflowSpec } from "../../domain/workflow/spec.ts";
 import type { Database } from "../client.ts";
 import { workflows, workflowVersions } from "../schema.ts";
+import type { Sql } from "./runs.ts";
 
 export interface WorkflowSummary {
   name: string;
@@ -154,3 +155,29 @@ export function workflowsRepository(db: Database) {
 }
 
 export type WorkflowsRepository = ReturnType<typeof workflowsRepository>;
+
+// --- lookups for the engine's hand-written SQL (a `postgres` client, inside its transactions) ----
+
+/** Reads a workflow's name by id. */
+export async function workflowName(sql: Sql, workflowId: string): Promise<string | undefined> {
+  const [row] = await sql<{ name: string }[]>`select name from workflows where id = ${workflowId}`;
+  return row?.name;
+}
+
+/** Reads the names of these workflows, in name order. */
+export async function workflowNames(sql: Sql, workflowIds: readonly string[]): Promise<string[]> {
+  const rows = await sql<{ name: string }[]>`
+    select name from workflows where id = any(${sql.array(workflowIds as string[])}::uuid[]) order by name`;
+  return rows.map((r) => r.name);
+}
+
+/** Reads a tenant's workflow by name (archived or not): its id and latest version. */
+export async function workflowByName(
+  sql: Sql,
+  tenantId: string,
+  name: string,
+): Promise<{ id: string; latest_version: number; archived_at: Date | null } | undefined> {
+  const [row] = await sql<{ id: string; latest_version: number; archived_at: Date | null }[]>`
+    select id, latest_version, archived_at from workflows where tenant_id = ${tenantId} and name = ${name}`;
+  return row;
+}
