@@ -79,13 +79,14 @@ describe("what one attempt may make the system hold", () => {
   it("stops rendering as soon as the input passes limits.renderedInputBytes", async () => {
     // 100 copies of a 60 KB param would render 6 MB; rendering stops after the first.
     const output = Array.from({ length: 100 }, () => "{{params.p}}");
-    const started = performance.now();
     const error = await failure(
       execute({ type: "noop", output }, context({ params: { p: "y".repeat(60_000) } }, small)),
     );
     expect(error.code).toBe("input_too_large");
     expect(error.retryable).toBe(false);
     expect(error.message).toMatch(/limits.renderedInputBytes/);
-    expect(performance.now() - started).toBeLessThan(1000);
+    // Stopped while rendering: the full size was never known (a full render would report it).
+    expect(error.details).not.toHaveProperty("bytes");
+    expect(error.message).toMatch(/more than that/);
   });
 });

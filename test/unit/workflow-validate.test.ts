@@ -441,12 +441,10 @@ describe("schedules", () => {
       cron: i % 2 ? "59 59 23 31 2 *" : "* * 30 2 *",
       timezone: i % 3 ? "Asia/Kathmandu" : "UTC",
     }));
-    const started = performance.now();
     const issues = issuesOf(workflow([noop("a")], { schedules }));
     expect(issues).toHaveLength(50);
     expect(issues.every((i) => /never fires/.test(i.message))).toBe(true);
-    // Generous: croner stops its search at a fixed year; this guards against an unbounded loop.
-    expect(performance.now() - started).toBeLessThan(10_000);
+    // croner stops its search at a fixed year: an unbounded search would run into the test's timeout.
   });
 });
 
