@@ -42,7 +42,7 @@ import { RedisEventBus } from "../redis/event-bus.ts";
 import { redisKeys } from "../redis/keys.ts";
 import { WorkerRegistry } from "../redis/registry.ts";
 import { sharedSessionSecret } from "../redis/session-secret.ts";
-import { BullStepDispatcher } from "../redis/step-queue.ts";
+import { BullStepDispatcher, fairShareOf } from "../redis/step-queue.ts";
 import { tidyDocument } from "./openapi.ts";
 import { CSRF_HEADER, registerAuth, SESSION_COOKIE } from "./plugins/auth.ts";
 import { registerBodyParsers } from "./plugins/body-parsers.ts";
@@ -297,7 +297,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     .catch((error: Error) => app.log.warn({ err: error.message }, "redis subscriber not connected yet"));
   const bus = new RedisEventBus(deps.redis, subscriber, config.redis.prefix);
   void bus.start().catch((error: Error) => app.log.warn({ err: error.message }, "event subscription failed"));
-  const dispatcher = new BullStepDispatcher(deps.redis, config.redis.prefix);
+  const dispatcher = new BullStepDispatcher(deps.redis, config.redis.prefix, fairShareOf(config.queues));
   const engine = createEngineDeps({
     db: deps.db,
     config,

@@ -258,6 +258,11 @@ const queueSchema = section({
    * limiter, kept in Redis). For APIs with a request quota.
    */
   rateLimit: section({ max: intAtLeast(1), durationMs: intAtLeast(1) }).optional(),
+  /**
+   * Tenants share the queue evenly: one tenant's backlog does not hold back another tenant's
+   * steps (see docs/configuration.md). `false`: priority, then arrival order, across tenants.
+   */
+  fairShare: z.boolean().default(true),
 });
 
 const QUEUE_RULE = `lowercase letters, digits, "_" and "-", starting with a letter or digit, at most 63 characters`;
