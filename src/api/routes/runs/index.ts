@@ -21,7 +21,6 @@ import {
 } from "../../../engine/runs.ts";
 import { callerOf } from "../../plugins/auth.ts";
 import { problemResponses } from "../../problem.ts";
-import { checkSubmissionQuotas } from "../../quotas.ts";
 import {
   booleanQuery,
   decodeCursor,
@@ -206,7 +205,6 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
       };
       if (body.dryRun)
         return reply.code(200).send({ dryRun: true as const, ...(await planWorkflowRun(engine, input)) });
-      await checkSubmissionQuotas(engine, caller.tenantId, { workflow: request.params.name });
       const key = request.headers["idempotency-key"];
       const { run, created } = await submitRun(
         engine,
