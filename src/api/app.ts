@@ -43,6 +43,7 @@ import { redisKeys } from "../redis/keys.ts";
 import { WorkerRegistry } from "../redis/registry.ts";
 import { sharedSessionSecret } from "../redis/session-secret.ts";
 import { BullStepDispatcher, fairShareOf } from "../redis/step-queue.ts";
+import { StreamLeases } from "../redis/stream-leases.ts";
 import { tidyDocument } from "./openapi.ts";
 import { CSRF_HEADER, registerAuth, SESSION_COOKIE } from "./plugins/auth.ts";
 import { registerBodyParsers } from "./plugins/body-parsers.ts";
@@ -57,7 +58,7 @@ import { planRoutes } from "./routes/plans/index.ts";
 import { queueOverview, queueRoutes, registerQueueMetrics } from "./routes/queues/index.ts";
 import { rollbackRoutes } from "./routes/rollback/index.ts";
 import { runRoutes } from "./routes/runs/index.ts";
-import { coalesceReads, type SseHub } from "./routes/runs/sse.ts";
+import { coalesceReads, HEARTBEAT_MS, type SseHub } from "./routes/runs/sse.ts";
 import { sessionRoutes } from "./routes/session/index.ts";
 import { workflowRoutes } from "./routes/workflows/index.ts";
 
@@ -310,7 +311,12 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const hub: SseHub = {
     bus,
     streams: new Map(),
-    perTenant: new Map(),
+    // A lease outlives a few missed heartbeats; a dead process's streams stop counting after it.
+    leases: new StreamLeases(
+      deps.redis,
+      config.redis.prefix,
+      3 * (deps.sseHeartbeatMs ?? HEARTBEAT_MS) + 5000,
+    ),
     readPage: coalesceReads(
       (runId) => bus.generation(runId),
       (runId, afterId, limit) => readEvents(deps.db.sql, runId, afterId, limit),

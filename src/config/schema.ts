@@ -178,7 +178,7 @@ const quotaFields = {
   activeRuns: intAtLeast(1),
   /** Steps pending, queued or retrying across the tenant's active runs, counting the new run's. */
   queuedSteps: intAtLeast(1),
-  /** Open event and log streams per API process. */
+  /** Open event and log streams, counted across all API processes. */
   streams: intAtLeast(1),
   /** The highest priority the tenant may give a run or step (1–10). */
   maxPriority: intBetween(1, 10),

@@ -12,6 +12,8 @@ export interface RedisKeys {
   queuePrefix(): string;
   /** A queue's fair-share state: its virtual clock and each (priority, tenant) flow's last tag. */
   fairQueue(queue: string): string;
+  /** Sorted set of a tenant's open event streams (all API processes), scored by lease expiry (ms). */
+  streamLeases(tenantId: string): string;
   /** Pub/sub channel: "run R has new events" (comma-separated run ids). */
   eventsChannel(): string;
   /** Pub/sub channel: control messages for workers (cancel). */
@@ -41,6 +43,7 @@ export function redisKeys(prefix: string): RedisKeys {
     authFailures: (address) => `${prefix}:authfail:${address}`,
     queuePrefix: () => `${prefix}:q`,
     fairQueue: (queue) => `${prefix}:fair:${queue}`,
+    streamLeases: (tenantId) => `${prefix}:streams:${tenantId}`,
     eventsChannel: () => `${prefix}:events`,
     controlChannel: () => `${prefix}:control`,
     supervisorLease: () => `${prefix}:supervisor:lease`,

@@ -379,7 +379,7 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
       const after = resumeAfter(request.headers, q.after);
       if (q.follow) {
         const { run } = await runEvents(engine, caller.tenantId, request.params.id, after, 0);
-        streamRunEvents(hub, request, reply, run.id, after, {
+        await streamRunEvents(hub, request, reply, run.id, after, {
           terminalAtStart: isTerminalRun(run.status),
           include,
           tenant: streamQuota(caller.tenantId),
@@ -468,7 +468,7 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
         wantsStream ? 0 : request.query.limit,
       );
       if (wantsStream) {
-        streamRunEvents(hub, request, reply, run.id, after, {
+        await streamRunEvents(hub, request, reply, run.id, after, {
           terminalAtStart: isTerminalRun(run.status),
           tenant: streamQuota(caller.tenantId),
         });
