@@ -28,6 +28,7 @@ beforeAll(async () => {
         burst: { activeRuns: 3 },
         steps: { queuedSteps: 7 },
         mixed: { activeRuns: 4 },
+        bulk: { activeRuns: 4 },
         cron: { activeRuns: 1 },
       },
     },
@@ -127,6 +128,33 @@ describe("exact quotas under concurrent submissions", () => {
     expect(count(codes, 429)).toBe(requests.length - 4);
     expect(codes.filter((c) => c < 300)).toHaveLength(4);
     expect(await activeRuns("mixed")).toBe(4);
+  });
+});
+
+describe("quotas on backfills and retries", () => {
+  it("refuses a whole backfill that does not fit, and a retry past the quota", async () => {
+    const key = await tenantKey("bulk");
+    await put(key, "daily", { steps: [{ id: "day", provides: ["table"], run: { type: "noop" } }] });
+    const backfill = (to: string) =>
+      call(ctx.app, "POST", "/v1/materializations", {
+        key,
+        body: { assets: ["table"], partitions: { from: "2026-01-01", to, step: "day" } },
+      });
+    const tooMany = await backfill("2026-01-05");
+    expect(tooMany.statusCode).toBe(429);
+    expect(tooMany.json().detail).toMatch(/quotas.activeRuns/);
+    expect(await activeRuns("bulk")).toBe(0);
+    expect((await backfill("2026-01-03")).statusCode).toBeLessThan(300);
+    expect(await activeRuns("bulk")).toBe(3);
+    // A cancelled run frees its place; retrying it takes one, and past the quota is refused.
+    const [first] = await ctx.db.sql<{ id: string }[]>`select id from runs where tenant_id = 'bulk' limit 1`;
+    expect((await call(ctx.app, "POST", `/v1/runs/${first!.id}/cancel`, { key })).statusCode).toBe(200);
+    expect((await backfill("2026-01-02")).statusCode).toBeLessThan(300);
+    expect(await activeRuns("bulk")).toBe(4);
+    const retry = await call(ctx.app, "POST", `/v1/runs/${first!.id}/retry`, { key, body: {} });
+    expect(retry.statusCode).toBe(429);
+    expect(retry.json().code).toBe("quota_exceeded");
+    expect(await activeRuns("bulk")).toBe(4);
   });
 });
 
