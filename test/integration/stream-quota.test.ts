@@ -83,22 +83,23 @@ describe("open streams per tenant across API processes", () => {
 
   it("stops counting a dead process's streams once their leases expire", async () => {
     const prefix = `${ctx.config.redis.prefix}:dead`;
-    const dead = new StreamLeases(ctx.redis, prefix, 300);
+    const dead = new StreamLeases(ctx.redis, prefix, 1500);
     const alive = new StreamLeases(ctx.redis, prefix, 60_000);
     expect((await dead.acquire("t", 1)).ok).toBe(true);
     // The dead process never releases nor renews: its stream holds the place until the lease ends.
     expect(await alive.acquire("t", 1)).toEqual({ ok: false, open: 1 });
-    await new Promise((r) => setTimeout(r, 400));
+    await new Promise((r) => setTimeout(r, 1600));
     expect((await alive.acquire("t", 1)).ok).toBe(true);
   });
 
   it("keeps a renewed lease counted past its first expiry", async () => {
     const prefix = `${ctx.config.redis.prefix}:renew`;
-    const leases = new StreamLeases(ctx.redis, prefix, 300);
+    const leases = new StreamLeases(ctx.redis, prefix, 1500);
     const slot = await leases.acquire("t", 1);
     if (!slot.ok) throw new Error("not granted");
+    // Renewed every 500 ms for 2 s: past the 1.5 s a lease lasts unrenewed.
     for (let i = 0; i < 4; i++) {
-      await new Promise((r) => setTimeout(r, 150));
+      await new Promise((r) => setTimeout(r, 500));
       await leases.renew("t", slot.lease);
     }
     expect(await leases.acquire("t", 1)).toEqual({ ok: false, open: 1 });
