@@ -16,7 +16,6 @@ import { renderTemplates, TemplateError } from "../domain/workflow/templates.ts"
 import { assetLockKey, startAdmittedRun, tryAdmit } from "./admission.ts";
 import { queueSteps } from "./advance.ts";
 import type { AfterCommit, EngineDeps } from "./deps.ts";
-import { checkRunQuotas } from "./quotas.ts";
 import type { LoadedSpec } from "./specs.ts";
 
 export interface NewRun {
@@ -74,7 +73,6 @@ export async function insertRun(
   taken: TakenLocks,
 ): Promise<CreatedRun> {
   const { loaded, plan } = input;
-  await checkRunQuotas(deps, sql, input.tenantId, plan.toRun.length);
   const locksWanted = plan.assets.map((asset) => assetLockKey(asset, input.partitionKey));
   // Nothing to wait for (no concurrency limit, no asset to lock): the run starts as it is created.
   const unrestricted = !loaded.spec.concurrency && locksWanted.length === 0;

@@ -1,58 +1,54 @@
 /**
- * Per-tenant quotas, exact (SPEC §13): checked inside the transaction that creates a run, under
- * the tenant's quota lock, for every kind of run (workflow runs, materializations and backfills,
- * subgraphs, retries, and runs started by schedules and auto-materialization). Over quota → 429
- * `quota_exceeded` naming the quota, and the transaction writes nothing.
+ * Per-tenant quotas, exact (SPEC §13): checked at the end of the transaction that creates runs,
+ * under the tenant's quota lock, for every kind of run (workflow runs, materializations and
+ * backfills, subgraphs, retries, and runs started by schedules and auto-materialization). Over
+ * quota → 429 `quota_exceeded` naming the quota, and the transaction writes nothing.
  *
- * The lock is taken before any other lock of a run's creation (concurrency slots are taken after
- * it, in create-run.ts and requests.ts alike), so creations of one tenant cannot deadlock on it.
+ * The lock is taken last, once the runs are written, and held to the commit: two creations of one
+ * tenant count one after the other, each seeing the other's committed runs, while the writing
+ * itself runs side by side. Every other lock of a run's creation (concurrency slots, idempotency
+ * keys) is taken before it, so it closes no cycle.
  */
 import { quotasOf } from "../config/index.ts";
 import { lockTenantQuotas } from "../db/quota-lock.ts";
 import { tenantLoad } from "../db/repositories/quotas.ts";
 import type { Sql } from "../db/repositories/runs.ts";
 import { quotaExceeded } from "../domain/limits.ts";
+import type { NewRun } from "./create-run.ts";
 import type { EngineDeps } from "./deps.ts";
 
-export { lockTenantQuotas };
-
-/** What the tenant holds, per transaction: read once under the lock, then counted up locally. */
-const held = new WeakMap<Sql, { tenantId: string; activeRuns: number; openSteps: number }>();
+/** What runs being created count against their tenant's quotas. */
+export const quotaCountOf = (inputs: readonly NewRun[]) => ({
+  runs: inputs.length,
+  steps: inputs.reduce((n, input) => n + input.plan.toRun.length, 0),
+});
 
 /**
- * Refuses one more run of `steps` steps to run when the tenant, counting the runs this transaction
- * created already, is at its quota of active runs or would pass its quota of unfinished steps.
- * Runs ending meanwhile elsewhere only lower what the tenant holds, so counting up from one read
- * stays exact for a transaction that creates many runs (a backfill).
+ * Refuses what this transaction created — `created.runs` runs with `created.steps` steps to run,
+ * already written — when the tenant now holds more active runs or unfinished steps than its quotas.
  */
 export async function checkRunQuotas(
   deps: EngineDeps,
   sql: Sql,
   tenantId: string,
-  steps: number,
+  created: { runs: number; steps: number },
 ): Promise<void> {
-  let load = held.get(sql);
-  if (load?.tenantId !== tenantId) {
-    await lockTenantQuotas(sql, tenantId);
-    const { activeRuns, openSteps } = await tenantLoad(sql, tenantId);
-    load = { tenantId, activeRuns, openSteps };
-    held.set(sql, load);
-  }
+  if (created.runs === 0) return;
+  await lockTenantQuotas(sql, tenantId);
   const quotas = quotasOf(deps.config, tenantId);
-  if (load.activeRuns + 1 > quotas.activeRuns) {
+  const load = await tenantLoad(sql, tenantId);
+  if (load.activeRuns > quotas.activeRuns) {
     throw quotaExceeded(
       "activeRuns",
       quotas.activeRuns,
-      `tenant "${tenantId}" has ${load.activeRuns} active runs and asks for 1 more`,
+      `tenant "${tenantId}" has ${load.activeRuns - created.runs} active runs and asks for ${created.runs} more`,
     );
   }
-  if (load.openSteps + steps > quotas.queuedSteps) {
+  if (load.openSteps > quotas.queuedSteps) {
     throw quotaExceeded(
       "queuedSteps",
       quotas.queuedSteps,
-      `tenant "${tenantId}" has ${load.openSteps} steps to run and asks for ${steps} more`,
+      `tenant "${tenantId}" has ${load.openSteps - created.steps} steps to run and asks for ${created.steps} more`,
     );
   }
-  load.activeRuns += 1;
-  load.openSteps += steps;
 }

@@ -11,7 +11,7 @@ import { resolveStep } from "../domain/workflow/resolve.ts";
 import { releaseTaken } from "./admission.ts";
 import { type CreatedRun, concurrencyKeyOf, insertRun, type NewRun, type TakenLocks } from "./create-run.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
-import { lockTenantQuotas } from "./quotas.ts";
+import { checkRunQuotas, quotaCountOf } from "./quotas.ts";
 import { mergeParams } from "./runs.ts";
 import type { LoadedSpec } from "./specs.ts";
 
@@ -84,7 +84,6 @@ async function createRuns(
   const created = await deps.db.sql
     .begin(async (sql) => {
       await guard?.(sql);
-      if (inputs[0]) await lockTenantQuotas(sql, inputs[0].tenantId); // before any slot lock
       // Several runs in one transaction take their concurrency locks up front, in one global
       // order, so two overlapping backfills cannot deadlock on them.
       if (inputs.length > 1) {
@@ -102,6 +101,7 @@ async function createRuns(
         check?.(c);
         out.push(c);
       }
+      if (inputs[0]) await checkRunQuotas(deps, sql, inputs[0].tenantId, quotaCountOf(inputs));
       return out;
     })
     .catch(async (error) => {

@@ -25,6 +25,7 @@ import { resolveStep } from "../domain/workflow/resolve.ts";
 import { releaseTaken } from "./admission.ts";
 import { insertRun, type TakenLocks } from "./create-run.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
+import { checkRunQuotas } from "./quotas.ts";
 import { loadedSpec } from "./specs.ts";
 
 export interface SubmitRunInput {
@@ -168,6 +169,7 @@ export async function submitRun(
         after,
         taken,
       );
+      await checkRunQuotas(deps, sql, input.tenantId, { runs: 1, steps: plan.toRun.length });
       if (idempotency) {
         await sql`update idempotency_keys set run_id = ${run.id} where tenant_id = ${input.tenantId} and key = ${idempotency.key}`;
       }
