@@ -8,6 +8,7 @@ import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createEngineDeps } from "../../src/engine/create.ts";
 import type { EngineDeps } from "../../src/engine/deps.ts";
+import { autoMaterialize } from "../../src/engine/requests.ts";
 import { fireDueSchedules } from "../../src/jobs/supervisor/schedules.ts";
 import { RedisAssetLocks } from "../../src/redis/asset-locks.ts";
 import { RedisEventBus } from "../../src/redis/event-bus.ts";
@@ -30,6 +31,7 @@ beforeAll(async () => {
         mixed: { activeRuns: 4 },
         bulk: { activeRuns: 4 },
         cron: { activeRuns: 1 },
+        auto: { activeRuns: 1 },
       },
     },
   }));
@@ -175,5 +177,20 @@ describe("quotas on runs nobody requested over the API", () => {
       where w.tenant_id = 'cron' and w.name = 'ticking'`;
     expect(rows).toEqual([{ run_id: null }]);
     expect(await activeRuns("cron")).toBe(1);
+  });
+
+  it("starts no auto-materialization over quota, and starts it once there is room", async () => {
+    const key = await tenantKey("auto");
+    await put(key, "fresh", {
+      assets: { kept: { autoMaterialize: true } },
+      steps: [{ id: "make", provides: ["kept"], run: { type: "noop" } }],
+    });
+    await put(key, "three", threeSteps);
+    const blocker = (await call(ctx.app, "POST", "/v1/workflows/three/runs", { key, body: {} })).json().id;
+    expect(await autoMaterialize(engine)).toBe(0);
+    expect(await activeRuns("auto")).toBe(1);
+    await call(ctx.app, "POST", `/v1/runs/${blocker}/cancel`, { key });
+    expect(await autoMaterialize(engine)).toBe(1);
+    expect(await activeRuns("auto")).toBe(1);
   });
 });
