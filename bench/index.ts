@@ -87,6 +87,8 @@ async function bench(redisUrl: string) {
     worker: { stallSeconds: 30 },
     rateLimit: { enabled: false },
     queues: { default: {}, ...FAIRNESS_QUEUES },
+    // Submissions can outrun the worker: the bench measures throughput, not the quota's refusals.
+    quotas: { activeRuns: 1_000_000, queuedSteps: 10_000_000 },
   });
   const db = createDb({ ...config.database, applicationName: "flowline-bench" });
   const redis = createRedis(redisUrl, "consumer");
