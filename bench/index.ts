@@ -24,8 +24,9 @@ import { startWorker } from "../src/jobs/worker.ts";
 import { RedisAssetLocks } from "../src/redis/asset-locks.ts";
 import { createRedis } from "../src/redis/connection.ts";
 import { RedisEventBus } from "../src/redis/event-bus.ts";
-import { BullStepDispatcher } from "../src/redis/step-queue.ts";
+import { BullStepDispatcher, fairShareOf } from "../src/redis/step-queue.ts";
 import { startPrivateRedis } from "../test/helpers/redis-server.ts";
+import { FAIRNESS_QUEUES, fairnessBench } from "./fairness.ts";
 import { getLatencies, replayEvents, startApi, submitOverHttp } from "./http.ts";
 import { type Cost, createMeter } from "./measure.ts";
 import { benchPlanner } from "./planner.ts";
@@ -44,6 +45,10 @@ const STORED_LARGE = Math.max(2 * STORED_SMALL, Math.round(1_000_000 * scale));
 const GET_SAMPLES = 200;
 const GET_BUDGET_MS = 5000;
 const CONCURRENCY = 32;
+const BACKLOG = Math.max(1000, Math.round(1000 * scale));
+const FAIR_CONCURRENCY = 4;
+/** `BENCH_ONLY=fairness` runs the tenant fairness figures alone. */
+const only = process.env.BENCH_ONLY;
 const pgBase = process.env.FLOWLINE_TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
 
 const id = randomBytes(3).toString("hex");
@@ -81,13 +86,16 @@ async function bench(redisUrl: string) {
     log: { level: "warn" },
     worker: { stallSeconds: 30 },
     rateLimit: { enabled: false },
+    queues: { default: {}, ...FAIRNESS_QUEUES },
+    // Submissions can outrun the worker: the bench measures throughput, not the quota's refusals.
+    quotas: { activeRuns: 1_000_000, queuedSteps: 10_000_000 },
   });
   const db = createDb({ ...config.database, applicationName: "flowline-bench" });
   const redis = createRedis(redisUrl, "consumer");
   await redis.connect();
   const meter = await createMeter(db.sql, redis);
   const bus = new RedisEventBus(redis, null, prefix);
-  const dispatcher = new BullStepDispatcher(redis, prefix);
+  const dispatcher = new BullStepDispatcher(redis, prefix, fairShareOf(config.queues));
   const engine = createEngineDeps({
     db,
     config,
@@ -99,15 +107,49 @@ async function bench(redisUrl: string) {
   });
   const workflows = workflowsRepository(db.db);
   await db.sql`insert into tenants (id) values ('default') on conflict do nothing`;
-  const put = async (name: string, steps: unknown[]) => {
+  const putFor = async (tenantId: string, name: string, steps: unknown[]) => {
     const result = validateWorkflowDefinition(
       { name, steps },
-      { ...definitionContext(config, "default"), maxSteps: 10_000 },
+      { ...definitionContext(config, tenantId), maxSteps: 10_000 },
     );
     if (!result.ok) throw new Error(JSON.stringify(result.issues.slice(0, 2)));
-    await workflows.put("default", result.spec);
+    await workflows.put(tenantId, result.spec);
   };
+  const put = (name: string, steps: unknown[]) => putFor("default", name, steps);
   const noop = { type: "noop" };
+  const fairness = async () => {
+    progress(`tenant fairness: a ${BACKLOG}-step backlog, then another tenant's one-step run`);
+    const placed = await fairnessBench({
+      engine,
+      config,
+      log,
+      backlog: BACKLOG,
+      concurrency: FAIR_CONCURRENCY,
+      put: (tenantId, name, queue, steps) =>
+        putFor(
+          tenantId,
+          name,
+          Array.from({ length: steps }, (_, i) => ({ id: `s${i}`, queue, run: noop })),
+        ),
+    });
+    for (const [queue, p] of Object.entries(placed))
+      rows.push({
+        measure: `tenant B's one-step run behind tenant A's ${num(BACKLOG)} queued steps, one worker × ${FAIR_CONCURRENCY} (fairShare ${queue === "fair" ? "on" : "off"}): A's steps started before B's / B submit → finish`,
+        flowline: `${num(p.aBefore)} / ${num(p.latencyMs)} ms`,
+        raw: "–",
+        ratio: "–",
+        goal: queue === "fair" ? `≤ ${FAIR_CONCURRENCY * 4} steps` : "–",
+        ...(queue === "fair" ? { met: p.aBefore <= FAIR_CONCURRENCY * 4 } : {}),
+      });
+  };
+  if (only === "fairness") {
+    await fairness();
+    printRows();
+    await dispatcher.close();
+    await redis.quit();
+    await db.close();
+    return;
+  }
   await put(
     "wide",
     Array.from({ length: WIDE }, (_, i) => ({ id: `s${i}`, run: noop })),
@@ -159,6 +201,8 @@ async function bench(redisUrl: string) {
   const fan = await submitRun(engine, { tenantId: "default", workflow: "fan" });
   await waitRuns(db.sql, [fan.run.id]);
   const join = await stepGap(db.sql, fan.run.id, "root", "join");
+
+  await fairness();
 
   const api = await startApi(config);
   progress(`Flowline: ${ONE_STEP} one-step runs over HTTP, ${IN_FLIGHT} requests in flight`);
@@ -337,13 +381,7 @@ async function bench(redisUrl: string) {
     goal: "–",
   });
 
-  const marker = (r: Row) => (r.met === undefined ? "" : r.met ? "met" : "**NOT met**");
-  console.log(`\nBENCH_SCALE=${scale}\n`);
-  console.log("| measure | Flowline | raw BullMQ | ratio | goal | |\n|---|---|---|---|---|---|");
-  for (const r of rows)
-    console.log(`| ${r.measure} | ${r.flowline} | ${r.raw} | ${r.ratio} | ${r.goal} | ${marker(r)} |`);
-  const goals = rows.filter((r) => r.met !== undefined);
-  console.log(`\n${goals.filter((r) => r.met).length} of ${goals.length} goals met.`);
+  printRows();
 
   console.log("\nPer step (per run for one-step runs; per job for raw BullMQ):\n");
   console.log(
@@ -369,6 +407,16 @@ async function bench(redisUrl: string) {
   await dispatcher.close();
   await redis.quit();
   await db.close();
+}
+
+function printRows() {
+  const marker = (r: Row) => (r.met === undefined ? "" : r.met ? "met" : "**NOT met**");
+  console.log(`\nBENCH_SCALE=${scale}\n`);
+  console.log("| measure | Flowline | raw BullMQ | ratio | goal | |\n|---|---|---|---|---|---|");
+  for (const r of rows)
+    console.log(`| ${r.measure} | ${r.flowline} | ${r.raw} | ${r.ratio} | ${r.goal} | ${marker(r)} |`);
+  const goals = rows.filter((r) => r.met !== undefined);
+  console.log(`\n${goals.filter((r) => r.met).length} of ${goals.length} goals met.`);
 }
 
 async function main() {

@@ -100,3 +100,24 @@ export async function seedRuns(sql: postgres.Sql, template: string, from: number
     ),
   );
 }
+
+/**
+ * Where tenant B's one-step run landed behind tenant A's backlog: how many of A's steps started
+ * before B's step, how many were still to start when it did, and B's submission-to-finish time.
+ */
+export async function placeBehind(
+  sql: postgres.Sql,
+  runA: string,
+  runB: string,
+): Promise<{ aBefore: number; aAfter: number; latencyMs: number }> {
+  const [row] = await sql<{ a_before: number; a_after: number; latency: number }[]>`
+    with b as (
+      select s.started_at, r.created_at, r.finished_at from step_runs s join runs r on r.id = s.run_id
+      where s.run_id = ${runB} and s.phase = 'execute' order by s.started_at desc limit 1)
+    select
+      (select count(*)::int from step_runs a where a.run_id = ${runA} and a.started_at < b.started_at) as a_before,
+      (select count(*)::int from step_runs a where a.run_id = ${runA} and a.started_at >= b.started_at) as a_after,
+      (extract(epoch from b.finished_at - b.created_at) * 1000)::float8 as latency
+    from b`;
+  return { aBefore: row!.a_before, aAfter: row!.a_after, latencyMs: row!.latency };
+}

@@ -42,7 +42,8 @@ import { RedisEventBus } from "../redis/event-bus.ts";
 import { redisKeys } from "../redis/keys.ts";
 import { WorkerRegistry } from "../redis/registry.ts";
 import { sharedSessionSecret } from "../redis/session-secret.ts";
-import { BullStepDispatcher } from "../redis/step-queue.ts";
+import { BullStepDispatcher, fairShareOf } from "../redis/step-queue.ts";
+import { StreamLeases } from "../redis/stream-leases.ts";
 import { tidyDocument } from "./openapi.ts";
 import { CSRF_HEADER, registerAuth, SESSION_COOKIE } from "./plugins/auth.ts";
 import { registerBodyParsers } from "./plugins/body-parsers.ts";
@@ -57,7 +58,7 @@ import { planRoutes } from "./routes/plans/index.ts";
 import { queueOverview, queueRoutes, registerQueueMetrics } from "./routes/queues/index.ts";
 import { rollbackRoutes } from "./routes/rollback/index.ts";
 import { runRoutes } from "./routes/runs/index.ts";
-import { coalesceReads, type SseHub } from "./routes/runs/sse.ts";
+import { coalesceReads, HEARTBEAT_MS, type SseHub } from "./routes/runs/sse.ts";
 import { sessionRoutes } from "./routes/session/index.ts";
 import { workflowRoutes } from "./routes/workflows/index.ts";
 
@@ -297,7 +298,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     .catch((error: Error) => app.log.warn({ err: error.message }, "redis subscriber not connected yet"));
   const bus = new RedisEventBus(deps.redis, subscriber, config.redis.prefix);
   void bus.start().catch((error: Error) => app.log.warn({ err: error.message }, "event subscription failed"));
-  const dispatcher = new BullStepDispatcher(deps.redis, config.redis.prefix);
+  const dispatcher = new BullStepDispatcher(deps.redis, config.redis.prefix, fairShareOf(config.queues));
   const engine = createEngineDeps({
     db: deps.db,
     config,
@@ -310,7 +311,12 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const hub: SseHub = {
     bus,
     streams: new Map(),
-    perTenant: new Map(),
+    // A lease outlives a few missed heartbeats; a dead process's streams stop counting after it.
+    leases: new StreamLeases(
+      deps.redis,
+      config.redis.prefix,
+      3 * (deps.sseHeartbeatMs ?? HEARTBEAT_MS) + 5000,
+    ),
     readPage: coalesceReads(
       (runId) => bus.generation(runId),
       (runId, afterId, limit) => readEvents(deps.db.sql, runId, afterId, limit),

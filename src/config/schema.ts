@@ -178,7 +178,7 @@ const quotaFields = {
   activeRuns: intAtLeast(1),
   /** Steps pending, queued or retrying across the tenant's active runs, counting the new run's. */
   queuedSteps: intAtLeast(1),
-  /** Open event and log streams per API process. */
+  /** Open event and log streams, counted across all API processes. */
   streams: intAtLeast(1),
   /** The highest priority the tenant may give a run or step (1–10). */
   maxPriority: intBetween(1, 10),
@@ -258,6 +258,11 @@ const queueSchema = section({
    * limiter, kept in Redis). For APIs with a request quota.
    */
   rateLimit: section({ max: intAtLeast(1), durationMs: intAtLeast(1) }).optional(),
+  /**
+   * Tenants share the queue evenly: one tenant's backlog does not hold back another tenant's
+   * steps (see docs/configuration.md). `false`: priority, then arrival order, across tenants.
+   */
+  fairShare: z.boolean().default(true),
 });
 
 const QUEUE_RULE = `lowercase letters, digits, "_" and "-", starting with a letter or digit, at most 63 characters`;

@@ -25,6 +25,7 @@ import { resolveStep } from "../domain/workflow/resolve.ts";
 import { releaseTaken } from "./admission.ts";
 import { type CreatedRun, concurrencyKeyOf, insertRun, type NewRun, type TakenLocks } from "./create-run.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
+import { checkRunQuotas, quotaCountOf } from "./quotas.ts";
 import { mergeParams } from "./runs.ts";
 import type { LoadedSpec } from "./specs.ts";
 
@@ -113,6 +114,7 @@ async function createRuns(
         check?.(c);
         out.push(c);
       }
+      if (inputs[0]) await checkRunQuotas(deps, sql, inputs[0].tenantId, quotaCountOf(inputs));
       return out;
     })
     .catch(async (error) => {

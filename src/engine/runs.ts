@@ -35,6 +35,7 @@ import { releaseTaken } from "./admission.ts";
 import { insertRun, type NewRun, type TakenLocks } from "./create-run.ts";
 import { AfterCommit, type EngineDeps } from "./deps.ts";
 import { GroupCommitter, ItemFailure } from "./group-commit.ts";
+import { checkRunQuotas } from "./quotas.ts";
 import { loadedSpec } from "./specs.ts";
 
 export interface SubmitRunInput {
@@ -178,8 +179,8 @@ function submitterOf(deps: EngineDeps): GroupCommitter<Submission, Submitted> {
 }
 
 /**
- * Submissions of runs that need no admission, many in one transaction. One whose guard or
- * idempotency key refuses it is rolled back to its savepoint and fails alone; any other error
+ * Submissions of runs that need no admission, many in one transaction. One refused by its guard,
+ * idempotency key or quota fails alone (refusals come before it writes anything); any other error
  * fails the transaction, and then each submission is tried alone.
  */
 async function submitBatch(
@@ -191,19 +192,22 @@ async function submitBatch(
   const taken: TakenLocks = [];
   try {
     const results = await deps.db.sql.begin(async (sql) => {
-      const out: Array<Submitted | ItemFailure> = [];
-      for (const item of batch) {
-        if (!item.guard && !item.idempotency) {
-          out.push(await submitIn(deps, sql, item, after, taken));
-          continue;
-        }
-        const jobs = after.jobs.length;
+      const out: Array<Submitted | ItemFailure> = new Array(batch.length);
+      // By tenant: their quota locks, held to the commit, are taken in one order by every batch.
+      const order = [...batch.keys()].sort((a, b) =>
+        batch[a]!.input.tenantId < batch[b]!.input.tenantId
+          ? -1
+          : batch[a]!.input.tenantId > batch[b]!.input.tenantId
+            ? 1
+            : a - b,
+      );
+      for (const i of order) {
         try {
-          out.push(await sql.savepoint((inner) => submitIn(deps, inner, item, after, taken)));
+          out[i] = await submitIn(deps, sql, batch[i]!, after, taken);
         } catch (error) {
+          // A refusal (guard, idempotency key, quota) comes before the submission writes anything.
           if (!(error instanceof FlowlineError)) throw error;
-          after.jobs.length = jobs; // what the rolled-back part queued is not sent
-          out.push(new ItemFailure(error));
+          out[i] = new ItemFailure(error);
         }
       }
       return out;
@@ -233,7 +237,10 @@ async function submitAlone(deps: EngineDeps, item: Submission): Promise<Submitte
   return result;
 }
 
-/** One submission inside a transaction: its guard, its idempotency key, its run. */
+/**
+ * One submission inside a transaction: its guard, its idempotency key, its quota, its run. Every
+ * refusal (a FlowlineError) is thrown before the first write, which lets a shared transaction go on.
+ */
 async function submitIn(
   deps: EngineDeps,
   sql: Sql,
@@ -264,6 +271,12 @@ async function submitIn(
       return { run, created: false };
     }
   }
+  // Before anything is written: a refusal then leaves nothing to undo in a shared transaction.
+  await checkRunQuotas(deps, sql, input.tenantId, {
+    runs: 1,
+    steps: newRun.plan.toRun.length,
+    written: false,
+  });
   const { run } = await insertRun(deps, sql, newRun, after, taken);
   if (idempotency) await bindIdempotencyKey(sql, input.tenantId, idempotency.key, run.id);
   return { run, created: true };

@@ -34,7 +34,7 @@ import { createRedis } from "../redis/connection.ts";
 import { RedisEventBus } from "../redis/event-bus.ts";
 import { redisKeys } from "../redis/keys.ts";
 import { WorkerRegistry } from "../redis/registry.ts";
-import { BullStepDispatcher, stepJobPayload } from "../redis/step-queue.ts";
+import { BullStepDispatcher, fairShareOf, stepJobPayload } from "../redis/step-queue.ts";
 import { AttemptLog } from "./attempt-log.ts";
 import { ExecutionError, execute } from "./executors/index.ts";
 import { loadHandlers } from "./handlers.ts";
@@ -80,7 +80,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   await Promise.all([publisher.connect(), subscriber.connect()]);
   const bus = new RedisEventBus(publisher, subscriber, config.redis.prefix);
   await bus.start();
-  const dispatcher = new BullStepDispatcher(publisher, config.redis.prefix);
+  const dispatcher = new BullStepDispatcher(publisher, config.redis.prefix, fairShareOf(config.queues));
   const deps = createEngineDeps({
     db,
     config,

@@ -10,6 +10,10 @@ export interface RedisKeys {
   authFailures(address: string): string;
   /** BullMQ's own prefix for its queues. */
   queuePrefix(): string;
+  /** A queue's fair-share state: its virtual clock and each (priority, tenant) flow's last tag. */
+  fairQueue(queue: string): string;
+  /** Sorted set of a tenant's open event streams (all API processes), scored by lease expiry (ms). */
+  streamLeases(tenantId: string): string;
   /** Pub/sub channel: "run R has new events" (comma-separated run ids). */
   eventsChannel(): string;
   /** Pub/sub channel: control messages for workers (cancel). */
@@ -38,6 +42,8 @@ export function redisKeys(prefix: string): RedisKeys {
     rateLimitNamespace: () => `${prefix}:rl:`,
     authFailures: (address) => `${prefix}:authfail:${address}`,
     queuePrefix: () => `${prefix}:q`,
+    fairQueue: (queue) => `${prefix}:fair:${queue}`,
+    streamLeases: (tenantId) => `${prefix}:streams:${tenantId}`,
     eventsChannel: () => `${prefix}:events`,
     controlChannel: () => `${prefix}:control`,
     supervisorLease: () => `${prefix}:supervisor:lease`,

@@ -6,7 +6,9 @@
 import { Queue } from "bullmq";
 import type { Redis } from "ioredis";
 import { z } from "zod";
+import { fairQueuePriority, plainQueuePriority } from "../domain/fairness.ts";
 import { type StepDispatcher, type StepJob, stepJobId } from "../domain/ports.ts";
+import { FairQueueClock } from "./fair-queue.ts";
 import { redisKeys } from "./keys.ts";
 
 export const STEP_JOB_NAME = "step";
@@ -22,16 +24,26 @@ export type StepJobPayload = z.infer<typeof stepJobPayload>;
 
 export { stepJobId };
 
-/** Flowline priorities are 1–10, higher first; BullMQ's are 1.., lower first. */
-export const bullPriority = (priority: number): number => 11 - Math.min(10, Math.max(1, priority));
+/** Whether a queue shares itself fairly between tenants (`queues.<name>.fairShare`). */
+export type FairShare = (queue: string) => boolean;
+
+/** `fairShare` of each configured queue; a queue the configuration does not define is fair. */
+export const fairShareOf =
+  (queues: Readonly<Record<string, { fairShare: boolean }>>): FairShare =>
+  (queue) =>
+    !Object.hasOwn(queues, queue) || queues[queue]!.fairShare;
 
 export class BullStepDispatcher implements StepDispatcher {
   private readonly queues = new Map<string, Queue>();
+  private readonly clock: FairQueueClock;
 
   constructor(
     private readonly connection: Redis,
     private readonly prefix: string,
-  ) {}
+    private readonly fairShare: FairShare,
+  ) {
+    this.clock = new FairQueueClock(connection);
+  }
 
   queue(name: string): Queue {
     let queue = this.queues.get(name);
@@ -46,9 +58,20 @@ export class BullStepDispatcher implements StepDispatcher {
     const byQueue = new Map<string, StepJob[]>();
     for (const job of jobs) byQueue.set(job.queue, [...(byQueue.get(job.queue) ?? []), job]);
     await Promise.all(
-      [...byQueue].map(([name, list]) =>
-        this.queue(name).addBulk(
-          list.map((job) => ({
+      [...byQueue].map(async ([name, list]) => {
+        const queue = this.queue(name);
+        // Fair queues order by each job's tag (domain/fairness.ts); others by priority, then arrival.
+        const priorities = this.fairShare(name)
+          ? (
+              await this.clock.assign(
+                redisKeys(this.prefix).fairQueue(name),
+                queue.toKey("prioritized"),
+                list,
+              )
+            ).map(fairQueuePriority)
+          : list.map((job) => plainQueuePriority(job.priority));
+        await queue.addBulk(
+          list.map((job, n) => ({
             name: STEP_JOB_NAME,
             data: {
               tenantId: job.tenantId,
@@ -59,7 +82,7 @@ export class BullStepDispatcher implements StepDispatcher {
             } satisfies StepJobPayload,
             opts: {
               jobId: stepJobId(job),
-              priority: bullPriority(job.priority),
+              priority: priorities[n]!,
               ...(job.delayMs ? { delay: job.delayMs } : {}),
               // Execution failures are retried by the engine, never by BullMQ. BullMQ's attempts only
               // cover the worker failing to reach Postgres around a job; the engine's fencing makes
@@ -70,8 +93,8 @@ export class BullStepDispatcher implements StepDispatcher {
               removeOnFail: { age: 24 * 3600 },
             },
           })),
-        ),
-      ),
+        );
+      }),
     );
   }
 

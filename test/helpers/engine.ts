@@ -113,11 +113,12 @@ export async function waitForRun(
   runId: string,
   until: (run: any) => boolean = (r) => terminal.has(r.status),
   timeoutMs = 30_000,
+  key = ctx.rootKey,
 ): Promise<any> {
   const deadline = Date.now() + timeoutMs;
   let last: any;
   while (Date.now() < deadline) {
-    last = (await call(ctx.app, "GET", `/v1/runs/${runId}`, { key: ctx.rootKey })).json();
+    last = (await call(ctx.app, "GET", `/v1/runs/${runId}`, { key })).json();
     if (until(last)) return last;
     await new Promise((r) => setTimeout(r, 100));
   }

@@ -86,7 +86,7 @@ describe("defaults", () => {
       maxResponseBytes: 10_485_760,
       cors: { allowedOrigins: [] },
     });
-    expect(config.queues).toEqual({ default: { concurrency: 8, min: 1, max: 4 } });
+    expect(config.queues).toEqual({ default: { concurrency: 8, min: 1, max: 4, fairShare: true } });
     expect(config.tags).toEqual({});
     expect(config.retention).toEqual({ eventsDays: 30, runsDays: 90 });
     expect(config.worker).toEqual({ stallSeconds: 30, graceSeconds: 30 });
@@ -111,7 +111,7 @@ describe("defaults", () => {
     });
     expect(config.server.host).toBe("127.0.0.1");
     expect(config.server.port).toBe(8080);
-    expect(config.queues.heavy).toEqual({ concurrency: 1, min: 0, max: 4 });
+    expect(config.queues.heavy).toEqual({ concurrency: 1, min: 0, max: 4, fairShare: true });
   });
 
   it("gives each tenant the default quotas with its own overrides", () => {
@@ -343,7 +343,7 @@ describe("YAML file", () => {
       cwd: "/srv/pipelines",
       env: { LOG_LEVEL: "info" },
     });
-    expect(config.queues.heavy).toEqual({ concurrency: 1, min: 0, max: 2 });
+    expect(config.queues.heavy).toEqual({ concurrency: 1, min: 0, max: 2, fairShare: true });
     expect(config.tags.heavy).toBe("heavy");
   });
 

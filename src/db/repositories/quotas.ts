@@ -14,13 +14,11 @@ export interface TenantLoad {
 
 export async function tenantLoad(sql: Sql, tenantId: string, workflow?: string): Promise<TenantLoad> {
   const [row] = await sql<{ active_runs: number; open_steps: number; workflow_steps: number }[]>`
-    select
-      (select count(*)::int from runs
-        where tenant_id = ${tenantId} and status in ('queued', 'running', 'paused', 'rolling_back')) as active_runs,
-      (select coalesce(sum(pending_steps), 0)::int from runs
-        where tenant_id = ${tenantId} and status in ('queued', 'running', 'paused', 'rolling_back')) as open_steps,
+    select a.active_runs, a.open_steps,
       coalesce((select jsonb_array_length(v.spec->'steps') from workflows w
         join workflow_versions v on v.workflow_id = w.id and v.version = w.latest_version
-        where w.tenant_id = ${tenantId} and w.name = ${workflow ?? null}), 0)::int as workflow_steps`;
+        where w.tenant_id = ${tenantId} and w.name = ${workflow ?? null}), 0)::int as workflow_steps
+    from (select count(*)::int as active_runs, coalesce(sum(pending_steps), 0)::int as open_steps from runs
+      where tenant_id = ${tenantId} and status in ('queued', 'running', 'paused', 'rolling_back')) a`;
   return { activeRuns: row!.active_runs, openSteps: row!.open_steps, workflowSteps: row!.workflow_steps };
 }

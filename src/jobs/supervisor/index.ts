@@ -27,7 +27,7 @@ import { createRedis } from "../../redis/connection.ts";
 import { RedisEventBus } from "../../redis/event-bus.ts";
 import { redisKeys } from "../../redis/keys.ts";
 import { type Grant, RedisLeases } from "../../redis/lease.ts";
-import { BullStepDispatcher } from "../../redis/step-queue.ts";
+import { BullStepDispatcher, fairShareOf } from "../../redis/step-queue.ts";
 import { pruneOldData } from "./retention.ts";
 import { fireDueSchedules } from "./schedules.ts";
 import { deliverDueWebhooks, queueWebhookDeliveries } from "./webhooks.ts";
@@ -115,7 +115,7 @@ export async function startSupervisor(options: { config: Config; log: Logger }):
   const redis = createRedis(config.redis.url, "consumer", { name: "flowline-supervisor", onError });
   await redis.connect();
   const bus = new RedisEventBus(redis, null, config.redis.prefix);
-  const dispatcher = new BullStepDispatcher(redis, config.redis.prefix);
+  const dispatcher = new BullStepDispatcher(redis, config.redis.prefix, fairShareOf(config.queues));
   const deps = createEngineDeps({
     db,
     config,

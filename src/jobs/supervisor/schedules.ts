@@ -102,9 +102,15 @@ async function fireOnce(
       return undefined;
     }
     // One broken workflow must not stop the others. A refusal (archived meanwhile, params too
-    // large) is final: the slot is recorded without a run so it is not tried again every pass;
-    // anything else (a store unreachable) is retried on the next pass.
-    log.error({ err: error }, "schedule fire failed");
+    // large, the tenant over a quota) is final: the slot is recorded without a run, as skipped,
+    // so it is not tried again every pass; anything else (a store unreachable) is retried on the
+    // next pass.
+    if (error instanceof FlowlineError)
+      log.warn(
+        { tenantId: wf.tenant_id, code: error.code, reason: error.message },
+        "schedule slot skipped: its run was refused",
+      );
+    else log.error({ err: error }, "schedule fire failed");
     if (error instanceof FlowlineError) {
       await deps.db.sql`
         insert into schedule_fires (workflow_id, schedule_key, fire_at, run_id)

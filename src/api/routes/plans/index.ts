@@ -12,7 +12,6 @@ import type { EngineDeps } from "../../../engine/deps.ts";
 import { materialize, retryRun, runSubgraph } from "../../../engine/requests.ts";
 import { callerOf } from "../../plugins/auth.ts";
 import { problemResponses } from "../../problem.ts";
-import { checkSubmissionQuotas } from "../../quotas.ts";
 import { nameParams } from "../../schemas.ts";
 import { planViewSchema, presentRun, runSchema } from "../runs/present.ts";
 
@@ -94,8 +93,6 @@ export const planRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps }> = async (
       const partitions = body.partitions
         ? expandPartitions(body.partitions, { max: engine.config.limits.backfillRuns })
         : undefined;
-      if (!body.dryRun)
-        await checkSubmissionQuotas(engine, caller.tenantId, { runs: partitions?.length ?? 1 });
       const result = await materialize(engine, {
         tenantId: caller.tenantId,
         assets: body.assets,
@@ -135,7 +132,6 @@ export const planRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps }> = async (
       const body = request.body;
       checkRequestPriority(body.priority, quotasOf(engine.config, caller.tenantId).maxPriority);
       checkRequestParams(body.params, engine.config.limits.maxRunParamsBytes);
-      if (!body.dryRun) await checkSubmissionQuotas(engine, caller.tenantId);
       const result = await runSubgraph(engine, {
         tenantId: caller.tenantId,
         workflow: body.workflow,
@@ -174,7 +170,6 @@ export const planRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps }> = async (
     },
     async (request, reply) => {
       const caller = callerOf(request);
-      if (!request.body?.dryRun) await checkSubmissionQuotas(engine, caller.tenantId);
       const result = await retryRun(engine, caller.tenantId, request.params.id, {
         ...(request.body?.dryRun ? { dryRun: true } : {}),
       });

@@ -21,7 +21,6 @@ import {
 } from "../../../engine/runs.ts";
 import { callerOf } from "../../plugins/auth.ts";
 import { problemResponses } from "../../problem.ts";
-import { checkSubmissionQuotas } from "../../quotas.ts";
 import {
   booleanQuery,
   decodeCursor,
@@ -206,7 +205,6 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
       };
       if (body.dryRun)
         return reply.code(200).send({ dryRun: true as const, ...(await planWorkflowRun(engine, input)) });
-      await checkSubmissionQuotas(engine, caller.tenantId, { workflow: request.params.name });
       const key = request.headers["idempotency-key"];
       const { run, created } = await submitRun(
         engine,
@@ -381,7 +379,7 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
       const after = resumeAfter(request.headers, q.after);
       if (q.follow) {
         const { run } = await runEvents(engine, caller.tenantId, request.params.id, after, 0);
-        streamRunEvents(hub, request, reply, run.id, after, {
+        await streamRunEvents(hub, request, reply, run.id, after, {
           terminalAtStart: isTerminalRun(run.status),
           include,
           tenant: streamQuota(caller.tenantId),
@@ -470,7 +468,7 @@ export const runRoutes: FastifyPluginAsyncZod<{ engine: EngineDeps; hub: SseHub 
         wantsStream ? 0 : request.query.limit,
       );
       if (wantsStream) {
-        streamRunEvents(hub, request, reply, run.id, after, {
+        await streamRunEvents(hub, request, reply, run.id, after, {
           terminalAtStart: isTerminalRun(run.status),
           tenant: streamQuota(caller.tenantId),
         });

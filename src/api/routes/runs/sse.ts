@@ -11,6 +11,7 @@ import type { FastifyReply, FastifyRequest } from "fastify";
 import type { EventRow } from "../../../db/repositories/runs.ts";
 import { quotaExceeded } from "../../../domain/limits.ts";
 import type { RedisEventBus } from "../../../redis/event-bus.ts";
+import type { StreamLeases } from "../../../redis/stream-leases.ts";
 
 export const HEARTBEAT_MS = 15_000;
 export const RETRY_MS = 3000;
@@ -23,8 +24,8 @@ export interface SseHub {
   /** Open streams (their close function → bytes waiting in their socket's buffer), for shutdown,
    * leak checks and the slow-client bound. */
   streams: Map<() => void, () => number>;
-  /** Open streams per tenant on this process, for `quotas.streams`. */
-  perTenant: Map<string, number>;
+  /** Open streams per tenant across all API processes, for `quotas.streams`. */
+  leases: StreamLeases;
   heartbeatMs?: number;
 }
 
@@ -41,7 +42,7 @@ export function frame(event: EventRow): string {
   return `id: ${event.id}\nevent: ${event.type}\ndata: ${JSON.stringify(data)}\n\n`;
 }
 
-export function streamRunEvents(
+export async function streamRunEvents(
   hub: SseHub,
   request: FastifyRequest,
   reply: FastifyReply,
@@ -53,14 +54,23 @@ export function streamRunEvents(
     /** The caller's tenant and its quota of open streams: over it, 429 before anything is sent. */
     tenant?: { id: string; max: number };
   },
-): void {
+): Promise<void> {
   const tenant = options.tenant;
+  let lease: string | undefined;
   if (tenant) {
-    const open = hub.perTenant.get(tenant.id) ?? 0;
-    if (open >= tenant.max)
-      throw quotaExceeded("streams", tenant.max, `tenant "${tenant.id}" has ${open} event streams open`);
-    hub.perTenant.set(tenant.id, open + 1);
+    // Without Redis the stream still works (it reads on every heartbeat), uncounted meanwhile.
+    const slot = await hub.leases.acquire(tenant.id, tenant.max).catch((error: Error) => {
+      request.log.warn({ err: error.message }, "open streams not counted: Redis unreachable");
+      return undefined;
+    });
+    if (slot && !slot.ok)
+      throw quotaExceeded("streams", tenant.max, `tenant "${tenant.id}" has ${slot.open} event streams open`);
+    lease = slot?.lease;
   }
+  /** Renews or gives back this stream's place in the tenant's count; a failure lets it expire. */
+  const leaseOp = (op: "renew" | "release") => {
+    if (tenant && lease) void hub.leases[op](tenant.id, lease).catch(() => {});
+  };
   reply.hijack();
   const res = reply.raw;
   res.writeHead(200, {
@@ -91,11 +101,7 @@ export function streamRunEvents(
     unsubscribe();
     clearInterval(heartbeat);
     hub.streams.delete(close);
-    if (tenant) {
-      const open = (hub.perTenant.get(tenant.id) ?? 1) - 1;
-      if (open > 0) hub.perTenant.set(tenant.id, open);
-      else hub.perTenant.delete(tenant.id);
-    }
+    leaseOp("release");
     res.off("close", close);
     res.end();
   };
@@ -104,6 +110,7 @@ export function streamRunEvents(
   const heartbeat = setInterval(() => {
     if (closed) return;
     res.write(": heartbeat\n\n");
+    leaseOp("renew");
     // A notification can be lost (Redis down or resubscribing, a dropped subscriber): read anyway.
     void pump();
   }, hub.heartbeatMs ?? HEARTBEAT_MS);
