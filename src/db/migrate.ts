@@ -2,6 +2,7 @@ import { fileURLToPath } from "node:url";
 import { drizzle } from "drizzle-orm/postgres-js";
 import { migrate } from "drizzle-orm/postgres-js/migrator";
 import postgres from "postgres";
+import { assertSchemaUnderstood, recordSchemaVersions } from "./schema-version.ts";
 
 export const migrationsFolder = fileURLToPath(new URL("../../drizzle", import.meta.url));
 
@@ -56,6 +57,7 @@ export async function runMigrations(url: string): Promise<{ createdDatabase: boo
     await sql`select pg_advisory_lock(${MIGRATION_LOCK_ID})`;
     try {
       await migrate(drizzle(sql), { migrationsFolder });
+      await recordSchemaVersions(sql);
     } finally {
       await sql`select pg_advisory_unlock(${MIGRATION_LOCK_ID})`;
     }
@@ -63,4 +65,18 @@ export async function runMigrations(url: string): Promise<{ createdDatabase: boo
     await sql.end({ timeout: 5 });
   }
   return { createdDatabase: created };
+}
+
+/**
+ * Refuses (SchemaMismatchError) a schema this release does not understand: one that lacks its
+ * migrations, or a newer one whose contract step needs a newer release. Answers a note to log when
+ * the schema is newer but compatible.
+ */
+export async function checkSchema(url: string): Promise<string | undefined> {
+  const sql = postgres(url, { max: 1, onnotice: () => {}, connect_timeout: 10 });
+  try {
+    return await assertSchemaUnderstood(sql);
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
 }
