@@ -1,12 +1,14 @@
 /**
  * The one place BullMQ queues are built. A job carries only (run, step, attempt, and `phase` for a
  * compensation): everything else is read from Postgres when the job starts, so a job can be
- * re-created from Postgres at any time.
+ * re-created from Postgres at any time. Every job also carries its payload `format`
+ * (domain/versions.ts): a worker of an older release hands a job of a newer format back.
  */
 import { Queue } from "bullmq";
 import type { Redis } from "ioredis";
 import { z } from "zod";
 import { type StepDispatcher, type StepJob, stepJobId } from "../domain/ports.ts";
+import { FORMATS } from "../domain/versions.ts";
 import { redisKeys } from "./keys.ts";
 
 export const STEP_JOB_NAME = "step";
@@ -17,6 +19,8 @@ export const stepJobPayload = z.object({
   stepId: z.string(),
   attempt: z.number().int().min(1),
   phase: z.literal("compensate").optional(),
+  /** Absent in jobs of releases before 0.2.0: format 1. */
+  format: z.number().int().min(1).optional(),
 });
 export type StepJobPayload = z.infer<typeof stepJobPayload>;
 
@@ -56,6 +60,7 @@ export class BullStepDispatcher implements StepDispatcher {
               stepId: job.stepId,
               attempt: job.attempt,
               ...(job.phase ? { phase: job.phase } : {}),
+              format: FORMATS.job,
             } satisfies StepJobPayload,
             opts: {
               jobId: stepJobId(job),

@@ -1,0 +1,191 @@
+/**
+ * Upgrades, piece by piece: `/readyz` and `--version` name the release and schema; a worker
+ * refuses a schema it does not understand and says which version it needs; `flowline migrate
+ * --check` judges the running processes; a worker hands back a job of a newer format instead of
+ * failing it, and the job runs once a worker that reads it takes it.
+ */
+import type { Queue } from "bullmq";
+import type { Redis } from "ioredis";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { release } from "../../src/config/release.ts";
+import { createRedis } from "../../src/redis/connection.ts";
+import { redisKeys } from "../../src/redis/keys.ts";
+import { WorkerRegistry } from "../../src/redis/registry.ts";
+import { BullStepDispatcher } from "../../src/redis/step-queue.ts";
+import { createTestContext, type TestContext } from "../helpers/context.ts";
+import {
+  configFileFor,
+  engineSettings,
+  putWorkflow,
+  spawnWorker,
+  startRun,
+  stopProcess,
+  waitForRun,
+} from "../helpers/engine.ts";
+import { call } from "../helpers/http.ts";
+import { cleanEnv, type Spawned, spawnFlowline } from "../helpers/processes.ts";
+
+let ctx: TestContext;
+let redis: Redis;
+let dispatcher: BullStepDispatcher;
+const spawned: Spawned[] = [];
+const label = (n: number) => String(n).padStart(4, "0");
+
+beforeAll(async () => {
+  ctx = await createTestContext((c) => engineSettings(c));
+  redis = createRedis(ctx.config.redis.url, "consumer");
+  await redis.connect();
+  dispatcher = new BullStepDispatcher(redis, ctx.config.redis.prefix);
+});
+afterAll(async () => {
+  for (const p of spawned) await stopProcess(p);
+  await dispatcher?.close();
+  redis?.disconnect();
+  await ctx?.close();
+});
+
+const run = (args: string[], extra: Record<string, string> = {}) => {
+  const p = spawnFlowline(args, cleanEnv({ FLOWLINE_CONFIG: configFileFor(ctx), ...extra }));
+  spawned.push(p);
+  return p;
+};
+
+describe("release information", () => {
+  it("/readyz names the version, the image tag and both schema versions", async () => {
+    const ready = (await call(ctx.app, "GET", "/readyz")).json();
+    expect(ready).toMatchObject({
+      status: "ready",
+      version: release.version,
+      imageTag: null,
+      schema: { release: label(release.schema), database: label(release.schema) },
+    });
+  });
+
+  it("flowline --version prints the version, the image tag and the schema", async () => {
+    const p = run(["--version"], { FLOWLINE_IMAGE_TAG: "registry.example/flowline:9.9.9" });
+    expect(await p.exited).toMatchObject({ code: 0 });
+    expect(p.stdout()).toBe(
+      `flowline ${release.version}\nimage: registry.example/flowline:9.9.9\nschema: ${label(release.schema)}\n`,
+    );
+  });
+});
+
+describe("schema versions", () => {
+  const latestWhen = async () =>
+    (
+      await ctx.db.sql<{ w: string }[]>`select max(created_at)::text as w from drizzle.__drizzle_migrations`
+    )[0]!.w;
+
+  it("a worker refuses a database that lacks its newest migration, naming the version it needs", async () => {
+    const when = await latestWhen();
+    await ctx.db.sql`delete from drizzle.__drizzle_migrations where created_at = ${when}`;
+    await ctx.db.sql`delete from schema_versions where migration = ${release.schema}`;
+    try {
+      const p = run(["worker", "--queues", "default"]);
+      expect(await p.exited).toMatchObject({ code: 65 });
+      expect(p.stderr()).toContain(`needs ${label(release.schema)}`);
+      expect(p.stderr()).toContain("run `flowline migrate`");
+    } finally {
+      await ctx.db
+        .sql`insert into drizzle.__drizzle_migrations (hash, created_at) values ('restored', ${when})`;
+      await ctx.db.sql`insert into schema_versions (migration, tag) values (${release.schema}, 'restored')`;
+    }
+  });
+
+  it("runs against a newer expand-only schema, and refuses one whose contract step needs a newer release", async () => {
+    const future = Date.now() + 86_400_000;
+    const next = release.schema + 3;
+    await ctx.db
+      .sql`insert into drizzle.__drizzle_migrations (hash, created_at) values ('future', ${future})`;
+    await ctx.db.sql`insert into schema_versions (migration, tag) values (${next}, 'future_expand')`;
+    try {
+      const ok = run(["worker", "--queues", "default"]);
+      await ok.waitFor(/worker started/);
+      expect(ok.stdout()).toContain("expand-only");
+      await stopProcess(ok);
+
+      await ctx.db.sql`update schema_versions set readers_from = ${next - 1}, readers_release = '0.9.0',
+        reason = 'drops a column' where migration = ${next}`;
+      const refused = run(["worker", "--queues", "default"]);
+      expect(await refused.exited).toMatchObject({ code: 65 });
+      expect(refused.stderr()).toContain(`needs processes that know migration ${label(next - 1)}`);
+      expect(refused.stderr()).toContain("Flowline 0.9.0 or later");
+
+      // migrate --check: the running processes (an announcing worker, one of the release before
+      // announcements) cannot run against that schema.
+      await new WorkerRegistry(redis, ctx.config.redis.prefix).announce(
+        {
+          id: "old-host:1:ab",
+          pid: 1,
+          host: "old-host",
+          queues: ["default"],
+          concurrency: 1,
+          startedAt: "",
+          steps: [],
+        },
+        60_000,
+      );
+      // An announcement without a release, as 0.1.0 writes it.
+      await redis.set(
+        redisKeys(ctx.config.redis.prefix).worker("legacy:2:cd"),
+        JSON.stringify({
+          id: "legacy:2:cd",
+          pid: 2,
+          host: "legacy",
+          queues: ["default"],
+          concurrency: 1,
+          steps: [],
+        }),
+        "PX",
+        60_000,
+      );
+      await redis.zadd(redisKeys(ctx.config.redis.prefix).workers(), Date.now() + 60_000, "legacy:2:cd");
+      const blocked = run(["migrate", "--check"]);
+      expect(await blocked.exited).toMatchObject({ code: 1 });
+      expect(blocked.stdout()).toMatch(/BLOCKED\s+worker\s+legacy:2:cd\s+0\.1\.0 \(unannounced\)/);
+      expect(blocked.stdout()).toContain("NOT compatible");
+
+      await ctx.db.sql`update schema_versions set readers_from = null where migration = ${next}`;
+      const fine = run(["migrate", "--check"]);
+      expect(await fine.exited).toMatchObject({ code: 0 });
+      expect(fine.stdout()).toMatch(
+        new RegExp(`ok\\s+worker\\s+old-host:1:ab\\s+${release.version.replace(/\./g, "\\.")}`),
+      );
+      expect(fine.stdout()).toMatch(/ok\s+worker\s+legacy:2:cd/);
+      expect(fine.stdout()).toContain("compatible: every running process");
+    } finally {
+      await ctx.db.sql`delete from drizzle.__drizzle_migrations where created_at = ${future}`;
+      await ctx.db.sql`delete from schema_versions where migration = ${next}`;
+    }
+  });
+});
+
+describe("version skew", () => {
+  it("a worker hands back a job of a newer format (never failing it) and runs it once it can read it", async () => {
+    await putWorkflow(ctx, "skew", { steps: [{ id: "s", run: { type: "noop" } }] });
+    const { id: runId } = await startRun(ctx, "skew");
+    const queue: Queue = dispatcher.queue("default");
+    const [row] = await ctx.db.sql<
+      { job_id: string }[]
+    >`select job_id from step_runs where run_id = ${runId}`;
+    const job = (await queue.getJob(row!.job_id))!;
+    expect(job.data).toMatchObject({ runId, stepId: "s", attempt: 1, format: 1 });
+    await job.updateData({ ...job.data, format: 2 });
+
+    const worker = spawnWorker(ctx);
+    spawned.push(worker);
+    await worker.waitFor(/job handed back/);
+    await worker.waitFor(/job handed back[\s\S]*job handed back/, 15_000); // again after its delay
+    expect(await queue.getJobState(row!.job_id)).toMatch(/delayed|waiting|active|prioritized/);
+    const [step] = await ctx.db.sql<{ status: string; attempt: number }[]>`
+      select status, attempt from step_runs where run_id = ${runId}`;
+    expect(step).toEqual({ status: "queued", attempt: 1 });
+
+    // A job that a worker reads (format 1, or none at all as releases before 0.2.0 wrote) runs.
+    const { format: _, ...withoutFormat } = job.data;
+    await (await queue.getJob(row!.job_id))!.updateData(withoutFormat);
+    const done = await waitForRun(ctx, runId);
+    expect(done.status).toBe("succeeded");
+    expect(done.steps[0]).toMatchObject({ status: "succeeded", attempt: 1 });
+  });
+});
