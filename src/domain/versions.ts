@@ -13,8 +13,9 @@
  */
 
 /** The newest format of each kind this release writes and reads. */
-export const FORMATS = Object.freeze({ job: 1, event: 1, lease: 1 });
-export type FormatKind = keyof typeof FORMATS;
+export type FormatKind = "job" | "event" | "lease";
+export type Formats = Readonly<Record<FormatKind, number>>;
+export const FORMATS: Formats = Object.freeze({ job: 1, event: 1, lease: 1 });
 
 /** A payload's format: its `format` field, or 1 when it has none (written before formats existed). */
 export function formatOf(value: unknown): number {
@@ -146,7 +147,7 @@ export interface ProcessVerdict {
 export function judgeRunning(
   p: RunningProcess,
   target: { newest: number; requires: SchemaRequirement | null },
-  writes: typeof FORMATS = FORMATS,
+  writes: Formats = FORMATS,
 ): ProcessVerdict {
   const version = p.release?.version ?? `${UNANNOUNCED_RELEASE.version} (unannounced)`;
   const knows = p.release?.schema ?? UNANNOUNCED_RELEASE.knows;
