@@ -8,6 +8,10 @@ import type { Queue } from "bullmq";
 import type { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { release } from "../../src/config/release.ts";
+import { FORMATS } from "../../src/domain/versions.ts";
+import { startAttempt } from "../../src/engine/attempts.ts";
+import { reconcile } from "../../src/engine/reconcile.ts";
+import { submitRun } from "../../src/engine/runs.ts";
 import { createRedis } from "../../src/redis/connection.ts";
 import { redisKeys } from "../../src/redis/keys.ts";
 import { WorkerRegistry } from "../../src/redis/registry.ts";
@@ -32,7 +36,10 @@ const spawned: Spawned[] = [];
 const label = (n: number) => String(n).padStart(4, "0");
 
 beforeAll(async () => {
-  ctx = await createTestContext((c) => engineSettings(c));
+  ctx = await createTestContext((c) => ({
+    ...engineSettings(c),
+    queues: { default: {}, nowhere: { min: 0 } },
+  }));
   redis = createRedis(ctx.config.redis.url, "consumer");
   await redis.connect();
   dispatcher = new BullStepDispatcher(redis, ctx.config.redis.prefix);
@@ -187,5 +194,31 @@ describe("version skew", () => {
     const done = await waitForRun(ctx, runId);
     expect(done.status).toBe("succeeded");
     expect(done.steps[0]).toMatchObject({ status: "succeeded", attempt: 1 });
+  });
+});
+
+describe("lease formats", () => {
+  it("a start stamps this release's lease format, and the reconciler leaves a newer release's expired lease alone", async () => {
+    await putWorkflow(ctx, "leased", { steps: [{ id: "s", queue: "nowhere", run: { type: "noop" } }] });
+    const engine = ctx.app.flowline.engine;
+    const { run } = await submitRun(engine, { tenantId: "default", workflow: "leased" });
+    await ctx.db.sql`update step_runs set lease_format = 7 where run_id = ${run.id}`;
+    const started = await startAttempt(
+      engine,
+      { runId: run.id, stepId: "s", attempt: 1 },
+      { id: "w", leaseSeconds: 30 },
+    );
+    if (!started.accepted) throw new Error(started.reason);
+    const [row] = await ctx.db.sql<
+      { lease_format: number }[]
+    >`select lease_format from step_runs where run_id = ${run.id}`;
+    expect(row!.lease_format).toBe(FORMATS.lease);
+
+    await ctx.db.sql`update step_runs set lease_expires_at = now() - interval '1 minute',
+      lease_format = ${FORMATS.lease + 1} where run_id = ${run.id}`;
+    const now = { minAgeSeconds: 0, leaseGraceSeconds: 0 };
+    expect(await reconcile(engine, now)).toMatchObject({ abandoned: 0 });
+    await ctx.db.sql`update step_runs set lease_format = ${FORMATS.lease} where run_id = ${run.id}`;
+    expect(await reconcile(engine, now)).toMatchObject({ abandoned: 1 });
   });
 });
