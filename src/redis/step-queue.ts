@@ -19,10 +19,13 @@ export const stepJobPayload = z.object({
   stepId: z.string(),
   attempt: z.number().int().min(1),
   phase: z.literal("compensate").optional(),
-  /** Absent in jobs of releases before 0.2.0: format 1. */
-  format: z.number().int().min(1).optional(),
 });
 export type StepJobPayload = z.infer<typeof stepJobPayload>;
+/**
+ * What a job's data holds: the payload and its format (read by jobs/job-format.ts before the
+ * payload is parsed; absent in jobs of releases before 0.2.0, which is format 1).
+ */
+export type StepJobData = StepJobPayload & { format: number };
 
 export { stepJobId };
 
@@ -61,7 +64,7 @@ export class BullStepDispatcher implements StepDispatcher {
               attempt: job.attempt,
               ...(job.phase ? { phase: job.phase } : {}),
               format: FORMATS.job,
-            } satisfies StepJobPayload,
+            } satisfies StepJobData,
             opts: {
               jobId: stepJobId(job),
               priority: bullPriority(job.priority),
