@@ -4,10 +4,14 @@
  * --check` judges the running processes; a worker hands back a job of a newer format instead of
  * failing it, and the job runs once a worker that reads it takes it.
  */
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import type { Queue } from "bullmq";
 import type { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { release } from "../../src/config/release.ts";
+import { migrationsFolder, runMigrations } from "../../src/db/migrate.ts";
 import { FORMATS } from "../../src/domain/versions.ts";
 import { startAttempt } from "../../src/engine/attempts.ts";
 import { reconcile } from "../../src/engine/reconcile.ts";
@@ -220,5 +224,51 @@ describe("lease formats", () => {
     expect(await reconcile(engine, now)).toMatchObject({ abandoned: 0 });
     await ctx.db.sql`update step_runs set lease_format = ${FORMATS.lease} where run_id = ${run.id}`;
     expect(await reconcile(engine, now)).toMatchObject({ abandoned: 1 });
+  });
+});
+
+describe("migrating under traffic", () => {
+  it("gives up a table lock a live transaction holds, and migrates once it is free", async () => {
+    // This release's migrations plus one more that alters step_runs.
+    const folder = mkdtempSync(join(tmpdir(), "flowline-migrations-"));
+    cpSync(migrationsFolder, folder, { recursive: true });
+    const journalFile = join(folder, "meta", "_journal.json");
+    const journal = JSON.parse(readFileSync(journalFile, "utf8"));
+    journal.entries.push({ idx: 9999, version: "7", when: Date.now(), tag: "9999_test", breakpoints: true });
+    writeFileSync(journalFile, JSON.stringify(journal));
+    writeFileSync(
+      join(folder, "9999_test.sql"),
+      `ALTER TABLE "step_runs" ADD COLUMN "upgrade_test" integer;`,
+    );
+    const applied = async () =>
+      (
+        await ctx.db.sql<{ column_name: string }[]>`
+          select column_name from information_schema.columns
+          where table_name = 'step_runs' and column_name = 'upgrade_test'`
+      ).length === 1;
+    /** A transaction writing step_runs, as a worker's would, held open for `ms`. */
+    const holdStepRuns = (ms: number) =>
+      ctx.db.sql.begin(async (tx) => {
+        await tx`lock table step_runs in row exclusive mode`;
+        await new Promise((r) => setTimeout(r, ms));
+      });
+    try {
+      const held = holdStepRuns(1500);
+      await new Promise((r) => setTimeout(r, 100));
+      // Without retries the migration gives up (lock_timeout), leaving nothing half-done…
+      await expect(
+        runMigrations(ctx.database.url, { folder, lockTimeoutMs: 100, attempts: 1 }),
+      ).rejects.toThrow();
+      expect(await applied()).toBe(false);
+      // …with them it waits its turn without holding the table, then applies.
+      await runMigrations(ctx.database.url, { folder, lockTimeoutMs: 100 });
+      await held;
+      expect(await applied()).toBe(true);
+    } finally {
+      await ctx.db.sql`alter table step_runs drop column if exists upgrade_test`;
+      await ctx.db
+        .sql`delete from drizzle.__drizzle_migrations where created_at = ${journal.entries.at(-1).when}`;
+      rmSync(folder, { recursive: true, force: true });
+    }
   });
 });

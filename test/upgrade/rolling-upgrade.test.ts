@@ -84,7 +84,7 @@ const WORKFLOWS: Record<string, unknown> = {
   },
   maker: {
     assets: { upgrade_asset: {} },
-    steps: [{ id: "make", provides: ["upgrade_asset"], run: work(15_000) }],
+    steps: [{ id: "make", provides: ["upgrade_asset"], run: work(10_000) }],
   },
   tick: {
     schedules: [{ cron: `*/${CRON_SECONDS} * * * * *`, timezone: "UTC" }],
@@ -217,7 +217,7 @@ describe(`rolling upgrade from the previous release`, () => {
     // flight that older and newer processes share.
     let upgrading = true;
     const trickle = async () => {
-      while (upgrading) {
+      while (upgrading && runs.length < 160) {
         await submit(SHAPES[runs.length % SHAPES.length]!);
         await sleep(500);
       }
@@ -260,6 +260,12 @@ describe(`rolling upgrade from the previous release`, () => {
         )[0]!.n,
       );
     const inFlightAt: Record<string, number> = {};
+    const t0 = Date.now();
+    /** Seconds since the start at which each step of the upgrade began (reported at the end). */
+    const marks: Record<string, number> = {};
+    const mark = (name: string) => {
+      marks[name] = Math.round((Date.now() - t0) / 100) / 10;
+    };
 
     // --- the previous release, running --------------------------------------------------------
     const portOld = await freePort();
@@ -290,6 +296,7 @@ describe(`rolling upgrade from the previous release`, () => {
     const streams = [materializations[0]!, ...runs.slice(2, 12).map((r) => r.id)].map(follow);
 
     // --- 1. check, then migrate (the old processes keep running) -------------------------------
+    mark("check");
     inFlightAt.migrate = await inFlight();
     const check = startNew(["migrate", "--check"]);
     expect((await check.exited).code, check.stdout() + check.stderr()).toBe(0);
@@ -300,6 +307,7 @@ describe(`rolling upgrade from the previous release`, () => {
     expect((await migrate.exited).code, migrate.stderr()).toBe(0);
 
     // --- 2. the API: a new one beside the old one, then the old one stops ----------------------
+    mark("api");
     const portNew = await freePort();
     const newApi = startNew(["api"], { PORT: String(portNew) });
     await newApi.waitFor(/api listening/, 60_000);
@@ -310,6 +318,7 @@ describe(`rolling upgrade from the previous release`, () => {
     await stop(oldApi);
 
     // --- 3. the supervisor ---------------------------------------------------------------------
+    mark("supervisor");
     const newSupervisor = startNew(["supervisor"]);
     await newSupervisor.waitFor(/supervisor started/, 60_000);
     inFlightAt.supervisor = await inFlight();
@@ -319,12 +328,14 @@ describe(`rolling upgrade from the previous release`, () => {
     // --- 4. the workers, one at a time ---------------------------------------------------------
     const newWorkers: Spawned[] = [];
     for (const [n, old] of oldWorkers.entries()) {
+      mark(`worker${n + 1}`);
       const replacement = startNew(["worker", "--queues", "default"]);
       newWorkers.push(replacement);
       await replacement.waitFor(/worker started/, 60_000);
       inFlightAt[`worker${n + 1}`] = await inFlight();
       await stop(old);
     }
+    mark("replaced");
     upgrading = false;
     await submitting;
     await wave(10);
@@ -340,6 +351,7 @@ describe(`rolling upgrade from the previous release`, () => {
       }
       if (finals.size < runs.length) await sleep(500);
     }
+    mark("finished");
     expect(runs.length).toBeGreaterThanOrEqual(100);
     const unfinished = runs.filter((r) => !finals.has(r.id));
     expect(unfinished, "runs that did not finish").toEqual([]);
@@ -435,7 +447,8 @@ describe(`rolling upgrade from the previous release`, () => {
     }
     await db.end();
     console.log(
-      `rolling upgrade ${previous.version} → ${release.version}: ${runs.length} runs, in flight at each ` +
+      `rolling upgrade ${previous.version} → ${release.version}: ${runs.length} runs, steps at (s) ` +
+        `${JSON.stringify(marks)}, in flight at each ` +
         `step ${JSON.stringify(inFlightAt)}, crossed jobs ${JSON.stringify(crossed)}, previous release ` +
         `prepared in ${prepareMs} ms (dependencies ${previous.modules})`,
     );
