@@ -37,8 +37,10 @@ export async function ensureDatabase(url: string): Promise<{ created: boolean }>
       await sql.unsafe(`create database "${name.replaceAll('"', '""')}"`);
       return { created: true };
     } catch (error) {
-      // Another process created it between our check and our CREATE.
-      if ((error as { code?: string }).code === "42P04") return { created: false };
+      // Another process created it between our check and our CREATE: 42P04 (duplicate_database),
+      // or 23505 on pg_database's name index when both CREATEs ran at the same moment.
+      const code = (error as { code?: string }).code;
+      if (code === "42P04" || code === "23505") return { created: false };
       throw error;
     }
   } finally {

@@ -9,9 +9,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Queue } from "bullmq";
 import type { Redis } from "ioredis";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import postgres from "postgres";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { release } from "../../src/config/release.ts";
-import { migrationsFolder, runMigrations } from "../../src/db/migrate.ts";
+import { ensureDatabase, migrationsFolder, runMigrations } from "../../src/db/migrate.ts";
 import { FORMATS } from "../../src/domain/versions.ts";
 import { startAttempt } from "../../src/engine/attempts.ts";
 import { reconcile } from "../../src/engine/reconcile.ts";
@@ -32,6 +33,7 @@ import {
 } from "../helpers/engine.ts";
 import { call } from "../helpers/http.ts";
 import { cleanEnv, type Spawned, spawnFlowline } from "../helpers/processes.ts";
+import { databaseUrl, TEST_PG_URL } from "../helpers/services.ts";
 
 let ctx: TestContext;
 let redis: Redis;
@@ -269,6 +271,22 @@ describe("migrating under traffic", () => {
       await ctx.db
         .sql`delete from drizzle.__drizzle_migrations where created_at = ${journal.entries.at(-1).when}`;
       rmSync(folder, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("processes starting together", () => {
+  it("several migrators creating the same database at once all succeed", async () => {
+    const name = `flowline_t_${inject("runId")}_race_${Date.now().toString(36)}`;
+    const url = databaseUrl(name);
+    try {
+      const results = await Promise.allSettled(Array.from({ length: 6 }, () => ensureDatabase(url)));
+      expect(results.filter((r) => r.status === "rejected")).toEqual([]);
+      expect(results.filter((r) => r.status === "fulfilled" && r.value.created)).toHaveLength(1);
+    } finally {
+      const admin = postgres(TEST_PG_URL, { max: 1, onnotice: () => {} });
+      await admin.unsafe(`drop database if exists "${name}" with (force)`);
+      await admin.end();
     }
   });
 });

@@ -115,6 +115,11 @@ beforeAll(async () => {
   prepareMs = Date.now() - started;
   database = `flowline_t_${inject("runId")}_upgrade_${randomBytes(3).toString("hex")}`;
   prefix = `flupgrade:${randomBytes(4).toString("hex")}`;
+  // An empty database, as an operator's would be (the previous release's API and supervisor,
+  // started together, migrate it; 0.1.0 could not create it concurrently).
+  const admin = postgres(TEST_PG_URL, { max: 1, onnotice: () => {} });
+  await admin.unsafe(`create database "${database}"`);
+  await admin.end();
   const dir = tmpdir();
   const handlers = join(dir, `flowline-upgrade-handlers-${prefix.replace(/\W/g, "")}.mjs`);
   writeFileSync(handlers, HANDLERS);
@@ -269,16 +274,17 @@ describe(`rolling upgrade from the previous release`, () => {
 
     // --- the previous release, running --------------------------------------------------------
     const portOld = await freePort();
+    // All at once (the supervisor migrates too; migrators take turns): start-up is the slow part.
     const oldApi = startOld(["api"], { PORT: String(portOld) });
-    await oldApi.waitFor(/api listening/, 60_000);
-    api = `http://127.0.0.1:${portOld}`;
-    for (const [name, definition] of Object.entries(WORKFLOWS))
-      await http("PUT", `/v1/workflows/${name}`, definition);
     const oldSupervisor = startOld(["supervisor"]);
     const oldWorkers = [
       startOld(["worker", "--queues", "default"]),
       startOld(["worker", "--queues", "default"]),
     ];
+    await oldApi.waitFor(/api listening/, 60_000);
+    api = `http://127.0.0.1:${portOld}`;
+    for (const [name, definition] of Object.entries(WORKFLOWS))
+      await http("PUT", `/v1/workflows/${name}`, definition);
     await oldSupervisor.waitFor(/now active/, 60_000);
     for (const w of oldWorkers) await w.waitFor(/worker started/, 60_000);
 
