@@ -119,6 +119,10 @@ describe("schema versions", () => {
 
       await ctx.db.sql`update schema_versions set readers_from = ${next - 1}, readers_release = '0.9.0',
         reason = 'drops a column' where migration = ${next}`;
+      // An API already running takes itself out of rotation, saying why.
+      const notReady = await call(ctx.app, "GET", "/readyz");
+      expect(notReady.statusCode).toBe(503);
+      expect(notReady.json().detail).toContain(`needs processes that know migration ${label(next - 1)}`);
       const refused = run(["worker", "--queues", "default"]);
       expect(await refused.exited).toMatchObject({ code: 65 });
       expect(refused.stderr()).toContain(`needs processes that know migration ${label(next - 1)}`);

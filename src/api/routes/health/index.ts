@@ -5,7 +5,7 @@ import { release } from "../../../config/release.ts";
 import type { DbHandle } from "../../../db/client.ts";
 import { readSchemaState } from "../../../db/schema-version.ts";
 import { FlowlineError } from "../../../domain/errors.ts";
-import { migrationLabel } from "../../../domain/versions.ts";
+import { judgeSchema, migrationLabel } from "../../../domain/versions.ts";
 import { problemResponses } from "../../problem.ts";
 
 const CHECK_TIMEOUT_MS = 2000;
@@ -56,7 +56,8 @@ export const healthRoutes: FastifyPluginAsyncZod<{ db: DbHandle; redis: Redis }>
       schema: {
         tags: ["health"],
         operationId: "getReadiness",
-        summary: "Readiness: Postgres and Redis answer; this process's version and schema",
+        summary:
+          "Readiness: Postgres and Redis answer and the schema is one this release runs against; its version and schema",
         security: [],
         response: {
           200: z.object({
@@ -78,7 +79,12 @@ export const healthRoutes: FastifyPluginAsyncZod<{ db: DbHandle; redis: Redis }>
       const failures = (
         await Promise.all([
           check("postgres", async () => {
-            database = (await readSchemaState(db.sql)).newest;
+            const state = await readSchemaState(db.sql);
+            database = state.newest;
+            // Migrated under this process to a schema it cannot run against (a contract step
+            // it does not know): take it out of rotation rather than serve from it.
+            const judgement = judgeSchema({ version: release.version, knows: release.schema }, state);
+            if (!judgement.ok) throw new Error(judgement.message);
           }),
           check("redis", () => redis.ping()),
         ])
