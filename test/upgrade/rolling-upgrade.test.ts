@@ -222,9 +222,10 @@ describe(`rolling upgrade from the previous release`, () => {
     // flight that older and newer processes share.
     let upgrading = true;
     const trickle = async () => {
-      while (upgrading && runs.length < 160) {
-        await submit(SHAPES[runs.length % SHAPES.length]!);
-        await sleep(500);
+      while (upgrading) {
+        // About twenty at all times, however slow the machine makes the upgrade.
+        if ((await inFlight()) < 20) await submit(SHAPES[runs.length % SHAPES.length]!);
+        await sleep(250);
       }
     };
 
@@ -309,6 +310,7 @@ describe(`rolling upgrade from the previous release`, () => {
     expect(check.stdout()).toContain(`database schema: ${label(previous.schema)}`);
     expect(check.stdout().match(/ok\s+worker\s+\S+\s+0\.1\.0 \(unannounced\)/g)).toHaveLength(2);
     expect(check.stdout()).toMatch(/ok\s+supervisor\s+\S+\s+0\.1\.0 \(unannounced\)/);
+    mark("migrate");
     const migrate = startNew(["migrate"]);
     expect((await migrate.exited).code, migrate.stderr()).toBe(0);
 
