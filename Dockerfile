@@ -1,7 +1,7 @@
 # Flowline server image. Sources are TypeScript run through tsx (a production dependency), so
 # there is no build step: the image is the production dependencies plus the source tree.
 #
-#   docker build -t flowline .
+#   docker build --build-arg FLOWLINE_IMAGE_TAG=flowline:0.2.0 -t flowline:0.2.0 .
 #   docker run --init -p 3000:3000 -e DATABASE_URL=... -e REDIS_URL=... flowline          # all roles
 #   docker run --init flowline worker --queues default                                    # one role
 #
@@ -25,6 +25,10 @@ COPY . .
 
 # The code stays owned by root and read-only to the process; it runs as the image's `node` user.
 USER node
+
+# The tag this image is built as, reported by `flowline --version` and /readyz.
+ARG FLOWLINE_IMAGE_TAG=""
+ENV FLOWLINE_IMAGE_TAG=$FLOWLINE_IMAGE_TAG
 
 # Inside a container the network namespace is the boundary: listen on every interface so a
 # published port reaches the API (the default outside containers is 127.0.0.1).

@@ -3,12 +3,15 @@
  * accepting connections, finishes in-flight requests within the grace period and then releases
  * Postgres and Redis.
  */
+import { randomBytes } from "node:crypto";
+import { hostname } from "node:os";
 import type { FastifyBaseLogger, FastifyInstance } from "fastify";
 import type { Config } from "../config/index.ts";
 import { createDb, type DbHandle } from "../db/client.ts";
-import { runMigrations } from "../db/migrate.ts";
+import { checkSchema, runMigrations } from "../db/migrate.ts";
 import { keysRepository } from "../db/repositories/keys.ts";
 import { createRedis } from "../redis/connection.ts";
+import { ProcessRegistry, thisRelease } from "../redis/processes.ts";
 import { buildApp } from "./app.ts";
 
 export interface ApiServer {
@@ -28,6 +31,8 @@ export async function startApiServer(config: Config, options: StartApiOptions): 
   const log = options.logger;
   const { createdDatabase } = await runMigrations(config.database.url);
   log.info({ createdDatabase }, "database migrated");
+  const schemaNote = await checkSchema(config.database.url);
+  if (schemaNote) log.warn(schemaNote);
 
   const db = createDb({ ...config.database, applicationName: "flowline-api" });
   const redis = createRedis(config.redis.url, "request", {
@@ -45,7 +50,19 @@ export async function startApiServer(config: Config, options: StartApiOptions): 
 
   const app = await buildApp({ config, db, redis, logger: log });
   const address = await app.listen({ host: config.server.host, port: config.server.port });
-  log.info({ address }, "api listening");
+  log.info({ address, ...thisRelease() }, "api listening");
+  // Announced for `flowline migrate --check`, which judges the releases running against a schema.
+  const unannounce = new ProcessRegistry(redis, config.redis.prefix).keepAnnounced(
+    {
+      id: `${hostname()}:${process.pid}:${randomBytes(2).toString("hex")}`,
+      role: "api",
+      pid: process.pid,
+      host: hostname(),
+      startedAt: new Date().toISOString(),
+      release: thisRelease(),
+    },
+    (error) => log.debug({ err: error.message }, "process announcement failed"),
+  );
 
   let closing: Promise<void> | undefined;
   const close = () => {
@@ -57,6 +74,7 @@ export async function startApiServer(config: Config, options: StartApiOptions): 
       }, grace);
       timer.unref();
       try {
+        await unannounce();
         await app.close();
       } finally {
         clearTimeout(timer);

@@ -6,15 +6,26 @@
  * 3 the server is unreachable; 78 invalid configuration for a server role.
  */
 import { Command, CommanderError } from "commander";
+import { release } from "../config/release.ts";
+import { migrationLabel } from "../domain/versions.ts";
 import { registerClientCommands } from "./client/commands.ts";
 import { EXIT } from "./client/output.ts";
 
 const roles = () => import("./roles.ts");
 
+/** `flowline --version`: the release, the image it was built as, and the newest migration it carries. */
+export function versionText(): string {
+  return [
+    `flowline ${release.version}`,
+    `image: ${release.imageTag ?? "none (not built as an image)"}`,
+    `schema: ${migrationLabel(release.schema)}`,
+  ].join("\n");
+}
+
 export function buildProgram(): Command {
   const program = new Command("flowline")
     .description("Self-hosted workflow orchestration: run the server, or talk to one")
-    .version("0.1.0")
+    .version(versionText(), "-V, --version", "print the version, image tag and schema (migration) version")
     .exitOverride()
     .showHelpAfterError();
 
@@ -30,7 +41,11 @@ export function buildProgram(): Command {
   program
     .command("migrate")
     .description("Create the database if needed and apply pending migrations")
-    .action(async () => (await roles()).runMigrate());
+    .option(
+      "--check",
+      "apply nothing: say whether the running processes can run against the schema this release migrates to",
+    )
+    .action(async (opts: { check?: boolean }) => (await roles()).runMigrate(opts));
   program
     .command("worker")
     .description("Run a worker process for one or more queues")

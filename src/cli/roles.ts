@@ -6,7 +6,8 @@
 import { pino } from "pino";
 import { startApiServer } from "../api/server.ts";
 import { type Config, ConfigError, loadConfig } from "../config/index.ts";
-import { runMigrations } from "../db/migrate.ts";
+import { checkSchema, runMigrations } from "../db/migrate.ts";
+import { SchemaMismatchError } from "../db/schema-version.ts";
 import { ownValue } from "../domain/records.ts";
 import { startAutoscaler } from "../jobs/autoscaler.ts";
 import { KILL_GRACE_MS } from "../jobs/executors/command.ts";
@@ -14,6 +15,8 @@ import { startSupervisor } from "../jobs/supervisor/index.ts";
 import { startWorker } from "../jobs/worker.ts";
 
 const EXIT_CONFIG = 78;
+/** The database schema is one this release cannot run against (migrate, or upgrade the process). */
+const EXIT_SCHEMA = 65;
 
 function loadConfigOrExit(): Config {
   try {
@@ -24,6 +27,24 @@ function loadConfigOrExit(): Config {
       process.exit(EXIT_CONFIG);
     }
     throw error;
+  }
+}
+
+/** Refuses to go on against a schema this release does not understand, saying what to do. */
+async function checkSchemaOrExit(config: Config, log: pino.Logger): Promise<void> {
+  try {
+    const note = await checkSchema(config.database.url);
+    if (note) log.warn(note);
+  } catch (error) {
+    exitOnSchemaMismatch(error);
+    throw error;
+  }
+}
+
+function exitOnSchemaMismatch(error: unknown): void {
+  if (error instanceof SchemaMismatchError) {
+    process.stderr.write(`flowline: refusing to start: ${error.message}\n`);
+    process.exit(EXIT_SCHEMA);
   }
 }
 
@@ -77,7 +98,12 @@ export async function runApi(role: string): Promise<void> {
   const config = loadConfigOrExit();
   const log = createLogger(config, role);
   process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
-  const server = await startApiServer(config, { logger: log, onGeneratedRootKey: printRootKey });
+  const server = await startApiServer(config, { logger: log, onGeneratedRootKey: printRootKey }).catch(
+    (error) => {
+      exitOnSchemaMismatch(error);
+      throw error;
+    },
+  );
   printDashboard(server.url);
   untilSignal(log, config.server.shutdownGraceSeconds, () => server.close());
 }
@@ -92,7 +118,12 @@ export async function runUp(): Promise<void> {
   const log = createLogger(config, "up");
   process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
   // The API first: it applies migrations before any worker touches the database.
-  const server = await startApiServer(config, { logger: log, onGeneratedRootKey: printRootKey });
+  const server = await startApiServer(config, { logger: log, onGeneratedRootKey: printRootKey }).catch(
+    (error) => {
+      exitOnSchemaMismatch(error);
+      throw error;
+    },
+  );
   printDashboard(server.url);
   const supervisor = await startSupervisor({ config, log: log.child({ role: "supervisor" }) });
   const autoscaler = await startAutoscaler({ config, log: log.child({ role: "workers" }) });
@@ -115,8 +146,14 @@ function printRootKey(key: string): void {
   );
 }
 
-export async function runMigrate(): Promise<void> {
+export async function runMigrate(opts: { check?: boolean } = {}): Promise<void> {
   const config = loadConfigOrExit();
+  if (opts.check) {
+    const { checkMigration, renderMigrateCheck } = await import("./migrate-check.ts");
+    const check = await checkMigration(config);
+    process.stdout.write(renderMigrateCheck(check));
+    process.exit(check.compatible ? 0 : 1);
+  }
   const { createdDatabase } = await runMigrations(config.database.url);
   process.stdout.write(`migrations applied${createdDatabase ? " (database created)" : ""}\n`);
 }
@@ -143,6 +180,7 @@ export async function runWorker(opts: {
   }
   const log = createLogger(config, "worker");
   process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
+  await checkSchemaOrExit(config, log);
   const worker = await startWorker({ config, queues, concurrency, log });
   // Aborted commands get KILL_GRACE_MS after SIGTERM before SIGKILL; hand-backs follow that.
   const stop = untilSignal(log, workerStopSeconds(config), () => worker.close(), {
@@ -159,6 +197,7 @@ export async function runWorkers(): Promise<void> {
   const config = loadConfigOrExit();
   const log = createLogger(config, "workers");
   process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
+  await checkSchemaOrExit(config, log);
   const autoscaler = await startAutoscaler({ config, log });
   untilSignal(log, workerStopSeconds(config) + 20, () => autoscaler.close());
 }
@@ -168,6 +207,7 @@ export async function runSupervisorRole(): Promise<void> {
   const log = createLogger(config, "supervisor");
   process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
   await runMigrations(config.database.url);
+  await checkSchemaOrExit(config, log);
   const supervisor = await startSupervisor({ config, log });
   untilSignal(log, 10, () => supervisor.close());
 }

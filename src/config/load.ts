@@ -74,6 +74,9 @@ export const ENVIRONMENT_VARIABLES: readonly EnvironmentVariable[] = [
  */
 const NON_CONFIG_PREFIXES = ["FLOWLINE_TEST_"];
 
+/** `FLOWLINE_*` names that are facts about the build, not settings (see release.ts). */
+const BUILD_VARIABLES = ["FLOWLINE_IMAGE_TAG"];
+
 /** The `flowline` client's own variables (SPEC §11): a server ignores them rather than refusing them. */
 export const CLIENT_VARIABLES = ["FLOWLINE_URL", "FLOWLINE_KEY"] as const;
 
@@ -312,7 +315,7 @@ function readEnvironment(env: NodeJS.ProcessEnv, issues: SourcedIssue[]): Enviro
   for (const name of Object.keys(env).sort()) {
     if (!name.startsWith("FLOWLINE_") || known.includes(name)) continue;
     if (NON_CONFIG_PREFIXES.some((prefix) => name.startsWith(prefix)) || SERVICE_LINK.test(name)) continue;
-    if ((CLIENT_VARIABLES as readonly string[]).includes(name)) continue;
+    if ((CLIENT_VARIABLES as readonly string[]).includes(name) || BUILD_VARIABLES.includes(name)) continue;
     if (nonEmpty(env[name]) === undefined) continue;
     const unprefixed = name.slice("FLOWLINE_".length);
     const suggestion = known.includes(unprefixed) ? unprefixed : closest(name, known);

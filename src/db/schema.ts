@@ -184,6 +184,8 @@ export const stepRuns = pgTable(
     nextAttemptAt: ts("next_attempt_at"),
     /** Id of the BullMQ job that carries the current attempt; the reconciler checks it exists. */
     jobId: text("job_id"),
+    /** The lease protocol of the holder that wrote the lease (src/domain/formats.ts); 1 today. */
+    leaseFormat: smallint("lease_format").notNull().default(1),
     reusedFromRunId: uuid("reused_from_run_id"),
     queuedAt: ts("queued_at"),
     startedAt: ts("started_at"),
@@ -228,6 +230,8 @@ export const events = pgTable(
     type: text("type").notNull(),
     attempt: integer("attempt"),
     data: jsonb("data").notNull().default({}),
+    /** The event format that wrote it (src/domain/formats.ts); 1 today. */
+    format: smallint("format").notNull().default(1),
     createdAt: createdAt(),
   },
   (t) => [index("events_run_idx").on(t.runId, t.id), index("events_created_idx").on(t.createdAt)],
@@ -363,3 +367,17 @@ export const assetFences = pgTable(
   },
   (t) => [primaryKey({ columns: [t.tenantId, t.lockKey] })],
 );
+
+/**
+ * The migrations applied by releases that record them (0009 on): each one's tag and, for one that
+ * breaks older processes, the oldest migration a process must know to run against the schema.
+ * Lets a process judge a schema newer than itself (db/schema-version.ts).
+ */
+export const schemaVersions = pgTable("schema_versions", {
+  migration: integer("migration").primaryKey(),
+  tag: text("tag").notNull(),
+  readersFrom: integer("readers_from"),
+  readersRelease: text("readers_release"),
+  reason: text("reason"),
+  recordedAt: ts("recorded_at").notNull().defaultNow(),
+});

@@ -7,6 +7,7 @@
  */
 import type { AttemptError, Phase } from "../domain/attempt.ts";
 import { narrowSources, type StepStatus, stepSourcesOf } from "../domain/status.ts";
+import { FORMATS } from "../domain/versions.ts";
 import type { Sql, StepRow } from "./repositories/runs.ts";
 
 export interface AttemptKey {
@@ -55,7 +56,8 @@ export async function markRunning(
         -- clock_timestamp(): a child started in its parent's completing transaction (continue in
         -- the worker) must not appear to start when that transaction began.
         started_at = clock_timestamp(), finished_at = null, error = null, progress = null,
-        lease_expires_at = now() + make_interval(secs => ${worker.leaseSeconds}), updated_at = now()
+        lease_expires_at = now() + make_interval(secs => ${worker.leaseSeconds}), updated_at = now(),
+        lease_format = ${FORMATS.lease}
       from unnest(${sql.array(items.map((i) => i.stepId))}::text[], ${sql.array(items.map((i) => i.phase))}::text[],
         ${sql.array(items.map((i) => i.attempt))}::int[], ${sql.array(items.map((i) => i.token))}::text[])
         as x(step_id, phase, attempt, token)
@@ -274,6 +276,7 @@ export async function findExpiredLeases(
   return sql<RecoveryCandidate[]>`
     select run_id, step_id, phase, attempt, status, queue, job_id from step_runs
     where status = 'running' and lease_expires_at < now() - make_interval(secs => ${graceSeconds})
+      and lease_format <= ${FORMATS.lease} -- a lease of a newer release is that release's to judge
     limit ${limit}`;
 }
 

@@ -38,6 +38,7 @@ import { BullStepDispatcher, fairShareOf, stepJobPayload } from "../redis/step-q
 import { AttemptLog } from "./attempt-log.ts";
 import { ExecutionError, execute } from "./executors/index.ts";
 import { loadHandlers } from "./handlers.ts";
+import { handBackNewerJob } from "./job-format.ts";
 import { RunningAttempts } from "./running-attempts.ts";
 
 export interface WorkerOptions {
@@ -193,7 +194,8 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     }
   }
 
-  async function processJob(job: Job): Promise<void> {
+  async function processJob(job: Job, token?: string): Promise<void> {
+    await handBackNewerJob(job, token, log);
     const { phase, ...payload } = stepJobPayload.parse(job.data);
     const started = await startJob({ ...payload, ...(phase ? { phase } : {}), jobId: job.id });
     if (!started.accepted) {

@@ -27,6 +27,10 @@ export interface RedisKeys {
   worker(id: string): string;
   /** Hash queue → JSON of the autoscaler's latest decision for that queue. */
   scalerTargets(): string;
+  /** Sorted set of API and supervisor process ids, scored by the time (ms) their announcement expires. */
+  processes(): string;
+  /** One API or supervisor process's announcement (role, release), refreshed every few seconds. */
+  process(id: string): string;
   /** An asset lock (`lockKey` is an asset key, or `asset@partition`), and its fencing counter. */
   assetLock(tenantId: string, lockKey: string): string;
   assetFence(tenantId: string, lockKey: string): string;
@@ -51,6 +55,8 @@ export function redisKeys(prefix: string): RedisKeys {
     workers: () => `${prefix}:workers`,
     worker: (id) => `${prefix}:worker:${id}`,
     scalerTargets: () => `${prefix}:scaler:targets`,
+    processes: () => `${prefix}:processes`,
+    process: (id) => `${prefix}:process:${id}`,
     assetLock: (tenantId, lockKey) => `${prefix}:lock:asset:${tenantId}:${lockKey}`,
     assetFence: (tenantId, lockKey) => `${prefix}:fence:asset:${tenantId}:${lockKey}`,
     sessionSecret: () => `${prefix}:auth:session-secret`,

@@ -6,6 +6,7 @@
 import type { Redis } from "ioredis";
 import type { QueueTarget } from "../domain/scaling.ts";
 import { redisKeys } from "./keys.ts";
+import { type ProcessRelease, thisRelease } from "./processes.ts";
 
 export interface WorkerStep {
   tenantId: string;
@@ -23,6 +24,8 @@ export interface WorkerInfo {
   concurrency: number;
   startedAt: string;
   steps: WorkerStep[];
+  /** Stamped by `announce`; absent in announcements of releases before 0.2.0. */
+  release?: ProcessRelease;
 }
 
 export type ScalerTarget = QueueTarget;
@@ -40,7 +43,7 @@ export class WorkerRegistry {
   async announce(info: WorkerInfo, ttlMs: number): Promise<void> {
     await this.redis
       .multi()
-      .set(this.keys.worker(info.id), JSON.stringify(info), "PX", ttlMs)
+      .set(this.keys.worker(info.id), JSON.stringify({ ...info, release: thisRelease() }), "PX", ttlMs)
       .zadd(this.keys.workers(), Date.now() + ttlMs, info.id)
       .exec();
   }

@@ -1,13 +1,15 @@
 /**
  * The one place BullMQ queues are built. A job carries only (run, step, attempt, and `phase` for a
  * compensation): everything else is read from Postgres when the job starts, so a job can be
- * re-created from Postgres at any time.
+ * re-created from Postgres at any time. Every job also carries its payload `format`
+ * (domain/versions.ts): a worker of an older release hands a job of a newer format back.
  */
 import { Queue } from "bullmq";
 import type { Redis } from "ioredis";
 import { z } from "zod";
 import { fairQueuePriority, plainQueuePriority } from "../domain/fairness.ts";
 import { type StepDispatcher, type StepJob, stepJobId } from "../domain/ports.ts";
+import { FORMATS } from "../domain/versions.ts";
 import { FairQueueClock } from "./fair-queue.ts";
 import { redisKeys } from "./keys.ts";
 
@@ -21,6 +23,11 @@ export const stepJobPayload = z.object({
   phase: z.literal("compensate").optional(),
 });
 export type StepJobPayload = z.infer<typeof stepJobPayload>;
+/**
+ * What a job's data holds: the payload and its format (read by jobs/job-format.ts before the
+ * payload is parsed; absent in jobs of releases before 0.2.0, which is format 1).
+ */
+export type StepJobData = StepJobPayload & { format: number };
 
 export { stepJobId };
 
@@ -79,7 +86,8 @@ export class BullStepDispatcher implements StepDispatcher {
               stepId: job.stepId,
               attempt: job.attempt,
               ...(job.phase ? { phase: job.phase } : {}),
-            } satisfies StepJobPayload,
+              format: FORMATS.job,
+            } satisfies StepJobData,
             opts: {
               jobId: stepJobId(job),
               priority: priorities[n]!,

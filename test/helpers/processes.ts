@@ -35,8 +35,9 @@ export interface Spawned {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-export function spawnFlowline(args: string[], env: NodeJS.ProcessEnv): Spawned {
-  const child = spawn(process.execPath, [FLOWLINE_BIN, ...args], { env, stdio: ["ignore", "pipe", "pipe"] });
+/** Starts `flowline` (this checkout's, or another release's `bin`) with `args`. */
+export function spawnFlowline(args: string[], env: NodeJS.ProcessEnv, bin: string = FLOWLINE_BIN): Spawned {
+  const child = spawn(process.execPath, [bin, ...args], { env, stdio: ["ignore", "pipe", "pipe"] });
   let out = "";
   let err = "";
   const waiters = new Set<() => void>();

@@ -315,6 +315,14 @@ describe("environment", () => {
     expect(() => loadConfig({ cwd: tempDir(), env: { ...env, FLOWLINE_KYE: "x" } })).toThrow(/FLOWLINE_KYE/);
   });
 
+  it("accepts the image's FLOWLINE_IMAGE_TAG (a fact about the build, not a setting)", () => {
+    const env = { FLOWLINE_IMAGE_TAG: "registry.example/flowline:0.2.0" };
+    expect(() => loadConfig({ cwd: tempDir(), env })).not.toThrow();
+    expect(() => loadConfig({ cwd: tempDir(), env: { FLOWLINE_IMAGE_TAGS: "x" } })).toThrow(
+      /FLOWLINE_IMAGE_TAGS/,
+    );
+  });
+
   it("leaves the test suite's FLOWLINE_TEST_ variables alone", () => {
     expect(() =>
       loadConfig({ cwd: tempDir(), env: { FLOWLINE_TEST_DATABASE_URL: "postgres://x@y/z" } }),

@@ -27,6 +27,7 @@ import { createRedis } from "../../redis/connection.ts";
 import { RedisEventBus } from "../../redis/event-bus.ts";
 import { redisKeys } from "../../redis/keys.ts";
 import { type Grant, RedisLeases } from "../../redis/lease.ts";
+import { ProcessRegistry, thisRelease } from "../../redis/processes.ts";
 import { BullStepDispatcher, fairShareOf } from "../../redis/step-queue.ts";
 import { pruneOldData } from "./retention.ts";
 import { fireDueSchedules } from "./schedules.ts";
@@ -225,7 +226,18 @@ export async function startSupervisor(options: { config: Config; log: Logger }):
     })(),
   );
 
-  log.info({ leaseSeconds: config.supervisor.leaseSeconds }, "supervisor started");
+  const unannounce = new ProcessRegistry(redis, config.redis.prefix).keepAnnounced(
+    {
+      id,
+      role: "supervisor",
+      pid: process.pid,
+      host: hostname(),
+      startedAt: new Date().toISOString(),
+      release: thisRelease(),
+    },
+    (error) => log.debug({ err: error.message }, "process announcement failed"),
+  );
+  log.info({ leaseSeconds: config.supervisor.leaseSeconds, ...thisRelease() }, "supervisor started");
   let closing: Promise<void> | undefined;
   return {
     id,
@@ -233,6 +245,7 @@ export async function startSupervisor(options: { config: Config; log: Logger }):
     close: () => {
       closing ??= (async () => {
         stopped = true;
+        await unannounce();
         for (const done of [...sleepers]) done();
         await Promise.allSettled([leaseLoop, ...dutyLoops]);
         // Hand over at once instead of making the standby wait out the lease.
