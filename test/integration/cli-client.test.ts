@@ -265,7 +265,8 @@ describe("flowline client commands", () => {
     expect(lines.map((l) => [l.type, l.stepId, l.line])).toEqual([
       ["step.log", "transform", "sleeping 300 ms"],
     ]);
-  });
+    // Eight CLI processes one after the other: each starts Node, which a busy machine slows.
+  }, 120_000);
 
   it("materialize --dry-run plans, --watch follows the run; a second request has nothing to run", async () => {
     const plan = await flowline(["materialize", "sales_report", "--dry-run"]);
