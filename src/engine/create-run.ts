@@ -13,6 +13,7 @@ import type { Plan } from "../domain/planner.ts";
 import type { RunKind } from "../domain/status.ts";
 import { resolveStep } from "../domain/workflow/resolve.ts";
 import { renderTemplates, TemplateError } from "../domain/workflow/templates.ts";
+import { startRunSpan } from "../observability/hooks.ts";
 import { assetLockKey, startAdmittedRun, tryAdmit } from "./admission.ts";
 import { queueSteps } from "./advance.ts";
 import type { AfterCommit, EngineDeps } from "./deps.ts";
@@ -76,19 +77,21 @@ export async function insertRun(
   const locksWanted = plan.assets.map((asset) => assetLockKey(asset, input.partitionKey));
   // Nothing to wait for (no concurrency limit, no asset to lock): the run starts as it is created.
   const unrestricted = !loaded.spec.concurrency && locksWanted.length === 0;
+  const span = startRunSpan({ workflow: loaded.workflowId, kind: input.kind });
   const [inserted] = await sql<RunRow[]>`
     insert into runs (tenant_id, workflow_id, workflow_version, kind, status, trigger, params, priority,
       request, plan, parent_run_id, backfill_id, partition_key, concurrency_key, locks_wanted,
-      pending_steps, created_at, started_at)
+      pending_steps, created_at, started_at, trace_context)
     values (${input.tenantId}, ${loaded.workflowId}, ${loaded.version}, ${input.kind},
       ${unrestricted ? "running" : "queued"}, ${input.trigger},
       ${sql.json(input.params as never)}, ${input.priority}, ${sql.json((input.request ?? {}) as never)},
       ${sql.json(plan.steps.map((s) => ({ stepId: s.stepId, action: s.action, reason: s.reason })) as never)},
       ${input.parent?.runId ?? null}, ${input.backfillId ?? null}, ${input.partitionKey ?? null},
       ${concurrencyKeyOf(loaded, input.params)}, ${sql.json(locksWanted)}, ${plan.toRun.length}, clock_timestamp(),
-      ${unrestricted ? sql`clock_timestamp()` : null})
+      ${unrestricted ? sql`clock_timestamp()` : null}, ${span.traceparent})
     returning ${runColumns(sql)}`;
   const run = inserted!;
+  span.end(run.id);
 
   const rows = plan.steps.map((p) => {
     const spec = loaded.steps.get(p.stepId)!;

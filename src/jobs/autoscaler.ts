@@ -25,7 +25,7 @@ export interface RunningAutoscaler {
 export async function startAutoscaler(options: {
   config: Config;
   log: Logger;
-  workerArgv?: (queue: string) => string[];
+  workerArgv?: (queue: string, slot: number) => string[];
 }): Promise<RunningAutoscaler> {
   const { config } = options;
   const log = options.log.child({ component: "autoscaler" });
@@ -38,7 +38,16 @@ export async function startAutoscaler(options: {
   const registry = new WorkerRegistry(redis, config.redis.prefix);
   const argv =
     options.workerArgv ??
-    ((queue: string) => [process.argv[1]!, "worker", "--queues", queue, "--supervised"]);
+    ((queue: string, slot: number) => [
+      process.argv[1]!,
+      "worker",
+      "--queues",
+      queue,
+      "--supervised",
+      // Each process of the pools gets a port of its own: workerPort + its slot (0 stays 0).
+      "--metrics-port",
+      String(config.metrics.workerPort === 0 ? 0 : config.metrics.workerPort + slot),
+    ]);
   const pools = startWorkerPools({
     config,
     log,
@@ -53,8 +62,8 @@ export async function startAutoscaler(options: {
     },
     // Supervised workers ignore the terminal's Ctrl-C (the pool stops them, once, with SIGTERM)
     // and stop by themselves if this process dies: their stdin closes.
-    spawnWorker: (queue): ChildProcess =>
-      spawn(process.execPath, argv(queue), { stdio: ["pipe", "inherit", "inherit"], env: process.env }),
+    spawnWorker: (queue, slot): ChildProcess =>
+      spawn(process.execPath, argv(queue, slot), { stdio: ["pipe", "inherit", "inherit"], env: process.env }),
     publishTargets: (targets) => registry.publishTargets(targets, config.autoscaler.intervalSeconds * 5000),
   });
   return {

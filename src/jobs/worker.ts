@@ -27,6 +27,8 @@ import {
 } from "../engine/attempts.ts";
 import { createEngineDeps } from "../engine/create.ts";
 import { GroupCommitter } from "../engine/group-commit.ts";
+import { AttemptObserver } from "../observability/attempts.ts";
+import { timedBatches } from "../observability/metrics.ts";
 import { RedisAssetLocks } from "../redis/asset-locks.ts";
 import { createRedis } from "../redis/connection.ts";
 import { RedisEventBus } from "../redis/event-bus.ts";
@@ -92,14 +94,16 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   // A start that has not answered within a lease fails its job (BullMQ tries it again later):
   // if it did commit, the attempt it started is recovered when its lease runs out.
   const starts = new GroupCommitter<StartRequest, StartResult>(
-    (runId, jobs) => startAttempts(deps, runId, jobs, { id, leaseSeconds }),
+    timedBatches("start", (runId, jobs) => startAttempts(deps, runId, jobs, { id, leaseSeconds })),
     256,
     leaseSeconds * 1000,
   );
   const serves = new Set(options.queues);
   // A finish that has not answered within a lease is tried again (see `finish`): it is fenced.
   const finishes = new GroupCommitter<FinishRequest, FinishResult>(
-    (runId, items) => finishAttempts(deps, runId, items, { worker: { id, leaseSeconds }, queues: serves }),
+    timedBatches("finish", (runId, items) =>
+      finishAttempts(deps, runId, items, { worker: { id, leaseSeconds }, queues: serves }),
+    ),
     256,
     leaseSeconds * 1000,
   );
@@ -185,9 +189,20 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   }
 
   async function processJob(job: Job): Promise<void> {
-    const { phase, ...payload } = stepJobPayload.parse(job.data);
-    const started = await startJob({ ...payload, ...(phase ? { phase } : {}), jobId: job.id });
+    const { phase, traceparent, ...payload } = stepJobPayload.parse(job.data);
+    const observer = new AttemptObserver({
+      ...payload,
+      phase,
+      queue: job.queueName,
+      traceparent,
+      dueAt: job.timestamp + (job.opts.delay ?? 0),
+      takenAt: job.processedOn ?? Date.now(),
+    });
+    const started = await observer.within(() =>
+      startJob({ ...payload, ...(phase ? { phase } : {}), jobId: job.id }),
+    );
     if (!started.accepted) {
+      observer.skip(started.refusal);
       log.info({ ...payload, phase, refusal: started.refusal, reason: started.reason }, "job skipped");
       return;
     }
@@ -195,9 +210,12 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     // the queue takes over again (so one chain cannot hold a slot forever or starve priorities).
     const began = Date.now();
     let next: StartedAttempt | undefined = started.attempt;
+    let observing: AttemptObserver | undefined = observer;
     for (let n = 0; next; n++) {
       const mayContinue = !stopping && n + 1 < CONTINUE_MAX_STEPS && Date.now() - began < CONTINUE_MAX_MS;
-      next = await runAttempt(next, mayContinue);
+      observing ??= new AttemptObserver({ ...next, queue: job.queueName, traceparent });
+      next = await runAttempt(next, mayContinue, observing);
+      observing = undefined;
     }
   }
 
@@ -205,6 +223,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   async function runAttempt(
     attempt: StartedAttempt,
     mayContinue: boolean,
+    observer: AttemptObserver,
   ): Promise<StartedAttempt | undefined> {
     const phase = attempt.phase;
     const ref: HeldRef = {
@@ -270,22 +289,24 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     let outcome: { ok: true; output: unknown } | { ok: false; error: ExecutionError };
     try {
       stepLog.info({ type: attempt.executor.type }, "attempt started");
-      const output = await execute(attempt.executor, {
-        runId: ref.runId,
-        stepId: ref.stepId,
-        attempt: ref.attempt,
-        params: attempt.params,
-        upstream: attempt.upstream,
-        signal: controller.signal,
-        log: (line, stream = "log") => logs.push(line, stream),
-        logDrained: () => logs.drained(),
-        maxLineBytes: config.limits.logLineBytes,
-        progress: (pct, message) => {
-          progress = { pct: Math.min(1, Math.max(0, pct)), ...(message ? { message } : {}) };
-        },
-        config,
-        handlers,
-      });
+      const output = await observer.execute(attempt.executor.type, () =>
+        execute(attempt.executor, {
+          runId: ref.runId,
+          stepId: ref.stepId,
+          attempt: ref.attempt,
+          params: attempt.params,
+          upstream: attempt.upstream,
+          signal: controller.signal,
+          log: (line, stream = "log") => logs.push(line, stream),
+          logDrained: () => logs.drained(),
+          maxLineBytes: config.limits.logLineBytes,
+          progress: (pct, message) => {
+            progress = { pct: Math.min(1, Math.max(0, pct)), ...(message ? { message } : {}) };
+          },
+          config,
+          handlers,
+        }),
+      );
       outcome = { ok: true, output };
     } catch (thrown) {
       outcome = {
@@ -307,15 +328,18 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       await flush();
       const lost = () => leaseLost || (stopping && closingFor() > config.worker.graceSeconds * 1000);
       if (outcome.ok) {
-        const result = await finish(
-          {
-            ref,
-            end: { kind: "succeeded", output: outcome.output },
-            ...(mayContinue ? { continue: true } : {}),
-          },
-          lost,
-          stepLog,
+        const result = await observer.within(() =>
+          finish(
+            {
+              ref,
+              end: { kind: "succeeded", output: outcome.output },
+              ...(mayContinue ? { continue: true } : {}),
+            },
+            lost,
+            stepLog,
+          ),
         );
+        observer.end(result.accepted ? "succeeded" : "refused");
         const next = result.accepted ? result.next : undefined;
         stepLog.info(
           { accepted: result.accepted, ...(next ? { continuesWith: next.stepId } : {}) },
@@ -325,23 +349,28 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       }
       const error = outcome.error;
       if (error.code === "shutdown") {
-        const handedBack = await handBackAttempt(deps, ref);
+        const handedBack = await observer.within(() => handBackAttempt(deps, ref));
+        observer.end("handed_back");
         stepLog.info({ handedBack }, "attempt handed back");
       } else if (error.code === "cancelled" || error.code === "lease_lost") {
+        observer.end(error.code, error.message);
         stepLog.info({ reason: error.code }, "attempt aborted");
       } else {
-        const result = await finish(
-          {
-            ref,
-            end: {
-              kind: "failed",
-              error: { message: error.message, code: error.code, ...error.details },
-              retryable: error.retryable,
+        const result = await observer.within(() =>
+          finish(
+            {
+              ref,
+              end: {
+                kind: "failed",
+                error: { message: error.message, code: error.code, ...error.details },
+                retryable: error.retryable,
+              },
             },
-          },
-          lost,
-          stepLog,
+            lost,
+            stepLog,
+          ),
         );
+        observer.end(!result.accepted ? "refused" : result.retry ? "retrying" : "failed", error.message);
         stepLog.info(
           { err: error.message, retry: result.accepted ? result.retry : undefined },
           "attempt failed",
@@ -349,6 +378,8 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       }
       return undefined;
     } finally {
+      // Whatever ended it otherwise (the result could not be recorded): it was not accepted.
+      observer.end("refused");
       clearInterval(heartbeat);
       running.remove(entry);
       changed();

@@ -17,6 +17,8 @@ export const stepJobPayload = z.object({
   stepId: z.string(),
   attempt: z.number().int().min(1),
   phase: z.literal("compensate").optional(),
+  /** The run's W3C trace context, when it was traced (observability/tracing.ts). */
+  traceparent: z.string().max(512).optional(),
 });
 export type StepJobPayload = z.infer<typeof stepJobPayload>;
 
@@ -56,6 +58,7 @@ export class BullStepDispatcher implements StepDispatcher {
               stepId: job.stepId,
               attempt: job.attempt,
               ...(job.phase ? { phase: job.phase } : {}),
+              ...(job.traceparent ? { traceparent: job.traceparent } : {}),
             } satisfies StepJobPayload,
             opts: {
               jobId: stepJobId(job),

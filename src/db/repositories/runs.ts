@@ -5,6 +5,7 @@
 import type postgres from "postgres";
 import type { Phase } from "../../domain/attempt.ts";
 import type { EventType, RunKind, RunStatus, StepStatus } from "../../domain/status.ts";
+import { eventsWritten } from "../../observability/hooks.ts";
 
 export type Sql = postgres.Sql | postgres.TransactionSql;
 type Json = postgres.JSONValue;
@@ -36,6 +37,8 @@ export interface RunRow {
   updated_at: Date;
   started_at: Date | null;
   finished_at: Date | null;
+  /** W3C `traceparent` of the run's span, when the run was traced. */
+  trace_context: string | null;
 }
 
 export interface StepRow {
@@ -112,6 +115,7 @@ const RUN_FIELDS = [
   "updated_at",
   "started_at",
   "finished_at",
+  "trace_context",
 ] as const;
 
 /** `RunRow` columns for a select list or a `returning` clause, optionally qualified by an alias. */
@@ -139,6 +143,7 @@ export async function appendEvents(
   notifyOn?: ReadonlySet<string>,
 ) {
   if (events.length === 0) return 0;
+  eventsWritten(events);
   const rows = events.map((e) => ({
     step_id: e.stepId ?? null,
     type: e.type,

@@ -22,6 +22,7 @@ import { createEngineDeps } from "../../engine/create.ts";
 import type { EngineDeps } from "../../engine/deps.ts";
 import { reconcile } from "../../engine/reconcile.ts";
 import { autoMaterialize } from "../../engine/requests.ts";
+import { countReport, supervisorMetricsOf, trackSupervisor } from "../../observability/metrics.ts";
 import { RedisAssetLocks } from "../../redis/asset-locks.ts";
 import { createRedis } from "../../redis/connection.ts";
 import { RedisEventBus } from "../../redis/event-bus.ts";
@@ -50,16 +51,20 @@ const FENCE = "supervisor";
 
 export function supervisorDuties(deps: EngineDeps, guard: (sql: Sql) => Promise<void>): Duty[] {
   const { supervisor, worker } = deps.config;
+  const metrics = supervisorMetricsOf();
   return [
     {
       name: "reconcile",
       intervalMs: supervisor.reconcileIntervalSeconds * 1000,
-      run: () =>
-        reconcile(deps, {
+      run: async () => {
+        const report = await reconcile(deps, {
           minAgeSeconds: Math.max(5, supervisor.reconcileIntervalSeconds),
           // BullMQ's stall check normally recovers a dead worker's step first; this is the backstop.
           leaseGraceSeconds: Math.max(2, Math.ceil(worker.stallSeconds / 2)),
-        }),
+        });
+        countReport(metrics.repairs, "kind", report);
+        return report;
+      },
     },
     {
       // Keeps active runs' asset locks alive and starts queued runs whose slots or locks freed up
@@ -86,7 +91,9 @@ export function supervisorDuties(deps: EngineDeps, guard: (sql: Sql) => Promise<
       intervalMs: 1000,
       run: async () => {
         await queueWebhookDeliveries(deps);
-        return deliverDueWebhooks(deps);
+        const result = await deliverDueWebhooks(deps);
+        countReport(metrics.webhooks, "outcome", result);
+        return result;
       },
     },
     {
@@ -179,6 +186,8 @@ export async function startSupervisor(options: { config: Config; log: Logger }):
     await assertFence(sql, FENCE, grant.fence);
   };
   const duties = supervisorDuties(deps, guard).map((duty) => ({ duty, nextAt: 0, failures: 0 }));
+  const metrics = supervisorMetricsOf();
+  const untrack = trackSupervisor(isActive);
   let stopped = false;
   const sleepers = new Set<() => void>();
   const sleep = (ms: number) =>
@@ -206,11 +215,14 @@ export async function startSupervisor(options: { config: Config; log: Logger }):
       while (!stopped) {
         if (isActive() && performance.now() >= entry.nextAt) {
           const started = performance.now();
+          const duty = entry.duty.name;
           try {
             await entry.duty.run(isActive);
             entry.failures = 0;
             entry.nextAt = started + entry.duty.intervalMs;
+            metrics.duties.inc({ duty, outcome: "ok" });
           } catch (error) {
+            metrics.duties.inc({ duty, outcome: "error" });
             entry.failures++;
             const backoff = Math.min(
               MAX_DUTY_BACKOFF_MS,
@@ -218,6 +230,8 @@ export async function startSupervisor(options: { config: Config; log: Logger }):
             );
             entry.nextAt = performance.now() + backoff;
             log.error({ err: error, duty: entry.duty.name, retryInMs: backoff }, "supervisor duty failed");
+          } finally {
+            metrics.dutySeconds.observe({ duty }, (performance.now() - started) / 1000);
           }
         }
         await sleep(250);
@@ -233,6 +247,7 @@ export async function startSupervisor(options: { config: Config; log: Logger }):
     close: () => {
       closing ??= (async () => {
         stopped = true;
+        untrack();
         for (const done of [...sleepers]) done();
         await Promise.allSettled([leaseLoop, ...dutyLoops]);
         // Hand over at once instead of making the standby wait out the lease.
