@@ -8,6 +8,7 @@
  * `traceparent`, and sent with every job of the run), each step attempt under it with its queue
  * wait and its execution, and the executor's own work inside the execution span.
  */
+import { AsyncLocalStorage } from "node:async_hooks";
 import {
   type Context,
   context,
@@ -22,6 +23,8 @@ import {
 import { installObserver } from "./hooks.ts";
 
 let tracer: Tracer | undefined;
+/** Inside a transaction's span: the context the transaction was started in. */
+const outsideTransaction = new AsyncLocalStorage<Context>();
 
 /** Whether these variables turn tracing on. */
 export function tracingRequested(env: NodeJS.ProcessEnv = process.env): boolean {
@@ -65,9 +68,12 @@ export async function startTracing(
   installObserver({
     traceTransaction: (work) => transactionSpan(work),
     startRunSpan: (attributes) => {
-      const span = tracer!.startSpan("flowline.run", { attributes: prefixed(attributes) }, context.active());
+      // A run is created inside a transaction, but it belongs to what started the transaction
+      // (the request, the schedule): its span is the transaction's sibling, not its child.
+      const parent = outsideTransaction.getStore() ?? context.active();
+      const span = tracer!.startSpan("flowline.run", { attributes: prefixed(attributes) }, parent);
       return {
-        traceparent: traceparentOf(trace.setSpan(context.active(), span)),
+        traceparent: traceparentOf(trace.setSpan(parent, span)),
         end: (runId) => {
           span.setAttribute("flowline.run_id", runId);
           span.end();
@@ -85,10 +91,11 @@ function prefixed(attributes: Record<string, string | number>): Record<string, s
 /** A database transaction inside a trace gets a span; one outside any trace (a supervisor pass) none. */
 async function transactionSpan<T>(work: () => Promise<T>): Promise<T> {
   if (!tracer || !trace.getSpan(context.active())) return work();
+  const outside = context.active();
   return tracer.startActiveSpan(
     "db.transaction",
     { kind: SpanKind.CLIENT, attributes: { "db.system.name": "postgresql" } },
-    (span) => endWith(span, work()),
+    (span) => outsideTransaction.run(outside, () => endWith(span, work())),
   );
 }
 
