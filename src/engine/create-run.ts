@@ -77,7 +77,7 @@ export async function insertRun(
   const locksWanted = plan.assets.map((asset) => assetLockKey(asset, input.partitionKey));
   // Nothing to wait for (no concurrency limit, no asset to lock): the run starts as it is created.
   const unrestricted = !loaded.spec.concurrency && locksWanted.length === 0;
-  const span = startRunSpan({ workflow: loaded.workflowId, kind: input.kind });
+  const span = startRunSpan({ workflow: loaded.spec.name, kind: input.kind });
   const [inserted] = await sql<RunRow[]>`
     insert into runs (tenant_id, workflow_id, workflow_version, kind, status, trigger, params, priority,
       request, plan, parent_run_id, backfill_id, partition_key, concurrency_key, locks_wanted,
