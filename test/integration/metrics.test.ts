@@ -118,6 +118,23 @@ describe("metrics on every process", () => {
     expect(
       moved("supervisor", "flowline_supervisor_duty_runs_total", { duty: "reconcile", outcome: "ok" }),
     ).toBeGreaterThan(0);
+    // A failed attempt followed by a retry moves the retry counters.
+    await putWorkflow(ctx, "retried", {
+      steps: [
+        {
+          id: "f",
+          retry: { maxAttempts: 2, backoff: "fixed", delaySeconds: 0.1 },
+          run: { type: "handler", name: "test.flaky", input: { succeedOn: 2 } },
+        },
+      ],
+    });
+    expect((await waitForRun(ctx, (await startRun(ctx, "retried")).id)).status).toBe("succeeded");
+    const retried = await scrape(workerUrl);
+    const handler = (outcome: string) =>
+      sample(retried, "flowline_step_attempts_total", { queue: "default", kind: "handler", outcome });
+    expect([handler("retrying"), handler("succeeded")]).toEqual([1, 1]);
+    expect(sample(retried, "flowline_step_retries_total", { cause: "failed", phase: "execute" })).toBe(1);
+
     // No run id, step id or tenant anywhere in a label.
     for (const text of Object.values(after))
       expect(text).not.toMatch(new RegExp(`${runs[0].id}|step_id=|tenant=`));
