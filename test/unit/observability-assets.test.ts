@@ -66,6 +66,7 @@ describe("observability assets", () => {
       expect(x + w, panel.title).toBeLessThanOrEqual(24);
       if (panel.type === "row") continue;
       expect(["timeseries", "stat"]).toContain(panel.type);
+      // biome-ignore lint/suspicious/noTemplateCurlyInString: Grafana's variable syntax, not a template
       expect(panel.datasource).toEqual({ type: "prometheus", uid: "${datasource}" });
       expect(panel.targets.length, panel.title).toBeGreaterThan(0);
       for (const target of panel.targets) expect(target.expr, panel.title).toMatch(/flowline_/);
