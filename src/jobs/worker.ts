@@ -190,17 +190,11 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
 
   async function processJob(job: Job): Promise<void> {
     const { phase, traceparent, ...payload } = stepJobPayload.parse(job.data);
-    const observer = new AttemptObserver({
-      ...payload,
-      phase,
-      queue: job.queueName,
-      traceparent,
-      dueAt: job.timestamp + (job.opts.delay ?? 0),
-      takenAt: job.processedOn ?? Date.now(),
-    });
-    const started = await observer.within(() =>
-      startJob({ ...payload, ...(phase ? { phase } : {}), jobId: job.id }),
-    );
+    const due = { dueAt: job.timestamp + (job.opts.delay ?? 0), takenAt: job.processedOn ?? Date.now() };
+    const observer = new AttemptObserver({ ...payload, phase, queue: job.queueName, traceparent, ...due });
+    const started = await observer
+      .wrap(startJob)({ ...payload, ...(phase ? { phase } : {}), jobId: job.id })
+      .catch((error) => observer.skip("start failed", error));
     if (!started.accepted) {
       observer.skip(started.refusal);
       log.info({ ...payload, phase, refusal: started.refusal, reason: started.reason }, "job skipped");
@@ -210,12 +204,11 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     // the queue takes over again (so one chain cannot hold a slot forever or starve priorities).
     const began = Date.now();
     let next: StartedAttempt | undefined = started.attempt;
-    let observing: AttemptObserver | undefined = observer;
     for (let n = 0; next; n++) {
       const mayContinue = !stopping && n + 1 < CONTINUE_MAX_STEPS && Date.now() - began < CONTINUE_MAX_MS;
-      observing ??= new AttemptObserver({ ...next, queue: job.queueName, traceparent });
+      const observing =
+        n === 0 ? observer : new AttemptObserver({ ...next, queue: job.queueName, traceparent });
       next = await runAttempt(next, mayContinue, observing);
-      observing = undefined;
     }
   }
 
@@ -289,24 +282,22 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     let outcome: { ok: true; output: unknown } | { ok: false; error: ExecutionError };
     try {
       stepLog.info({ type: attempt.executor.type }, "attempt started");
-      const output = await observer.execute(attempt.executor.type, () =>
-        execute(attempt.executor, {
-          runId: ref.runId,
-          stepId: ref.stepId,
-          attempt: ref.attempt,
-          params: attempt.params,
-          upstream: attempt.upstream,
-          signal: controller.signal,
-          log: (line, stream = "log") => logs.push(line, stream),
-          logDrained: () => logs.drained(),
-          maxLineBytes: config.limits.logLineBytes,
-          progress: (pct, message) => {
-            progress = { pct: Math.min(1, Math.max(0, pct)), ...(message ? { message } : {}) };
-          },
-          config,
-          handlers,
-        }),
-      );
+      const output = await observer.executing(attempt.executor.type, execute)(attempt.executor, {
+        runId: ref.runId,
+        stepId: ref.stepId,
+        attempt: ref.attempt,
+        params: attempt.params,
+        upstream: attempt.upstream,
+        signal: controller.signal,
+        log: (line, stream = "log") => logs.push(line, stream),
+        logDrained: () => logs.drained(),
+        maxLineBytes: config.limits.logLineBytes,
+        progress: (pct, message) => {
+          progress = { pct: Math.min(1, Math.max(0, pct)), ...(message ? { message } : {}) };
+        },
+        config,
+        handlers,
+      });
       outcome = { ok: true, output };
     } catch (thrown) {
       outcome = {
@@ -327,17 +318,16 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       await logs.flush(true);
       await flush();
       const lost = () => leaseLost || (stopping && closingFor() > config.worker.graceSeconds * 1000);
+      const record = observer.wrap(finish);
       if (outcome.ok) {
-        const result = await observer.within(() =>
-          finish(
-            {
-              ref,
-              end: { kind: "succeeded", output: outcome.output },
-              ...(mayContinue ? { continue: true } : {}),
-            },
-            lost,
-            stepLog,
-          ),
+        const result = await record(
+          {
+            ref,
+            end: { kind: "succeeded", output: outcome.output },
+            ...(mayContinue ? { continue: true } : {}),
+          },
+          lost,
+          stepLog,
         );
         observer.end(result.accepted ? "succeeded" : "refused");
         const next = result.accepted ? result.next : undefined;
@@ -349,26 +339,24 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       }
       const error = outcome.error;
       if (error.code === "shutdown") {
-        const handedBack = await observer.within(() => handBackAttempt(deps, ref));
+        const handedBack = await observer.wrap(handBackAttempt)(deps, ref);
         observer.end("handed_back");
         stepLog.info({ handedBack }, "attempt handed back");
       } else if (error.code === "cancelled" || error.code === "lease_lost") {
         observer.end(error.code, error.message);
         stepLog.info({ reason: error.code }, "attempt aborted");
       } else {
-        const result = await observer.within(() =>
-          finish(
-            {
-              ref,
-              end: {
-                kind: "failed",
-                error: { message: error.message, code: error.code, ...error.details },
-                retryable: error.retryable,
-              },
+        const result = await record(
+          {
+            ref,
+            end: {
+              kind: "failed",
+              error: { message: error.message, code: error.code, ...error.details },
+              retryable: error.retryable,
             },
-            lost,
-            stepLog,
-          ),
+          },
+          lost,
+          stepLog,
         );
         observer.end(!result.accepted ? "refused" : result.retry ? "retrying" : "failed", error.message);
         stepLog.info(
@@ -378,8 +366,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       }
       return undefined;
     } finally {
-      // Whatever ended it otherwise (the result could not be recorded): it was not accepted.
-      observer.end("refused");
+      observer.end("refused"); // no-op unless recording the result failed: it did not count
       clearInterval(heartbeat);
       running.remove(entry);
       changed();

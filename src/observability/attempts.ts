@@ -60,6 +60,19 @@ export class AttemptObserver {
     return withSpan(this.span, work);
   }
 
+  /** `fn`, made to run inside the attempt's span (see `within`). */
+  wrap<A extends unknown[], R>(fn: (...args: A) => Promise<R>): (...args: A) => Promise<R> {
+    return (...args) => this.within(() => fn(...args));
+  }
+
+  /** `fn` (the executor), made to run as the attempt's execution (see `execute`). */
+  executing<A extends unknown[], R>(
+    kind: string,
+    fn: (...args: A) => Promise<R>,
+  ): (...args: A) => Promise<R> {
+    return (...args) => this.execute(kind, () => fn(...args));
+  }
+
   /** Runs the executor inside the attempt's `execute` span; times it for the duration histogram. */
   async execute<T>(kind: string, work: () => Promise<T>): Promise<T> {
     this.kind = kind;
@@ -100,11 +113,18 @@ export class AttemptObserver {
     }
   }
 
-  /** The job did not start an attempt (a duplicate, a step that moved on): no attempt to count. */
-  skip(reason: string): void {
-    if (this.ended) return;
-    this.ended = true;
-    this.span?.setAttribute("flowline.skipped", reason);
-    this.span?.end();
+  /**
+   * The job did not start an attempt (a duplicate, a step that moved on, or starting failed:
+   * then `error` is rethrown): no attempt to count.
+   */
+  skip(reason: string): void;
+  skip(reason: string, error: unknown): never;
+  skip(reason: string, ...error: unknown[]): void {
+    if (!this.ended) {
+      this.ended = true;
+      this.span?.setAttribute("flowline.skipped", reason);
+      this.span?.end();
+    }
+    if (error.length > 0) throw error[0];
   }
 }
