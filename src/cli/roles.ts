@@ -188,8 +188,14 @@ export async function runWorker(opts: {
   const log = createLogger(config, "worker");
   process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
   const tracing = await observe("worker");
-  const worker = await startWorker({ config, queues, concurrency, log });
   const metrics = await serveMetrics(config, log, metricsPort);
+  const worker = await startWorker({
+    config,
+    queues,
+    concurrency,
+    log,
+    ...(metrics ? { metricsUrl: metrics.url } : {}),
+  });
   // Aborted commands get KILL_GRACE_MS after SIGTERM before SIGKILL; hand-backs follow that.
   const stop = untilSignal(
     log,

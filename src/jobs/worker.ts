@@ -45,6 +45,8 @@ export interface WorkerOptions {
   queues: readonly string[];
   concurrency: number;
   log: Logger;
+  /** Announced with the worker (GET /v1/queues lists it). */
+  metricsUrl?: string;
 }
 
 export interface RunningWorker {
@@ -128,6 +130,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
           queues: [...options.queues],
           concurrency: options.concurrency,
           startedAt,
+          ...(options.metricsUrl ? { metricsUrl: options.metricsUrl } : {}),
           steps: [...running.values()].map((r) => ({
             tenantId: r.attempt.tenantId,
             runId: r.attempt.runId,

@@ -23,6 +23,8 @@ export interface WorkerInfo {
   concurrency: number;
   startedAt: string;
   steps: WorkerStep[];
+  /** Where the process serves its Prometheus metrics, when it does. */
+  metricsUrl?: string;
 }
 
 export type ScalerTarget = QueueTarget;

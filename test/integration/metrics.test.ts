@@ -1,6 +1,6 @@
 import { once } from "node:events";
 import { createServer, type Server } from "node:http";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { createTestContext, type TestContext } from "../helpers/context.ts";
 import {
   engineSettings,
@@ -57,6 +57,10 @@ describe("metrics on every process", () => {
   it("the API, a worker and the supervisor each serve /metrics whose counters move with runs", async () => {
     const workerUrl = await metricsUrlOf(worker);
     const supervisorUrl = await metricsUrlOf(supervisor);
+    // GET /v1/queues lists where each worker serves its metrics.
+    const queues = (await call(ctx.app, "GET", "/v1/queues", { key: ctx.rootKey })).json();
+    const workers = queues.items.find((q: { name: string }) => q.name === "default").workers;
+    expect(workers.map((w: { metricsUrl: string }) => w.metricsUrl)).toEqual([workerUrl]);
     const apiMetrics = async () => (await call(ctx.app, "GET", "/metrics")).body;
     const before = {
       api: await apiMetrics(),
@@ -79,13 +83,24 @@ describe("metrics on every process", () => {
     while (received < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
     expect(received).toBe(2);
 
-    const after = {
+    const scrapeAll = async () => ({
       api: await apiMetrics(),
       worker: await scrape(workerUrl),
       supervisor: await scrape(supervisorUrl),
-    };
+    });
+    let after = await scrapeAll();
     const moved = (side: keyof typeof after, name: string, labels: Record<string, string> = {}) =>
       sample(after[side], name, labels) - sample(before[side], name, labels);
+    // A process counts what it did once its own call returns, which may be a moment after the
+    // run (or the receiver) shows it: scrape until the last counters have caught up.
+    await vi.waitFor(
+      async () => {
+        after = await scrapeAll();
+        expect(moved("worker", "flowline_step_attempts_total")).toBe(6);
+        expect(moved("supervisor", "flowline_webhook_deliveries_total", { outcome: "delivered" })).toBe(2);
+      },
+      { timeout: 10_000, interval: 100 },
+    );
 
     // The API created the runs (and served its own requests).
     expect(moved("api", "flowline_runs_created_total", { kind: "workflow" })).toBe(2);
@@ -129,7 +144,16 @@ describe("metrics on every process", () => {
       ],
     });
     expect((await waitForRun(ctx, (await startRun(ctx, "retried")).id)).status).toBe("succeeded");
-    const retried = await scrape(workerUrl);
+    const retried = await vi.waitFor(
+      async () => {
+        const text = await scrape(workerUrl);
+        expect(sample(text, "flowline_step_attempts_total", { kind: "handler", outcome: "succeeded" })).toBe(
+          1,
+        );
+        return text;
+      },
+      { timeout: 10_000, interval: 100 },
+    );
     const handler = (outcome: string) =>
       sample(retried, "flowline_step_attempts_total", { queue: "default", kind: "handler", outcome });
     expect([handler("retrying"), handler("succeeded")]).toEqual([1, 1]);
