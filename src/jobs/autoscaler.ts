@@ -8,7 +8,7 @@ import type { Logger } from "pino";
 import type { Config } from "../config/index.ts";
 import { createDb } from "../db/client.ts";
 import { queueLoad } from "../db/repositories/queues.ts";
-import type { QueueLoad } from "../domain/scaling.ts";
+import { metricsPortOf, type QueueLoad } from "../domain/scaling.ts";
 import { createRedis } from "../redis/connection.ts";
 import { WorkerRegistry } from "../redis/registry.ts";
 import { startWorkerPools, type WorkerPools } from "./pool.ts";
@@ -44,9 +44,10 @@ export async function startAutoscaler(options: {
       "--queues",
       queue,
       "--supervised",
-      // Each process of the pools gets a port of its own: workerPort + its slot (0 stays 0).
+      // Each process of the pools gets a port of its own: workerPort + its slot (0, or past the
+      // last port, lets the OS choose one; the worker logs and announces it).
       "--metrics-port",
-      String(config.metrics.workerPort === 0 ? 0 : config.metrics.workerPort + slot),
+      String(metricsPortOf(config.metrics.workerPort, slot)),
     ]);
   const pools = startWorkerPools({
     config,

@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { metricsPortOf } from "../../src/domain/scaling.ts";
 import {
   eventsWritten,
   installObserver,
@@ -67,5 +68,14 @@ describe("engine observation hooks", () => {
       }),
     ]);
     expect(seen).toEqual(["run.succeeded"]);
+  });
+});
+
+describe("metrics ports of pool processes", () => {
+  it("are workerPort + slot, or any free port when that is asked for or past the last port", () => {
+    expect([0, 1, 7].map((slot) => metricsPortOf(9465, slot))).toEqual([9465, 9466, 9472]);
+    expect(metricsPortOf(0, 3)).toBe(0);
+    expect(metricsPortOf(65535, 0)).toBe(65535);
+    expect(metricsPortOf(65535, 1)).toBe(0);
   });
 });
