@@ -3,7 +3,7 @@
  * `npm run deps` fails on a circular import or on a forbidden edge below.
  */
 const infra =
-  "^node_modules/(fastify|@fastify|fastify-type-provider-zod|bullmq|ioredis|drizzle-orm|postgres|pino|prom-client)/";
+  "^node_modules/(fastify|@fastify|fastify-type-provider-zod|bullmq|ioredis|drizzle-orm|postgres|pino|prom-client|@opentelemetry)/";
 module.exports = {
   forbidden: [
     { name: "no-circular", severity: "error", from: {}, to: { circular: true } },
@@ -13,6 +13,14 @@ module.exports = {
       severity: "error",
       from: { path: "^src/domain" },
       to: { path: [infra, "^(node:)?(child_process|net|http|https|fs|fs/promises|dns)$", "^src/(?!domain)"] },
+    },
+    {
+      name: "core-observed-through-hooks-only",
+      comment:
+        "The engine and the stores call observability only through its hooks (no metrics or tracing library in them).",
+      severity: "error",
+      from: { path: "^src/(engine|db|redis)" },
+      to: { path: ["^src/observability/(?!hooks\\.ts$)", "^node_modules/(prom-client|@opentelemetry)/"] },
     },
     {
       name: "config-imports-nothing-in-src",

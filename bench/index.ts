@@ -33,6 +33,7 @@ import { benchPlanner } from "./planner.ts";
 import { rawChain, rawDrain, rawFlow, rawInFlight } from "./raw.ts";
 import { sseBenchmark } from "./sse.ts";
 import { chainGaps, countRuns, seededRunId, seedRuns, stepGap, waitRuns } from "./store.ts";
+import { tracingBenchmark } from "./tracing.ts";
 
 const scale = Number(process.env.BENCH_SCALE ?? "1");
 const WIDE = Math.max(2000, Math.round(5000 * scale));
@@ -381,6 +382,9 @@ async function bench(redisUrl: string) {
     goal: "–",
   });
 
+  progress("tracing off vs on (API and worker processes of their own)");
+  for (const row of await tracingRows(redisUrl)) add(row);
+
   printRows();
 
   console.log("\nPer step (per run for one-step runs; per job for raw BullMQ):\n");
@@ -419,9 +423,44 @@ function printRows() {
   console.log(`\n${goals.filter((r) => r.met).length} of ${goals.length} goals met.`);
 }
 
+/** Three-step runs over HTTP with tracing off, then on: throughput and CPU per run. */
+async function tracingRows(redisUrl: string): Promise<Row[]> {
+  const t = await tracingBenchmark({
+    dbUrl: dbUrl.toString(),
+    redisUrl,
+    prefix: `${prefix}:tracing`,
+    runs: Math.max(200, Math.round(2000 * scale)),
+  });
+  const pct = (on: number, off: number) => `${on >= off ? "+" : ""}${num(((on - off) / off) * 100, 1)}%`;
+  return [
+    {
+      measure: `3-step runs over HTTP, tracing on vs off (${num(t.runs)} runs, ${num(t.spansPerRun, 1)} spans a run)`,
+      flowline: `${num(t.on.runsPerSecond, 1)} vs ${num(t.off.runsPerSecond, 1)} runs/s`,
+      raw: "–",
+      ratio: pct(t.on.runsPerSecond, t.off.runsPerSecond),
+      goal: "–",
+    },
+    {
+      measure: "CPU per 3-step run (API + worker processes), tracing on vs off",
+      flowline: `${num(t.on.cpuMsPerRun, 2)} vs ${num(t.off.cpuMsPerRun, 2)} ms`,
+      raw: "–",
+      ratio: pct(t.on.cpuMsPerRun, t.off.cpuMsPerRun),
+      goal: "–",
+    },
+  ];
+}
+
 async function main() {
   const redisServer = await startPrivateRedis();
   try {
+    if (process.env.BENCH_ONLY === "tracing") {
+      // `npm run bench:tracing`: only the tracing comparison.
+      await runMigrations(dbUrl.toString());
+      console.log("| measure | Flowline | raw BullMQ | ratio | goal |\n|---|---|---|---|---|");
+      for (const r of await tracingRows(redisServer.url))
+        console.log(`| ${r.measure} | ${r.flowline} | ${r.raw} | ${r.ratio} | ${r.goal} |`);
+      return;
+    }
     await bench(redisServer.url);
   } finally {
     const admin = postgres(pgBase, { max: 1, onnotice: () => {} });

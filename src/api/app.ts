@@ -47,8 +47,9 @@ import { StreamLeases } from "../redis/stream-leases.ts";
 import { tidyDocument } from "./openapi.ts";
 import { CSRF_HEADER, registerAuth, SESSION_COOKIE } from "./plugins/auth.ts";
 import { registerBodyParsers } from "./plugins/body-parsers.ts";
-import { registerMetrics } from "./plugins/metrics.ts";
+import { registerMetrics, registerStreamGauge } from "./plugins/metrics.ts";
 import { registerRouteIndex } from "./plugins/route-index.ts";
+import { registerTracing } from "./plugins/tracing.ts";
 import { problemFromFlowlineError, rawProblemResponse, toFlowlineError } from "./problem.ts";
 import { assetRoutes } from "./routes/assets/index.ts";
 import { controlRoutes } from "./routes/control/index.ts";
@@ -188,6 +189,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
 
   registerBodyParsers(app, { maxDepth: config.server.maxJsonDepth });
+  registerTracing(app);
   // Generated clients name their methods after operationIds: a documented route without one is a
   // start-up error, like a route without a scope.
   app.addHook("onRoute", (route) => {
@@ -324,6 +326,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     ...(deps.sseHeartbeatMs ? { heartbeatMs: deps.sseHeartbeatMs } : {}),
   };
   app.decorate("flowline", { engine, hub });
+  registerStreamGauge(metrics, () => hub.streams.size);
   // Open event streams would keep close() waiting forever: end them first.
   app.addHook("preClose", async () => {
     for (const close of [...hub.streams.keys()]) close();

@@ -52,8 +52,13 @@ export function buildProgram(): Command {
     .option("--queues <names>", "comma-separated queue names", "default")
     .option("--concurrency <n>", "attempts run at once (default: the first queue's configured concurrency)")
     .option("--supervised", "run under `flowline up`: ignore SIGINT, stop when stdin closes")
-    .action(async (opts: { queues: string; concurrency?: string; supervised?: boolean }) =>
-      (await roles()).runWorker(opts),
+    .option(
+      "--metrics-port <port>",
+      "port of this process's /metrics (default: metrics.workerPort; 0: any free port)",
+    )
+    .action(
+      async (opts: { queues: string; concurrency?: string; supervised?: boolean; metricsPort?: string }) =>
+        (await roles()).runWorker(opts),
     );
   program
     .command("workers")

@@ -3,7 +3,7 @@
  * names the bad key) and runs one role until a signal stops it. Loaded only when a role starts, so
  * the client commands do not pay for the server's modules.
  */
-import { pino } from "pino";
+import type { Logger } from "pino";
 import { startApiServer } from "../api/server.ts";
 import { type Config, ConfigError, loadConfig } from "../config/index.ts";
 import { checkSchema, runMigrations } from "../db/migrate.ts";
@@ -13,6 +13,10 @@ import { startAutoscaler } from "../jobs/autoscaler.ts";
 import { KILL_GRACE_MS } from "../jobs/executors/command.ts";
 import { startSupervisor } from "../jobs/supervisor/index.ts";
 import { startWorker } from "../jobs/worker.ts";
+import { createLogger as createProcessLogger } from "../observability/logger.ts";
+import { installEngineMetrics } from "../observability/metrics.ts";
+import { type MetricsServer, startMetricsServer } from "../observability/metrics-server.ts";
+import { startTracing, type TracingHandle } from "../observability/tracing.ts";
 
 const EXIT_CONFIG = 78;
 /** The database schema is one this release cannot run against (migrate, or upgrade the process). */
@@ -31,7 +35,7 @@ function loadConfigOrExit(): Config {
 }
 
 /** Refuses to go on against a schema this release does not understand, saying what to do. */
-async function checkSchemaOrExit(config: Config, log: pino.Logger): Promise<void> {
+async function checkSchemaOrExit(config: Config, log: Logger): Promise<void> {
   try {
     const note = await checkSchema(config.database.url);
     if (note) log.warn(note);
@@ -49,7 +53,32 @@ function exitOnSchemaMismatch(error: unknown): void {
 }
 
 function createLogger(config: Config, role: string) {
-  return pino({ level: config.log.level, base: { role, pid: process.pid } });
+  return createProcessLogger({ level: config.log.level, base: { role, pid: process.pid } });
+}
+
+/**
+ * What every server role sets up before its work: engine metrics, and tracing when the OTEL_*
+ * variables ask for it (its buffered spans are sent when the role stops).
+ */
+async function observe(role: string): Promise<TracingHandle> {
+  installEngineMetrics();
+  return startTracing(role);
+}
+
+/**
+ * `/metrics` of a process without an HTTP server of its own. A port already taken is logged, not
+ * fatal: the process does its work without serving metrics.
+ */
+async function serveMetrics(config: Config, log: Logger, port: number): Promise<MetricsServer | undefined> {
+  if (!config.metrics.enabled) return undefined;
+  try {
+    const server = await startMetricsServer(config.metrics.host, port);
+    log.info({ metricsUrl: server.url }, "metrics listening");
+    return server;
+  } catch (error) {
+    log.error({ err: (error as Error).message }, "metrics not served");
+    return undefined;
+  }
 }
 
 /**
@@ -57,7 +86,7 @@ function createLogger(config: Config, role: string) {
  * Returns a function that starts the same shutdown for another reason.
  */
 function untilSignal(
-  log: pino.Logger,
+  log: Logger,
   graceSeconds: number,
   stop: () => Promise<void>,
   options: { ignoreSigint?: boolean } = {},
@@ -98,6 +127,7 @@ export async function runApi(role: string): Promise<void> {
   const config = loadConfigOrExit();
   const log = createLogger(config, role);
   process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
+  const tracing = await observe(role);
   const server = await startApiServer(config, { logger: log, onGeneratedRootKey: printRootKey }).catch(
     (error) => {
       exitOnSchemaMismatch(error);
@@ -105,7 +135,10 @@ export async function runApi(role: string): Promise<void> {
     },
   );
   printDashboard(server.url);
-  untilSignal(log, config.server.shutdownGraceSeconds, () => server.close());
+  untilSignal(log, config.server.shutdownGraceSeconds, async () => {
+    await server.close();
+    await tracing.shutdown();
+  });
 }
 
 /**
@@ -117,6 +150,7 @@ export async function runUp(): Promise<void> {
   const config = loadConfigOrExit();
   const log = createLogger(config, "up");
   process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
+  const tracing = await observe("up");
   // The API first: it applies migrations before any worker touches the database.
   const server = await startApiServer(config, { logger: log, onGeneratedRootKey: printRootKey }).catch(
     (error) => {
@@ -129,6 +163,7 @@ export async function runUp(): Promise<void> {
   const autoscaler = await startAutoscaler({ config, log: log.child({ role: "workers" }) });
   untilSignal(log, workerStopSeconds(config) + 20, async () => {
     await Promise.all([autoscaler.close(), supervisor.close(), server.close()]);
+    await tracing.shutdown();
   });
 }
 
@@ -162,6 +197,7 @@ export async function runWorker(opts: {
   queues: string;
   concurrency?: string;
   supervised?: boolean;
+  metricsPort?: string;
 }): Promise<void> {
   const config = loadConfigOrExit();
   const queues = opts.queues
@@ -172,20 +208,42 @@ export async function runWorker(opts: {
     opts.concurrency === undefined
       ? (ownValue(config.queues, queues[0]!)?.concurrency ?? 8)
       : Number(opts.concurrency);
-  if (queues.length === 0 || !Number.isInteger(concurrency) || concurrency < 1) {
+  const metricsPort = opts.metricsPort === undefined ? config.metrics.workerPort : Number(opts.metricsPort);
+  if (
+    queues.length === 0 ||
+    !Number.isInteger(concurrency) ||
+    concurrency < 1 ||
+    !Number.isInteger(metricsPort) ||
+    metricsPort < 0 ||
+    metricsPort > 65535
+  ) {
     process.stderr.write(
-      "flowline worker: --queues needs at least one name and --concurrency a positive integer\n",
+      "flowline worker: --queues needs at least one name, --concurrency a positive integer and --metrics-port a port (0–65535)\n",
     );
     process.exit(2);
   }
   const log = createLogger(config, "worker");
   process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
   await checkSchemaOrExit(config, log);
-  const worker = await startWorker({ config, queues, concurrency, log });
-  // Aborted commands get KILL_GRACE_MS after SIGTERM before SIGKILL; hand-backs follow that.
-  const stop = untilSignal(log, workerStopSeconds(config), () => worker.close(), {
-    ignoreSigint: opts.supervised === true,
+  const tracing = await observe("worker");
+  const metrics = await serveMetrics(config, log, metricsPort);
+  const worker = await startWorker({
+    config,
+    queues,
+    concurrency,
+    log,
+    ...(metrics ? { metricsUrl: metrics.url } : {}),
   });
+  // Aborted commands get KILL_GRACE_MS after SIGTERM before SIGKILL; hand-backs follow that.
+  const stop = untilSignal(
+    log,
+    workerStopSeconds(config),
+    async () => {
+      await worker.close();
+      await Promise.all([metrics?.close(), tracing.shutdown()]);
+    },
+    { ignoreSigint: opts.supervised === true },
+  );
   if (opts.supervised) {
     process.stdin.on("end", () => stop("parent gone"));
     process.stdin.on("error", () => stop("parent gone"));
@@ -206,8 +264,13 @@ export async function runSupervisorRole(): Promise<void> {
   const config = loadConfigOrExit();
   const log = createLogger(config, "supervisor");
   process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
+  const tracing = await observe("supervisor");
   await runMigrations(config.database.url);
   await checkSchemaOrExit(config, log);
   const supervisor = await startSupervisor({ config, log });
-  untilSignal(log, 10, () => supervisor.close());
+  const metrics = await serveMetrics(config, log, config.metrics.supervisorPort);
+  untilSignal(log, 10, async () => {
+    await supervisor.close();
+    await Promise.all([metrics?.close(), tracing.shutdown()]);
+  });
 }

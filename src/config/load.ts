@@ -66,6 +66,10 @@ export const ENVIRONMENT_VARIABLES: readonly EnvironmentVariable[] = [
   { name: "LOG_LEVEL", path: ["log", "level"], type: "string" },
   { name: "FLOWLINE_HANDLERS", path: ["worker", "handlersModule"], type: "string" },
   { name: "FLOWLINE_WEBHOOK_SECRET", path: ["webhooks", "secret"], type: "string" },
+  { name: "FLOWLINE_METRICS_ENABLED", path: ["metrics", "enabled"], type: "boolean" },
+  { name: "FLOWLINE_METRICS_HOST", path: ["metrics", "host"], type: "string" },
+  { name: "FLOWLINE_METRICS_SUPERVISOR_PORT", path: ["metrics", "supervisorPort"], type: "integer" },
+  { name: "FLOWLINE_METRICS_WORKER_PORT", path: ["metrics", "workerPort"], type: "integer" },
 ];
 
 /**

@@ -321,6 +321,25 @@ const autoscalerSchema = section({
   maxRestartDelaySeconds: intAtLeast(1).default(30),
 });
 
+/**
+ * `/metrics` listeners of the processes that have no HTTP server of their own (the API serves
+ * `/metrics` on its own port). Port 0 asks the OS for a free port; the process logs which.
+ */
+const metricsSchema = section({
+  /** Workers and supervisors serve `/metrics`; false turns their listeners off. */
+  enabled: bool().default(true),
+  /** Interface the listeners bind; `0.0.0.0` when Prometheus scrapes from another host. */
+  host: nonEmptyString("a host name or IP address").default("127.0.0.1"),
+  /** The supervisor's port. */
+  supervisorPort: intBetween(0, 65535).default(9464),
+  /**
+   * A `flowline worker` process's port. Pools (`flowline workers`, `flowline up`) give their
+   * processes consecutive ports from here: the first `workerPort`, the next `workerPort + 1`, …
+   * (a process that stops frees its port for the next one).
+   */
+  workerPort: intBetween(0, 65535).default(9465),
+});
+
 const assetsSchema = section({
   /**
    * An asset lock's lease. The supervisor renews the locks of active runs; if it is gone longer
@@ -372,6 +391,7 @@ export const configSchema = section({
   worker: workerSchema.prefault({}),
   supervisor: supervisorSchema.prefault({}),
   autoscaler: autoscalerSchema.prefault({}),
+  metrics: metricsSchema.prefault({}),
   webhooks: webhooksSchema.prefault({}),
   assets: assetsSchema.prefault({}),
 }).superRefine((config, ctx) => {

@@ -1,5 +1,6 @@
 import { drizzle, type PostgresJsDatabase } from "drizzle-orm/postgres-js";
 import postgres from "postgres";
+import { observedTransaction } from "../observability/hooks.ts";
 import * as schema from "./schema.ts";
 
 export type Database = PostgresJsDatabase<typeof schema>;
@@ -47,7 +48,7 @@ export function createDb(options: DbOptions): DbHandle {
   });
   // drizzle rewires its client's type parsers and serializers (timestamps as strings, JSON left
   // to itself), so the engine's hand-written SQL gets a client of its own with the defaults.
-  const sql = postgres(options.url, clientOptions(options.poolMax));
+  const sql = observeTransactions(postgres(options.url, clientOptions(options.poolMax)));
   const drizzleClient = postgres(options.url, clientOptions(Math.max(2, Math.ceil(options.poolMax / 2))));
   const db = drizzle(drizzleClient, { schema });
   return {
@@ -63,4 +64,14 @@ export function createDb(options: DbOptions): DbHandle {
       await sql`select 1`;
     },
   };
+}
+
+/**
+ * Every transaction of the engine's client goes through `observedTransaction`: its span when
+ * traced, its latency, and the events it wrote counted once it committed.
+ */
+function observeTransactions(sql: postgres.Sql): postgres.Sql {
+  const begin = sql.begin.bind(sql) as (...args: unknown[]) => Promise<unknown>;
+  (sql as { begin: unknown }).begin = (...args: unknown[]) => observedTransaction(() => begin(...args));
+  return sql;
 }

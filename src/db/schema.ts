@@ -137,6 +137,8 @@ export const runs = pgTable(
     updatedAt: ts("updated_at").notNull().defaultNow(),
     startedAt: ts("started_at"),
     finishedAt: ts("finished_at"),
+    /** W3C `traceparent` of the run's span when it was traced: its jobs carry it to the workers. */
+    traceContext: text("trace_context"),
   },
   (t) => [
     index("runs_tenant_created_idx").on(t.tenantId, t.createdAt.desc(), t.id.desc()),

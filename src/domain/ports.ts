@@ -21,6 +21,8 @@ export interface StepJob {
    * step itself. Its attempts are counted apart from the step's (see engine/rollback.ts).
    */
   phase?: "compensate";
+  /** The run's W3C `traceparent`, when it was traced: the job carries it to the worker. */
+  traceparent?: string;
 }
 
 /**

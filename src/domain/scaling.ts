@@ -201,3 +201,11 @@ export function restartDelayMs(crashes: number, maxDelayMs: number): number {
   const streak = Math.max(1, Math.floor(measured(crashes)));
   return Math.min(measured(maxDelayMs), FIRST_RESTART_DELAY_MS * 2 ** Math.min(streak - 1, 40));
 }
+
+/**
+ * The metrics port of the pool process in `slot`: `workerPort + slot`, or 0 (any free port, which
+ * the worker logs and announces) when 0 was configured or the sum passes the last port.
+ */
+export function metricsPortOf(workerPort: number, slot: number): number {
+  return workerPort === 0 || workerPort + slot > 65535 ? 0 : workerPort + slot;
+}

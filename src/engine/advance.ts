@@ -59,6 +59,7 @@ export async function queueSteps(
       attempt: 1,
       queue: resolved.queue,
       priority: resolved.priority,
+      ...(run.trace_context ? { traceparent: run.trace_context } : {}),
     });
   }
 }

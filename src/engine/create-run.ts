@@ -20,6 +20,7 @@ import type { Plan } from "../domain/planner.ts";
 import type { RunKind } from "../domain/status.ts";
 import { resolveStep } from "../domain/workflow/resolve.ts";
 import { renderTemplates, TemplateError } from "../domain/workflow/templates.ts";
+import { startRunSpan } from "../observability/hooks.ts";
 import { assetLockKey, startAdmittedRun, tryAdmit } from "./admission.ts";
 import { queueSteps } from "./advance.ts";
 import type { AfterCommit, EngineDeps } from "./deps.ts";
@@ -83,6 +84,7 @@ export async function insertRun(
   const locksWanted = plan.assets.map((asset) => assetLockKey(asset, input.partitionKey));
   // Nothing to wait for (no concurrency limit, no asset to lock): the run starts as it is created.
   const unrestricted = !loaded.spec.concurrency && locksWanted.length === 0;
+  const span = startRunSpan({ workflow: loaded.spec.name, kind: input.kind });
   const run = await insertRunRow(sql, {
     tenantId: input.tenantId,
     workflowId: loaded.workflowId,
@@ -100,7 +102,9 @@ export async function insertRun(
     concurrencyKey: concurrencyKeyOf(loaded, input.params),
     locksWanted,
     pendingSteps: plan.toRun.length,
+    traceContext: span.traceparent,
   });
+  span.end(run.id);
 
   const rows = plan.steps.map((p): NewStepRow => {
     const spec = loaded.steps.get(p.stepId)!;

@@ -8,7 +8,7 @@ import type { StepJob } from "../domain/ports.ts";
  * jobs of the one before.
  */
 export function jobFor(
-  run: Pick<RunRow, "id" | "tenant_id" | "rollbacks">,
+  run: Pick<RunRow, "id" | "tenant_id" | "rollbacks" | "trace_context">,
   row: Pick<StepRow, "step_id" | "queue" | "priority"> & { phase?: Phase },
   attempt: number,
   extra: { delayMs?: number; jobSuffix?: string } = {},
@@ -25,5 +25,6 @@ export function jobFor(
     ...(compensate ? { phase: "compensate" as const } : {}),
     ...(extra.delayMs ? { delayMs: extra.delayMs } : {}),
     ...(jobSuffix ? { jobSuffix } : {}),
+    ...(run.trace_context ? { traceparent: run.trace_context } : {}),
   };
 }

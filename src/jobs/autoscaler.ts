@@ -8,7 +8,7 @@ import type { Logger } from "pino";
 import type { Config } from "../config/index.ts";
 import { createDb } from "../db/client.ts";
 import { queueLoad } from "../db/repositories/queues.ts";
-import type { QueueLoad } from "../domain/scaling.ts";
+import { metricsPortOf, type QueueLoad } from "../domain/scaling.ts";
 import { createRedis } from "../redis/connection.ts";
 import { WorkerRegistry } from "../redis/registry.ts";
 import { startWorkerPools, type WorkerPools } from "./pool.ts";
@@ -25,7 +25,7 @@ export interface RunningAutoscaler {
 export async function startAutoscaler(options: {
   config: Config;
   log: Logger;
-  workerArgv?: (queue: string) => string[];
+  workerArgv?: (queue: string, slot: number) => string[];
 }): Promise<RunningAutoscaler> {
   const { config } = options;
   const log = options.log.child({ component: "autoscaler" });
@@ -38,7 +38,17 @@ export async function startAutoscaler(options: {
   const registry = new WorkerRegistry(redis, config.redis.prefix);
   const argv =
     options.workerArgv ??
-    ((queue: string) => [process.argv[1]!, "worker", "--queues", queue, "--supervised"]);
+    ((queue: string, slot: number) => [
+      process.argv[1]!,
+      "worker",
+      "--queues",
+      queue,
+      "--supervised",
+      // Each process of the pools gets a port of its own: workerPort + its slot (0, or past the
+      // last port, lets the OS choose one; the worker logs and announces it).
+      "--metrics-port",
+      String(metricsPortOf(config.metrics.workerPort, slot)),
+    ]);
   const pools = startWorkerPools({
     config,
     log,
@@ -53,8 +63,8 @@ export async function startAutoscaler(options: {
     },
     // Supervised workers ignore the terminal's Ctrl-C (the pool stops them, once, with SIGTERM)
     // and stop by themselves if this process dies: their stdin closes.
-    spawnWorker: (queue): ChildProcess =>
-      spawn(process.execPath, argv(queue), { stdio: ["pipe", "inherit", "inherit"], env: process.env }),
+    spawnWorker: (queue, slot): ChildProcess =>
+      spawn(process.execPath, argv(queue, slot), { stdio: ["pipe", "inherit", "inherit"], env: process.env }),
     publishTargets: (targets) => registry.publishTargets(targets, config.autoscaler.intervalSeconds * 5000),
   });
   return {

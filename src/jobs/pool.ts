@@ -35,8 +35,12 @@ export interface WorkerPoolsOptions {
   log: Logger;
   /** Backlog and running steps per queue; a queue missing from the map counts as idle. */
   measure: () => Promise<Map<string, QueueLoad>>;
-  /** Starts one worker process for `queue`; it must drain and exit on SIGTERM. */
-  spawnWorker: (queue: string) => ChildProcess;
+  /**
+   * Starts one worker process for `queue`; it must drain and exit on SIGTERM. `slot` is the
+   * smallest number no other process of any pool holds (live or draining): a stable, bounded
+   * index, e.g. for the port of its `/metrics`.
+   */
+  spawnWorker: (queue: string, slot: number) => ChildProcess;
   /** Called after every tick with every queue's decision (e.g. for metrics); failures are logged. */
   publishTargets?: (targets: Record<string, QueueTarget>) => Promise<void>;
   /** Clock for scaling decisions (cool-down), in milliseconds; defaults to Date.now. */
@@ -70,6 +74,7 @@ export interface WorkerPools {
 
 interface Child {
   readonly process: ChildProcess;
+  readonly slot: number;
   readonly pid: number | undefined;
   readonly exited: Promise<void>;
   /** Up for STABLE_AFTER_MS. */
@@ -127,10 +132,19 @@ export function startWorkerPools(options: WorkerPoolsOptions): WorkerPools {
     }),
   );
 
+  /** The smallest slot no live or draining process of any pool holds. */
+  function freeSlot(): number {
+    const taken = new Set(pools.flatMap((p) => [...p.live, ...p.draining].map((c) => c.slot)));
+    let slot = 0;
+    while (taken.has(slot)) slot++;
+    return slot;
+  }
+
   function spawnChild(pool: Pool): boolean {
     let proc: ChildProcess;
+    const slot = freeSlot();
     try {
-      proc = spawnWorker(pool.queue);
+      proc = spawnWorker(pool.queue, slot);
     } catch (error) {
       pool.log.error({ err: error, target: pool.target }, "could not start a worker process");
       exitedUnexpectedly(pool, undefined, null, null);
@@ -140,7 +154,7 @@ export function startWorkerPools(options: WorkerPoolsOptions): WorkerPools {
     const exited = new Promise<void>((resolve) => {
       markExited = resolve;
     });
-    const child: Child = { process: proc, pid: proc.pid, exited, stable: false, done: false };
+    const child: Child = { process: proc, slot, pid: proc.pid, exited, stable: false, done: false };
     const restart = pool.replacementsDue > 0;
     if (restart) {
       pool.replacementsDue--;
@@ -177,7 +191,12 @@ export function startWorkerPools(options: WorkerPoolsOptions): WorkerPools {
       }
     });
     pool.log.info(
-      { pid: child.pid, target: pool.target, reason: restart ? "replacing an exited process" : pool.reason },
+      {
+        pid: child.pid,
+        slot,
+        target: pool.target,
+        reason: restart ? "replacing an exited process" : pool.reason,
+      },
       restart ? "worker process restarted" : "worker process started",
     );
     return true;

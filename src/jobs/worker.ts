@@ -29,6 +29,8 @@ import {
 } from "../engine/attempts.ts";
 import { createEngineDeps } from "../engine/create.ts";
 import { GroupCommitter } from "../engine/group-commit.ts";
+import { AttemptObserver } from "../observability/attempts.ts";
+import { timedBatches } from "../observability/metrics.ts";
 import { RedisAssetLocks } from "../redis/asset-locks.ts";
 import { createRedis } from "../redis/connection.ts";
 import { RedisEventBus } from "../redis/event-bus.ts";
@@ -46,6 +48,8 @@ export interface WorkerOptions {
   queues: readonly string[];
   concurrency: number;
   log: Logger;
+  /** Announced with the worker (GET /v1/queues lists it). */
+  metricsUrl?: string;
 }
 
 export interface RunningWorker {
@@ -100,7 +104,11 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   // within a lease fails: a start's job is tried again later by BullMQ (if it did commit, the
   // attempt is recovered when its lease runs out); a finish is tried again (see `finish`).
   const engine = new GroupCommitter<AttemptRequest, AttemptResult>(
-    (_lane, requests) => commitAttempts(deps, requests, { worker: { id, leaseSeconds }, queues: serves }),
+    timedBatches(
+      "attempts",
+      (_lane, requests) => commitAttempts(deps, requests, { worker: { id, leaseSeconds }, queues: serves }),
+      (request) => ("start" in request ? "start" : "finish"),
+    ),
     256,
     leaseSeconds * 1000,
   );
@@ -134,6 +142,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
           queues: [...options.queues],
           concurrency: options.concurrency,
           startedAt,
+          ...(options.metricsUrl ? { metricsUrl: options.metricsUrl } : {}),
           steps: [...running.values()].map((r) => ({
             tenantId: r.attempt.tenantId,
             runId: r.attempt.runId,
@@ -196,9 +205,14 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
 
   async function processJob(job: Job, token?: string): Promise<void> {
     await handBackNewerJob(job, token, log);
-    const { phase, ...payload } = stepJobPayload.parse(job.data);
-    const started = await startJob({ ...payload, ...(phase ? { phase } : {}), jobId: job.id });
+    const { phase, traceparent, ...payload } = stepJobPayload.parse(job.data);
+    const due = { dueAt: job.timestamp + (job.opts.delay ?? 0), takenAt: job.processedOn ?? Date.now() };
+    const observer = new AttemptObserver({ ...payload, phase, queue: job.queueName, traceparent, ...due });
+    const started = await observer
+      .wrap(startJob)({ ...payload, ...(phase ? { phase } : {}), jobId: job.id })
+      .catch((error) => observer.skip("start failed", error));
     if (!started.accepted) {
+      observer.skip(started.refusal);
       log.info({ ...payload, phase, refusal: started.refusal, reason: started.reason }, "job skipped");
       return;
     }
@@ -208,7 +222,9 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     let next: StartedAttempt | undefined = started.attempt;
     for (let n = 0; next; n++) {
       const mayContinue = !stopping && n + 1 < CONTINUE_MAX_STEPS && Date.now() - began < CONTINUE_MAX_MS;
-      next = await runAttempt(next, mayContinue);
+      const observing =
+        n === 0 ? observer : new AttemptObserver({ ...next, queue: job.queueName, traceparent });
+      next = await runAttempt(next, mayContinue, observing);
     }
   }
 
@@ -216,6 +232,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   async function runAttempt(
     attempt: StartedAttempt,
     mayContinue: boolean,
+    observer: AttemptObserver,
   ): Promise<StartedAttempt | undefined> {
     const phase = attempt.phase;
     const ref: HeldRef = {
@@ -281,7 +298,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     let outcome: { ok: true; output: unknown } | { ok: false; error: ExecutionError };
     try {
       stepLog.info({ type: attempt.executor.type }, "attempt started");
-      const output = await execute(attempt.executor, {
+      const output = await observer.executing(attempt.executor.type, execute)(attempt.executor, {
         runId: ref.runId,
         stepId: ref.stepId,
         attempt: ref.attempt,
@@ -320,8 +337,9 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       await logs.flush(true);
       await flush();
       const lost = () => leaseLost || (stopping && closingFor() > config.worker.graceSeconds * 1000);
+      const record = observer.wrap(finish);
       if (outcome.ok) {
-        const result = await finish(
+        const result = await record(
           {
             ref,
             end: { kind: "succeeded", output: outcome.output },
@@ -330,6 +348,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
           lost,
           stepLog,
         );
+        observer.end(result.accepted ? "succeeded" : "refused");
         const next = result.accepted ? result.next : undefined;
         stepLog.info(
           { accepted: result.accepted, ...(next ? { continuesWith: next.stepId } : {}) },
@@ -339,12 +358,14 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       }
       const error = outcome.error;
       if (error.code === "shutdown") {
-        const handedBack = await handBackAttempt(deps, ref);
+        const handedBack = await observer.wrap(handBackAttempt)(deps, ref);
+        observer.end("handed_back");
         stepLog.info({ handedBack }, "attempt handed back");
       } else if (error.code === "cancelled" || error.code === "lease_lost") {
+        observer.end(error.code, error.message);
         stepLog.info({ reason: error.code }, "attempt aborted");
       } else {
-        const result = await finish(
+        const result = await record(
           {
             ref,
             end: {
@@ -357,6 +378,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
           lost,
           stepLog,
         );
+        observer.end(!result.accepted ? "refused" : result.retry ? "retrying" : "failed", error.message);
         stepLog.info(
           { err: error.message, retry: result.accepted ? result.retry : undefined },
           "attempt failed",
@@ -364,6 +386,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       }
       return undefined;
     } finally {
+      observer.end("refused"); // no-op unless recording the result failed: it did not count
       clearInterval(heartbeat);
       running.remove(entry);
       changed();

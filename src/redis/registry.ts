@@ -26,6 +26,8 @@ export interface WorkerInfo {
   steps: WorkerStep[];
   /** Stamped by `announce`; absent in announcements of releases before 0.2.0. */
   release?: ProcessRelease;
+  /** Where the process serves its Prometheus metrics, when it does. */
+  metricsUrl?: string;
 }
 
 export type ScalerTarget = QueueTarget;

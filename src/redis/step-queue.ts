@@ -21,6 +21,8 @@ export const stepJobPayload = z.object({
   stepId: z.string(),
   attempt: z.number().int().min(1),
   phase: z.literal("compensate").optional(),
+  /** The run's W3C trace context, when it was traced (observability/tracing.ts). */
+  traceparent: z.string().max(512).optional(),
 });
 export type StepJobPayload = z.infer<typeof stepJobPayload>;
 /**
@@ -86,6 +88,7 @@ export class BullStepDispatcher implements StepDispatcher {
               stepId: job.stepId,
               attempt: job.attempt,
               ...(job.phase ? { phase: job.phase } : {}),
+              ...(job.traceparent ? { traceparent: job.traceparent } : {}),
               format: FORMATS.job,
             } satisfies StepJobData,
             opts: {

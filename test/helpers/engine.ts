@@ -63,6 +63,8 @@ export function configFileFor(ctx: TestContext, extra: Record<string, unknown> =
       webhooks,
       limits,
       log: { level: "info" },
+      // Test processes run side by side: each takes a free port for its /metrics (and logs it).
+      metrics: { workerPort: 0, supervisorPort: 0 },
       ...extra,
     }),
   );
@@ -80,6 +82,12 @@ export function spawnWorker(
     ["worker", "--queues", "default", "--concurrency", "4", ...args],
     cleanEnv({ FLOWLINE_CONFIG: file }),
   );
+}
+
+/** The `/metrics` address a process logged when it started listening. */
+export async function metricsUrlOf(p: Spawned): Promise<string> {
+  const [, url] = await p.waitFor(/"metricsUrl":"([^"]+)"/);
+  return url!;
 }
 
 /** Starts a real supervisor process with the same configuration as the test's API. */

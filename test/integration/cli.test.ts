@@ -65,7 +65,14 @@ describe("flowline CLI", () => {
   it("up: runs a workflow end to end with its own worker processes, and stops them all on SIGTERM", async () => {
     const port = await freePort();
     const key = "flk_cli_up_test_key_0123456789abcdef";
-    const env = cleanEnv({ ...baseEnv, PORT: String(port), HOST: "127.0.0.1", FLOWLINE_BOOTSTRAP_KEY: key });
+    const env = cleanEnv({
+      ...baseEnv,
+      PORT: String(port),
+      HOST: "127.0.0.1",
+      FLOWLINE_BOOTSTRAP_KEY: key,
+      // Any free port for the pool's worker processes: tests run side by side.
+      FLOWLINE_METRICS_WORKER_PORT: "0",
+    });
     const up = spawnFlowline(["up"], env);
     await up.waitFor(/api listening/);
     await up.waitFor(/worker started/);
@@ -94,6 +101,12 @@ describe("flowline CLI", () => {
         .status;
     }
     expect(status, `${up.stdout()}\n${up.stderr()}`.slice(-4000)).toBe("succeeded");
+    // The API's /metrics carries the supervisor it runs; the pool's worker serves its own.
+    expect(await (await fetch(`${base}/metrics`)).text()).toMatch(/^flowline_supervisor_active 1$/m);
+    const [, workerMetrics] = await up.waitFor(/"metricsUrl":"([^"]+)"/);
+    expect(await (await fetch(workerMetrics!)).text()).toMatch(
+      /^flowline_step_attempts_total\{queue="default",kind="noop",outcome="succeeded"\} 1$/m,
+    );
 
     // An open event stream must not keep the API from stopping.
     await fetch(`${base}/v1/workflows/parked`, {

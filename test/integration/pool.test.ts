@@ -18,6 +18,8 @@ const FAKE_WORKER = fileURLToPath(new URL("../fixtures/fake-worker.mjs", import.
 interface Spawned {
   queue: string;
   pid: number;
+  /** The slot the pool gave it (its metrics port is workerPort + slot). */
+  slot: number;
   exit?: { code: number | null; signal: NodeJS.Signals | null };
 }
 
@@ -74,13 +76,13 @@ function startPools(
     publishTargets: async (targets) => {
       published.push(targets);
     },
-    spawnWorker: (queue) => {
+    spawnWorker: (queue, slot) => {
       const args = options.crashing?.includes(queue) ? ["crash"] : [];
       const child = spawn(process.execPath, [FAKE_WORKER, ...args], {
         stdio: ["pipe", "ignore", "inherit"],
         env: { ...process.env, FAKE_WORKER_STOP_MS: String(options.stopMs ?? 150) },
       });
-      const record: Spawned = { queue, pid: child.pid! };
+      const record: Spawned = { queue, pid: child.pid!, slot };
       spawned.push(record);
       alive.set(queue, (alive.get(queue) ?? 0) + 1);
       peak.set(queue, Math.max(peak.get(queue) ?? 0, alive.get(queue)!));
@@ -147,6 +149,8 @@ describe("worker pools", () => {
     await waitTicks(h, 3);
     expect(sizes()).toEqual({ default: 1, batch: 2, idle: 0 });
     expect(h.spawned).toHaveLength(3);
+    // Slots are shared by all pools: each process holds one no other holds.
+    expect(h.spawned.map((s) => s.slot).sort()).toEqual([0, 1, 2]);
     expect(pool(h, "batch")).toMatchObject({ target: 2, draining: [], restarts: 0, restartPending: false });
     expect(h.published.at(-1)!.batch).toMatchObject({ target: 2, processes: 2, backlog: 0, active: 0 });
   });
@@ -215,6 +219,8 @@ describe("worker pools", () => {
     );
     expect(h.spawned.find((s) => s.pid === victim)!.exit).toEqual({ code: null, signal: "SIGKILL" });
     expect(h.spawned).toHaveLength(3);
+    // The replacement takes the slot (and so the metrics port) the dead process freed.
+    expect(h.spawned[2]!.slot).toBe(h.spawned.find((s) => s.pid === victim)!.slot);
     const crash = h.logs.find((l) => l.msg === "worker process exited unexpectedly")!;
     expect(crash).toMatchObject({ queue: "default", pid: victim, signal: "SIGKILL", restartInMs: 500 });
     expect(h.logs.some((l) => l.msg === "worker process restarted")).toBe(true);

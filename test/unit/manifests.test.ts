@@ -375,14 +375,19 @@ describe("deploy/kubernetes", () => {
     );
   });
 
-  it("probes nothing over HTTP in processes that serve nothing", () => {
-    for (const { name, pod } of workloads) {
+  it("probes nothing over HTTP in processes that serve only /metrics, whose port matches the config", () => {
+    const { metrics } = flowlineConfig();
+    expect(metrics.host).toBe("0.0.0.0");
+    for (const { name, pod, doc } of workloads) {
       for (const container of containersOf(pod)) {
-        if (roleOf(container) === "api") continue;
+        const role = roleOf(container);
+        if (role === "api" || role === "migrate") continue;
         for (const probe of ["livenessProbe", "readinessProbe", "startupProbe"]) {
           expect(container[probe]?.httpGet, `${name}: ${probe}`).toBeUndefined();
         }
-        expect(container.ports, name).toBeUndefined();
+        const port = role === "worker" ? metrics.workerPort : metrics.supervisorPort;
+        expect(container.ports, name).toEqual([{ name: "metrics", containerPort: port }]);
+        expect(doc.spec.template.metadata?.annotations?.["prometheus.io/port"], name).toBe(String(port));
       }
     }
   });

@@ -1,10 +1,14 @@
 import type { FastifyInstance } from "fastify";
-import { Counter, collectDefaultMetrics, Histogram, Registry } from "prom-client";
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { installEngineMetrics, processRegistry } from "../../observability/metrics.ts";
 
-/** Prometheus metrics of the API process, served at /metrics. One registry per app instance. */
+/**
+ * Prometheus metrics of the API, served at /metrics: this app's own (requests, open streams, queue
+ * gauges) with the process's (Node, engine; in `flowline up` also the supervisor's).
+ */
 export function registerMetrics(app: FastifyInstance): Registry {
+  installEngineMetrics();
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: "flowline_" });
   const requests = new Counter({
     name: "flowline_http_requests_total",
     help: "HTTP requests answered, by route and status",
@@ -25,8 +29,21 @@ export function registerMetrics(app: FastifyInstance): Registry {
     duration.observe({ method: request.method, route }, reply.elapsedTime / 1000);
   });
   app.get("/metrics", { config: { public: true }, schema: { hide: true } }, async (_request, reply) => {
-    reply.type(registry.contentType);
-    return registry.metrics();
+    const merged = Registry.merge([registry, processRegistry()]);
+    reply.type(merged.contentType);
+    return merged.metrics();
   });
   return registry;
+}
+
+/** Event and log streams open on this API process. */
+export function registerStreamGauge(registry: Registry, open: () => number): void {
+  new Gauge({
+    name: "flowline_sse_streams_open",
+    help: "Event streams (SSE) open on this API process",
+    registers: [registry],
+    collect() {
+      this.set(open());
+    },
+  });
 }

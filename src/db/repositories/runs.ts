@@ -5,6 +5,7 @@
 import type postgres from "postgres";
 import type { Phase } from "../../domain/attempt.ts";
 import type { EventType, RunKind, RunStatus, StepStatus } from "../../domain/status.ts";
+import { eventsWritten } from "../../observability/hooks.ts";
 
 export type Sql = postgres.Sql | postgres.TransactionSql;
 type Json = postgres.JSONValue;
@@ -36,6 +37,8 @@ export interface RunRow {
   updated_at: Date;
   started_at: Date | null;
   finished_at: Date | null;
+  /** W3C `traceparent` of the run's span, when the run was traced. */
+  trace_context: string | null;
 }
 
 export interface StepRow {
@@ -112,6 +115,7 @@ const RUN_FIELDS = [
   "updated_at",
   "started_at",
   "finished_at",
+  "trace_context",
 ] as const;
 
 /** `RunRow` columns for a select list or a `returning` clause, optionally qualified by an alias. */
@@ -168,6 +172,7 @@ export async function appendEvents(
   notifyOn?: ReadonlySet<string>,
 ) {
   if (events.length === 0) return 0;
+  eventsWritten(events);
   const rows = events.map((e) => ({
     step_id: e.stepId ?? null,
     type: e.type,
@@ -425,6 +430,8 @@ export interface NewRunRow {
   concurrencyKey: string | null;
   locksWanted: string[];
   pendingSteps: number;
+  /** The W3C trace context of the run's span, when it is traced. */
+  traceContext: string | null;
 }
 
 /** Inserts a new run; the caller then inserts its steps (`insertStepRows`) in the same transaction. */
@@ -432,12 +439,12 @@ export async function insertRunRow(sql: Sql, run: NewRunRow): Promise<RunRow> {
   const [inserted] = await sql<RunRow[]>`
     insert into runs (tenant_id, workflow_id, workflow_version, kind, status, trigger, params, priority,
       request, plan, parent_run_id, backfill_id, partition_key, concurrency_key, locks_wanted,
-      pending_steps, created_at, started_at)
+      pending_steps, created_at, started_at, trace_context)
     values (${run.tenantId}, ${run.workflowId}, ${run.workflowVersion}, ${run.kind}, ${run.status}, ${run.trigger},
       ${sql.json(run.params as never)}, ${run.priority}, ${sql.json((run.request ?? {}) as never)},
       ${sql.json(run.plan as never)}, ${run.parentRunId}, ${run.backfillId}, ${run.partitionKey},
       ${run.concurrencyKey}, ${sql.json(run.locksWanted)}, ${run.pendingSteps}, clock_timestamp(),
-      ${run.status === "running" ? sql`clock_timestamp()` : null})
+      ${run.status === "running" ? sql`clock_timestamp()` : null}, ${run.traceContext})
     returning ${runColumns(sql)}`;
   return inserted!;
 }

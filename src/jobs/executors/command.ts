@@ -6,6 +6,7 @@
  */
 import { spawn } from "node:child_process";
 import { ownValue } from "../../domain/records.ts";
+import { traceEnv } from "../../observability/tracing.ts";
 import { LineSplitter } from "./lines.ts";
 import { ExecutionError, type ExecutorFn } from "./types.ts";
 
@@ -28,7 +29,8 @@ export const runCommand: ExecutorFn<"command"> = (executor, ctx) => {
       cwd: entry.cwd,
       // The allowlist entry's env and PATH win over the step's, and spec.ts refuses variables that
       // change what runs (PATH, LD_PRELOAD, NODE_OPTIONS…): a step picks arguments, not programs.
-      env: { ...executor.env, PATH: process.env.PATH ?? "/usr/bin:/bin", ...entry.env },
+      // TRACEPARENT: the step's trace context, for a program that traces its own work.
+      env: { ...executor.env, ...traceEnv(), PATH: process.env.PATH ?? "/usr/bin:/bin", ...entry.env },
       shell: false,
       detached: true, // its own process group, so aborting also stops what it started
       stdio: ["ignore", "pipe", "pipe"],

@@ -11,6 +11,7 @@ import http from "node:http";
 import https from "node:https";
 import { BlockList, isIP, type LookupFunction } from "node:net";
 import { hostAllowed } from "../../domain/workflow/validate.ts";
+import { traceHeaders } from "../../observability/tracing.ts";
 import { ExecutionError, type ExecutorFn } from "./types.ts";
 
 const metadata = new BlockList();
@@ -111,7 +112,12 @@ export const runHttp: ExecutorFn<"http"> = async (executor, ctx) => {
   const timeoutMs = (executor.timeoutSeconds ?? 30) * 1000;
   const signal = AbortSignal.any([ctx.signal, AbortSignal.timeout(timeoutMs)]);
   const body = executor.body === undefined ? undefined : JSON.stringify(executor.body);
-  const headers: Record<string, string> = { accept: "application/json", ...executor.headers };
+  // The step's own trace context goes with the request (W3C `traceparent`), unless it sets one.
+  const headers: Record<string, string> = {
+    accept: "application/json",
+    ...traceHeaders(),
+    ...executor.headers,
+  };
   if (body !== undefined && !Object.keys(headers).some((h) => h.toLowerCase() === "content-type")) {
     headers["content-type"] = "application/json";
   }

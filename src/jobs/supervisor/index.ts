@@ -22,6 +22,7 @@ import { createEngineDeps } from "../../engine/create.ts";
 import type { EngineDeps } from "../../engine/deps.ts";
 import { reconcile } from "../../engine/reconcile.ts";
 import { autoMaterialize } from "../../engine/requests.ts";
+import { countReport, supervisorMetricsOf, trackSupervisor } from "../../observability/metrics.ts";
 import { RedisAssetLocks } from "../../redis/asset-locks.ts";
 import { createRedis } from "../../redis/connection.ts";
 import { RedisEventBus } from "../../redis/event-bus.ts";
@@ -51,16 +52,20 @@ const FENCE = "supervisor";
 
 export function supervisorDuties(deps: EngineDeps, guard: (sql: Sql) => Promise<void>): Duty[] {
   const { supervisor, worker } = deps.config;
+  const metrics = supervisorMetricsOf();
   return [
     {
       name: "reconcile",
       intervalMs: supervisor.reconcileIntervalSeconds * 1000,
-      run: () =>
-        reconcile(deps, {
+      run: async () => {
+        const report = await reconcile(deps, {
           minAgeSeconds: Math.max(5, supervisor.reconcileIntervalSeconds),
           // BullMQ's stall check normally recovers a dead worker's step first; this is the backstop.
           leaseGraceSeconds: Math.max(2, Math.ceil(worker.stallSeconds / 2)),
-        }),
+        });
+        countReport(metrics.repairs, "kind", report);
+        return report;
+      },
     },
     {
       // Keeps active runs' asset locks alive and starts queued runs whose slots or locks freed up
@@ -87,7 +92,9 @@ export function supervisorDuties(deps: EngineDeps, guard: (sql: Sql) => Promise<
       intervalMs: 1000,
       run: async () => {
         await queueWebhookDeliveries(deps);
-        return deliverDueWebhooks(deps);
+        const result = await deliverDueWebhooks(deps);
+        countReport(metrics.webhooks, "outcome", result);
+        return result;
       },
     },
     {
@@ -180,6 +187,8 @@ export async function startSupervisor(options: { config: Config; log: Logger }):
     await assertFence(sql, FENCE, grant.fence);
   };
   const duties = supervisorDuties(deps, guard).map((duty) => ({ duty, nextAt: 0, failures: 0 }));
+  const metrics = supervisorMetricsOf();
+  const untrack = trackSupervisor(isActive);
   let stopped = false;
   const sleepers = new Set<() => void>();
   const sleep = (ms: number) =>
@@ -207,11 +216,14 @@ export async function startSupervisor(options: { config: Config; log: Logger }):
       while (!stopped) {
         if (isActive() && performance.now() >= entry.nextAt) {
           const started = performance.now();
+          const duty = entry.duty.name;
           try {
             await entry.duty.run(isActive);
             entry.failures = 0;
             entry.nextAt = started + entry.duty.intervalMs;
+            metrics.duties.inc({ duty, outcome: "ok" });
           } catch (error) {
+            metrics.duties.inc({ duty, outcome: "error" });
             entry.failures++;
             const backoff = Math.min(
               MAX_DUTY_BACKOFF_MS,
@@ -219,6 +231,8 @@ export async function startSupervisor(options: { config: Config; log: Logger }):
             );
             entry.nextAt = performance.now() + backoff;
             log.error({ err: error, duty: entry.duty.name, retryInMs: backoff }, "supervisor duty failed");
+          } finally {
+            metrics.dutySeconds.observe({ duty }, (performance.now() - started) / 1000);
           }
         }
         await sleep(250);
@@ -246,6 +260,7 @@ export async function startSupervisor(options: { config: Config; log: Logger }):
       closing ??= (async () => {
         stopped = true;
         await unannounce();
+        untrack();
         for (const done of [...sleepers]) done();
         await Promise.allSettled([leaseLoop, ...dutyLoops]);
         // Hand over at once instead of making the standby wait out the lease.

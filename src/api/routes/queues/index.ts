@@ -133,6 +133,7 @@ const workerSchema = z.object({
   queues: z.array(z.string()),
   concurrency: z.number().int(),
   startedAt: z.string(),
+  metricsUrl: z.string().nullable().describe("Where the process serves /metrics; null when it does not"),
   steps: z.array(
     z.object({ runId: z.string(), stepId: z.string(), attempt: z.number().int(), startedAt: z.string() }),
   ),
@@ -187,6 +188,7 @@ export const queueRoutes: FastifyPluginAsyncZod<QueueSources> = async (app, sour
           ...q,
           workers: q.workers.map((w) => ({
             ...w,
+            metricsUrl: w.metricsUrl ?? null,
             steps: w.steps
               .filter((s) => caller.root || s.tenantId === caller.tenantId)
               .map(({ tenantId: _tenant, ...step }) => step),

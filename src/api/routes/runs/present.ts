@@ -2,6 +2,7 @@
 import { z } from "zod";
 import type { RunRow } from "../../../db/repositories/runs.ts";
 import { runKinds, runStatuses } from "../../../domain/status.ts";
+import { traceIdOf } from "../../../observability/tracing.ts";
 import { isoDate, toIso, toIsoOrNull } from "../../schemas.ts";
 
 export const runSchema = z
@@ -20,6 +21,12 @@ export const runSchema = z
     createdAt: isoDate,
     startedAt: isoDate.nullable(),
     finishedAt: isoDate.nullable(),
+    traceId: z
+      .string()
+      .nullable()
+      .describe(
+        "The run's OpenTelemetry trace id (32 hex digits); null when it was created with tracing off",
+      ),
     links: z.object({ self: z.string(), events: z.string() }),
   })
   .meta({ id: "Run" });
@@ -40,6 +47,7 @@ export function presentRun(run: RunRow & { workflow_name?: string }, workflowNam
     createdAt: toIso(run.created_at),
     startedAt: toIsoOrNull(run.started_at),
     finishedAt: toIsoOrNull(run.finished_at),
+    traceId: traceIdOf(run.trace_context),
     links: { self: `/v1/runs/${run.id}`, events: `/v1/runs/${run.id}/events` },
   };
 }
