@@ -335,6 +335,42 @@ const webhooksSchema = section({
   secret: nonEmptyString().optional(),
 });
 
+/** Environment variables whose names start with this hold secrets (`{{secrets.NAME}}` → `<prefix>NAME`). */
+export const DEFAULT_SECRET_PREFIX = "FLOWLINE_SECRET_";
+/** What `{{secrets.NAME}}` may name: also a file name in `secrets.dir`, so no dots or slashes. */
+export const SECRET_NAME = /^[A-Za-z0-9_-]{1,128}$/;
+
+/**
+ * Where workers find the values of `{{secrets.NAME}}` (SPEC §12). Values are read at execution
+ * time, on every attempt, and never stored: `env` reads `<prefix>NAME` from the worker's
+ * environment; `files` reads the file `<dir>/NAME` (a mounted Kubernetes Secret, Docker secrets).
+ */
+const secretsSchema = z
+  .discriminatedUnion(
+    "provider",
+    [
+      section({
+        provider: z.literal("env"),
+        prefix: z
+          .string({ error: "expected a variable name prefix such as FLOWLINE_SECRET_" })
+          .regex(/^[A-Z_][A-Z0-9_]{0,63}_$/, {
+            error: "expected upper-case letters, digits and _, ending with _ (e.g. FLOWLINE_SECRET_)",
+          })
+          .refine((p) => p !== "FLOWLINE_", {
+            error: "FLOWLINE_ alone would hide misspelt settings; use e.g. FLOWLINE_SECRET_",
+          })
+          .default(DEFAULT_SECRET_PREFIX),
+      }),
+      section({
+        provider: z.literal("files"),
+        /** One file per secret, named after it; a trailing newline is not part of the value. */
+        dir: nonEmptyString("a directory path"),
+      }),
+    ],
+    { error: 'expected provider "env" (with an optional prefix) or "files" (with a dir)' },
+  )
+  .prefault({ provider: "env" });
+
 // ---------------------------------------------------------------------------------------------
 
 export const configSchema = section({
@@ -369,6 +405,7 @@ export const configSchema = section({
   autoscaler: autoscalerSchema.prefault({}),
   webhooks: webhooksSchema.prefault({}),
   assets: assetsSchema.prefault({}),
+  secrets: secretsSchema,
 }).superRefine((config, ctx) => {
   const { requestTimeoutMs, headersTimeoutMs } = config.server;
   if (requestTimeoutMs > 0 && headersTimeoutMs > requestTimeoutMs) {
