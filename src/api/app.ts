@@ -59,6 +59,7 @@ import { rollbackRoutes } from "./routes/rollback/index.ts";
 import { runRoutes } from "./routes/runs/index.ts";
 import { coalesceReads, type SseHub } from "./routes/runs/sse.ts";
 import { sessionRoutes } from "./routes/session/index.ts";
+import { webhookRoutes } from "./routes/webhooks/index.ts";
 import { workflowRoutes } from "./routes/workflows/index.ts";
 
 export interface AppDeps {
@@ -334,6 +335,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(controlRoutes, { prefix: "/v1", engine });
   await app.register(rollbackRoutes, { prefix: "/v1", engine });
   await app.register(keyRoutes, { prefix: "/v1", keys });
+  await app.register(webhookRoutes, { prefix: "/v1", db: deps.db });
   await app.register(sessionRoutes, {
     prefix: "/v1",
     ...authSources,
