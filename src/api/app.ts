@@ -29,6 +29,7 @@ import type { Redis } from "ioredis";
 import type { OpenAPIV3_1 } from "openapi-types";
 import type { Config } from "../config/index.ts";
 import type { DbHandle } from "../db/client.ts";
+import { recordKeyUse } from "../db/repositories/key-usage.ts";
 import { keysRepository } from "../db/repositories/keys.ts";
 import { readEvents } from "../db/repositories/runs.ts";
 import { workflowsRepository } from "../db/repositories/workflows.ts";
@@ -209,6 +210,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   let secret: Promise<string> | undefined;
   const authSources = {
     keys,
+    used: (keyId: string) => recordKeyUse(deps.db.sql, keyId),
     failures: config.rateLimit.enabled
       ? new AuthFailureLimiter(
           deps.redis,

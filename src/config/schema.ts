@@ -52,6 +52,16 @@ function recordOf<T extends z.ZodType>(pattern: RegExp, what: string, rule: stri
   });
 }
 
+/**
+ * Values copied from an example without being replaced (the shipped Kubernetes `secret.yaml`
+ * holds `CHANGE_ME`): a server must not start with a credential everyone can read.
+ */
+const PLACEHOLDER = /(^|[^a-z])(change|replace)[_-]?me([^a-z]|$)|placeholder/i;
+const placeholderError = "looks like a placeholder (CHANGE_ME); set a real value";
+function notPlaceholder<T extends z.ZodType<string | undefined>>(schema: T) {
+  return schema.refine((value) => value === undefined || !PLACEHOLDER.test(value), { error: placeholderError });
+}
+
 export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
 
 export const COMMAND_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
@@ -96,14 +106,16 @@ const serverSchema = section({
 });
 
 const databaseSchema = section({
-  url: urlWithProtocols(["postgres:", "postgresql:"]).default("postgres://postgres@127.0.0.1:5432/flowline"),
+  url: notPlaceholder(urlWithProtocols(["postgres:", "postgresql:"])).default(
+    "postgres://postgres@127.0.0.1:5432/flowline",
+  ),
   poolMax: intBetween(1, 1000).default(10),
   connectTimeoutSeconds: intAtLeast(1).default(5),
   statementTimeoutMs: intAtLeast(0).default(30_000),
 });
 
 const redisSchema = section({
-  url: urlWithProtocols(["redis:", "rediss:"]).default("redis://127.0.0.1:6379"),
+  url: notPlaceholder(urlWithProtocols(["redis:", "rediss:"])).default("redis://127.0.0.1:6379"),
   /** Every key Flowline writes starts with `<prefix>:`, so deployments can share a server. */
   prefix: z
     .string({ error: "expected a string" })
@@ -113,18 +125,20 @@ const redisSchema = section({
 
 const authSchema = section({
   /** The root API key ensured at start-up (tenant `default`). Without it one is generated once. */
-  bootstrapKey: z
-    .string({ error: "expected a string of at least 24 characters" })
-    .min(24, { error: "expected a string of at least 24 characters" })
-    .optional(),
+  bootstrapKey: notPlaceholder(
+    z
+      .string({ error: "expected a string of at least 24 characters" })
+      .min(24, { error: "expected a string of at least 24 characters" }),
+  ).optional(),
   /**
    * Signs browser session cookies and stream tokens (HMAC-SHA256). Every API process must share
    * it; without it one is generated and kept in Redis, so a Redis flush ends every session.
    */
-  sessionSecret: z
-    .string({ error: "expected a string of at least 32 characters" })
-    .min(32, { error: "expected a string of at least 32 characters" })
-    .optional(),
+  sessionSecret: notPlaceholder(
+    z
+      .string({ error: "expected a string of at least 32 characters" })
+      .min(32, { error: "expected a string of at least 32 characters" }),
+  ).optional(),
   /** How long a dashboard login lasts. */
   sessionTtlSeconds: intBetween(60, 30 * 24 * 3600).default(12 * 3600),
   /** How long a stream token (`POST /v1/runs/{id}/stream-token`) stays valid, reconnects included. */
@@ -332,7 +346,7 @@ const webhooksSchema = section({
   /** Delay before the second attempt; each further attempt doubles it (capped at one hour). */
   initialRetryDelayMs: intBetween(10, 3_600_000).default(2000),
   /** Signs deliveries whose `notify` entry has no `secret` of its own (HMAC-SHA256). */
-  secret: nonEmptyString().optional(),
+  secret: notPlaceholder(nonEmptyString()).optional(),
 });
 
 /** Environment variables whose names start with this hold secrets (`{{secrets.NAME}}` → `<prefix>NAME`). */

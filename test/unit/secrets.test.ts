@@ -84,3 +84,35 @@ describe("secrets configuration", () => {
     expect(() => loadConfig({ cwd: NO_FILE, env: {}, overrides })).toThrow(/secrets.prefix/);
   });
 });
+
+describe("placeholder credentials", () => {
+  it("the shipped Kubernetes secret.yaml fails validation, naming every placeholder", async () => {
+    const { readFileSync } = await import("node:fs");
+    const { parse } = await import("yaml");
+    const manifest = parse(
+      readFileSync(new URL("../../deploy/kubernetes/secret.yaml", import.meta.url), "utf8"),
+    );
+    const env = manifest.stringData as Record<string, string>;
+    expect(Object.keys(env).sort()).toEqual(["DATABASE_URL", "FLOWLINE_BOOTSTRAP_KEY", "REDIS_URL"]);
+    let error: unknown;
+    try {
+      loadConfig({ cwd: NO_FILE, env });
+    } catch (e) {
+      error = e;
+    }
+    expect(error).toBeInstanceOf(ConfigError);
+    const keys = (error as ConfigError).issues.map((i) => i.key).sort();
+    expect(keys).toEqual(["auth.bootstrapKey", "database.url", "redis.url"]);
+    expect((error as ConfigError).message).toMatch(/placeholder/);
+    // The message does not echo the values.
+    expect((error as ConfigError).message).not.toContain("generate-with-openssl");
+  });
+
+  it("a real-looking value passes; a word that merely contains the letters does not trip it", () => {
+    const env = {
+      FLOWLINE_BOOTSTRAP_KEY: "replacement-key-0123456789abcdef",
+      DATABASE_URL: "postgres://u:changemeant@h/db",
+    };
+    expect(loadConfig({ cwd: NO_FILE, env }).auth.bootstrapKey).toBe(env.FLOWLINE_BOOTSTRAP_KEY);
+  });
+});

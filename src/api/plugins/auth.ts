@@ -18,6 +18,8 @@ import type { Scope } from "../../domain/status.ts";
 
 export interface AuthContext {
   keyId: string;
+  /** The key's display prefix (`flk_abc123`), for the audit log. */
+  keyPrefix: string;
   tenantId: string;
   scopes: readonly string[];
   root: boolean;
@@ -36,6 +38,8 @@ export interface AuthSources {
   secret(): Promise<string>;
   /** Counts failed authentications per client address; null when rate limiting is off. */
   failures: FailedAuthGuard | null;
+  /** Records a key's use (`lastUsedAt`); called at most about once a minute per key and process. */
+  used?(keyId: string): Promise<void>;
 }
 
 export interface FailedAuthGuard {
@@ -157,8 +161,15 @@ export function registerAuth(app: FastifyInstance, sources: AuthSources): void {
         await failures?.recordFailure(request.ip);
       throw error;
     }
+    const stale = record.lastUsedAt === null || Date.now() - record.lastUsedAt.getTime() > 60_000;
+    if (stale && sources.used) {
+      sources.used(record.id).catch((error: Error) =>
+        request.log.warn({ err: error.message, keyId: record.id }, "could not record the key's use"),
+      );
+    }
     request.auth = {
       keyId: record.id,
+      keyPrefix: record.prefix,
       tenantId: record.tenantId,
       scopes: record.scopes,
       root: record.root,
