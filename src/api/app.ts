@@ -45,12 +45,14 @@ import { WorkerRegistry } from "../redis/registry.ts";
 import { sharedSessionSecret } from "../redis/session-secret.ts";
 import { BullStepDispatcher } from "../redis/step-queue.ts";
 import { tidyDocument } from "./openapi.ts";
+import { registerAudit } from "./plugins/audit.ts";
 import { CSRF_HEADER, registerAuth, SESSION_COOKIE } from "./plugins/auth.ts";
 import { registerBodyParsers } from "./plugins/body-parsers.ts";
 import { registerMetrics } from "./plugins/metrics.ts";
 import { registerRouteIndex } from "./plugins/route-index.ts";
 import { problemFromFlowlineError, rawProblemResponse, toFlowlineError } from "./problem.ts";
 import { assetRoutes } from "./routes/assets/index.ts";
+import { auditRoutes } from "./routes/audit/index.ts";
 import { controlRoutes } from "./routes/control/index.ts";
 import { healthRoutes } from "./routes/health/index.ts";
 import { keyRoutes } from "./routes/keys/index.ts";
@@ -232,6 +234,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     },
   };
   registerAuth(app, authSources);
+  registerAudit(app, deps.db.sql);
 
   await app.register(swagger, {
     openapi: {
@@ -338,6 +341,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(rollbackRoutes, { prefix: "/v1", engine });
   await app.register(keyRoutes, { prefix: "/v1", keys });
   await app.register(webhookRoutes, { prefix: "/v1", db: deps.db });
+  await app.register(auditRoutes, { prefix: "/v1", db: deps.db });
   await app.register(sessionRoutes, {
     prefix: "/v1",
     ...authSources,

@@ -59,7 +59,9 @@ function recordOf<T extends z.ZodType>(pattern: RegExp, what: string, rule: stri
 const PLACEHOLDER = /(^|[^a-z])(change|replace)[_-]?me([^a-z]|$)|placeholder/i;
 const placeholderError = "looks like a placeholder (CHANGE_ME); set a real value";
 function notPlaceholder<T extends z.ZodType<string | undefined>>(schema: T) {
-  return schema.refine((value) => value === undefined || !PLACEHOLDER.test(value), { error: placeholderError });
+  return schema.refine((value) => value === undefined || !PLACEHOLDER.test(value), {
+    error: placeholderError,
+  });
 }
 
 export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;

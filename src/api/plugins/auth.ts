@@ -163,9 +163,11 @@ export function registerAuth(app: FastifyInstance, sources: AuthSources): void {
     }
     const stale = record.lastUsedAt === null || Date.now() - record.lastUsedAt.getTime() > 60_000;
     if (stale && sources.used) {
-      sources.used(record.id).catch((error: Error) =>
-        request.log.warn({ err: error.message, keyId: record.id }, "could not record the key's use"),
-      );
+      sources
+        .used(record.id)
+        .catch((error: Error) =>
+          request.log.warn({ err: error.message, keyId: record.id }, "could not record the key's use"),
+        );
     }
     request.auth = {
       keyId: record.id,

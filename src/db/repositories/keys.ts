@@ -29,7 +29,8 @@ const columns = {
 };
 
 /** Not revoked and not expired. */
-const usable = () => and(isNull(apiKeys.revokedAt), or(isNull(apiKeys.expiresAt), gt(apiKeys.expiresAt, sql`now()`)));
+const usable = () =>
+  and(isNull(apiKeys.revokedAt), or(isNull(apiKeys.expiresAt), gt(apiKeys.expiresAt, sql`now()`)));
 
 /** Same value on every call: the advisory lock that serialises root-key bootstrapping. */
 const BOOTSTRAP_LOCK_ID = 7_316_004_222;
