@@ -82,6 +82,16 @@ describe("audit log", () => {
     expectProblem(await call(ctx.app, "GET", "/v1/audit?tenant=default", { key: admin.key }), 403);
     const writer = (await as("POST", "/v1/keys", { scopes: ["write"] })).json();
     expectProblem(await call(ctx.app, "GET", "/v1/audit", { key: writer.key }), 403);
+    // A refusal for scope is attributed to the key that tried.
+    const tried = await call(ctx.app, "POST", "/v1/keys", { key: writer.key, body: { scopes: ["admin"] } });
+    expectProblem(tried, 403);
+    const [refused] = (await audit(admin.key, `?keyId=${writer.id}`)).items;
+    expect(refused).toMatchObject({
+      action: "key.create",
+      outcome: "forbidden",
+      target: null,
+      keyPrefix: writer.prefix,
+    });
   });
 
   it("a state-changing route missing from the audit list fails to register", async () => {
