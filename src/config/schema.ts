@@ -347,7 +347,10 @@ const webhooksSchema = section({
   timeoutSeconds: intBetween(1, 120).default(10),
   /** Delay before the second attempt; each further attempt doubles it (capped at one hour). */
   initialRetryDelayMs: intBetween(10, 3_600_000).default(2000),
-  /** Signs deliveries whose `notify` entry has no `secret` of its own (HMAC-SHA256). */
+  /**
+   * Adds the legacy `flowline-signature` header (HMAC-SHA256) to deliveries whose `notify` entry has
+   * no `secret`; every delivery is signed per Standard Webhooks with its tenant's own secret anyway.
+   */
   secret: notPlaceholder(nonEmptyString()).optional(),
 });
 
