@@ -34,6 +34,8 @@ interface Received {
 class Receiver {
   readonly requests: Received[] = [];
   readonly scripts = new Map<string, number[]>();
+  /** A request to such a path is answered only once its promise resolves (a hanging receiver). */
+  readonly holds = new Map<string, Promise<unknown>>();
   delayMs = 0;
   private server!: Server;
   base = "";
@@ -48,6 +50,7 @@ class Receiver {
         const script = this.scripts.get(path) ?? [200];
         const status = script.length > 1 ? script.shift()! : script[0]!;
         if (this.delayMs > 0) await new Promise((r) => setTimeout(r, this.delayMs));
+        await this.holds.get(path);
         res.writeHead(status, { "content-type": "text/plain" }).end(`answer ${status}`);
       });
     });
@@ -422,6 +425,61 @@ describe("webhook notifications", () => {
     const [row] = await deliveriesOf(unlisted.id);
     expect(row).toMatchObject({ status: "failed", attempts: 1 });
     expect(row!.last_error).toMatch(/private or loopback/);
+  });
+
+  it("a hanging receiver of one tenant does not hold back a delivery of another that comes due meanwhile", async () => {
+    const bKey = (
+      await call(ctx.app, "POST", "/v1/keys", {
+        key: ctx.rootKey,
+        body: { tenant: "fair-c", scopes: ["admin"] },
+      })
+    ).json().key;
+    let release!: () => void;
+    receiver.holds.set("/hanging", new Promise<void>((r) => (release = r)));
+    await putWorkflow(ctx, "hanging", {
+      notify: [{ on: ["run.succeeded"], webhook: `${receiver.base}/hanging` }],
+      steps: [{ id: "a", run: { type: "noop" } }],
+    });
+    const hanging = await runToEnd("hanging");
+    while ((await deliveriesOf(hanging.id)).length === 0) await queueWebhookDeliveries(deps);
+    // The hanging request would time out only after a minute.
+    const patient: EngineDeps = {
+      ...deps,
+      config: { ...deps.config, webhooks: { ...deps.config.webhooks, timeoutSeconds: 60 } },
+    };
+    let passOver = false;
+    const pass = deliverDueWebhooks(patient).finally(() => {
+      passOver = true;
+    });
+    while (receiver.at("/hanging").length === 0) await new Promise((r) => setTimeout(r, 20));
+
+    // Tenant fair-c's run finishes while the pass waits on the hanging receiver.
+    const put = await call(ctx.app, "PUT", "/v1/workflows/prompt", {
+      key: bKey,
+      body: {
+        notify: [{ on: ["run.succeeded"], webhook: `${receiver.base}/prompt` }],
+        steps: [{ id: "a", run: { type: "noop" } }],
+      },
+    });
+    expect(put.statusCode).toBe(201);
+    const started = (
+      await call(ctx.app, "POST", "/v1/workflows/prompt/runs", { key: bKey, body: {} })
+    ).json();
+    for (;;) {
+      const run = await call(ctx.app, "GET", `/v1/runs/${started.id}`, { key: bKey });
+      if (run.json().status === "succeeded") break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    while ((await deliveriesOf(started.id)).length === 0) await queueWebhookDeliveries(deps);
+    const deadline = Date.now() + 10_000;
+    while (receiver.at("/prompt").length === 0 && Date.now() < deadline) {
+      expect(passOver).toBe(false);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(receiver.at("/prompt"), "the other tenant's delivery waited for the hanging one").toHaveLength(1);
+    expect(receiver.at("/hanging")).toHaveLength(1);
+    release();
+    expect(await pass).toMatchObject({ delivered: 2 });
   });
 
   it("one tenant's backlog does not hold back another tenant's delivery", async () => {

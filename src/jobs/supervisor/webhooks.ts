@@ -36,7 +36,9 @@
  *
  * Fairness: deliveries are claimed oldest first, but a tenant already being delivered to in this
  * pass comes after tenants that are not, and no tenant holds more than `PER_TENANT_IN_FLIGHT` of
- * the requests in flight, so one tenant's slow or failing receivers cannot delay the others.
+ * the requests in flight; a pass lasts while any of its requests is out, and its idle senders
+ * keep picking up deliveries that come due meanwhile. So one tenant's slow or failing receivers
+ * cannot delay the others.
  */
 
 import { createHmac } from "node:crypto";
@@ -50,6 +52,8 @@ import { checkedLookup, type EgressPolicy } from "../egress.ts";
 
 /** Requests in flight at once per `deliverDueWebhooks` call. */
 const CONCURRENCY = 8;
+/** How often an idle sender looks for newly due deliveries while others of its pass are in flight. */
+const IDLE_POLL_MS = 200;
 /** Requests in flight for one tenant per call, while other tenants have deliveries due. */
 const PER_TENANT_IN_FLIGHT = 2;
 /** Time beyond the request timeout before a claimed delivery may be claimed again. */
@@ -171,11 +175,18 @@ export async function deliverDueWebhooks(
     gate = next.catch(() => {});
     return next;
   };
+  const inFlightTotal = () => [...inFlight.values()].reduce((a, b) => a + b, 0);
   const worker = async () => {
     while (remaining > 0) {
-      remaining--;
       const claimed = await claimNext();
-      if (!claimed) return;
+      if (!claimed) {
+        // While other requests of this pass are still out (a slow receiver), look again for
+        // deliveries that came due since, rather than leaving them until the pass is over.
+        if (inFlightTotal() === 0) return;
+        await new Promise((r) => setTimeout(r, IDLE_POLL_MS));
+        continue;
+      }
+      remaining--;
       try {
         const outcome = await attemptDelivery(deps, claimed, clock);
         if (outcome) result[outcome]++;
