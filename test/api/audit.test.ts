@@ -66,6 +66,16 @@ describe("audit log", () => {
     // The secret of a created key is never kept.
     expect(JSON.stringify(items)).not.toContain(reader.key);
 
+    // Every entry was settled: none is left pending once its answer was sent.
+    expect(items.every((e: { outcome: string }) => e.outcome !== "pending")).toBe(true);
+    // A request refused by schema validation, before any handler, is recorded once with its code.
+    expectProblem(await as("POST", "/v1/keys", { scopes: [] }), 400);
+    const refusedKeys = (await audit(admin.key, "?action=key.create")).items;
+    expect(refusedKeys.map((e: { outcome: string }) => e.outcome)).toEqual([
+      expect.not.stringMatching(/^ok$/),
+      "ok",
+    ]);
+
     // Filters and paging.
     expect((await audit(admin.key, "?action=workflow.put")).items).toHaveLength(2);
     expect((await audit(admin.key, "?outcome=invalid_definition")).items[0].requestId).toBe("req-bad");
@@ -78,7 +88,7 @@ describe("audit log", () => {
 
     // Tenant-scoped; admin only; root may read another tenant's.
     expect((await audit(ctx.rootKey)).items.some((e: { keyId: string }) => e.keyId === admin.id)).toBe(false);
-    expect((await audit(ctx.rootKey, "?tenant=audited")).items).toHaveLength(8);
+    expect((await audit(ctx.rootKey, "?tenant=audited")).items).toHaveLength(9);
     expectProblem(await call(ctx.app, "GET", "/v1/audit?tenant=default", { key: admin.key }), 403);
     const writer = (await as("POST", "/v1/keys", { scopes: ["write"] })).json();
     expectProblem(await call(ctx.app, "GET", "/v1/audit", { key: writer.key }), 403);
@@ -92,6 +102,34 @@ describe("audit log", () => {
       target: null,
       keyPrefix: writer.prefix,
     });
+  });
+
+  it("an entry is on record, pending, before the change is made", async () => {
+    let release!: () => void;
+    let locked!: () => void;
+    const isLocked = new Promise<void>((r) => (locked = r));
+    // Holds the workflows table so that the PUT's change waits inside its handler.
+    const holder = ctx.db.sql.begin(async (sql) => {
+      await sql`lock table workflows in exclusive mode`;
+      locked();
+      await new Promise<void>((r) => (release = r));
+    });
+    await isLocked;
+    const put = call(ctx.app, "PUT", "/v1/workflows/blocked", { key: ctx.rootKey, body: workflow });
+    let row: { outcome: string } | undefined;
+    const deadline = Date.now() + 5000;
+    while (!row && Date.now() < deadline) {
+      [row] = await ctx.db.sql<{ outcome: string }[]>`
+        select outcome from audit_log where target = 'workflow:blocked'`;
+      if (!row) await new Promise((r) => setTimeout(r, 20));
+    }
+    release();
+    expect(row?.outcome, "no entry while the change was being made").toBe("pending");
+    await holder;
+    expect((await put).statusCode).toBe(201);
+    const [after] = await ctx.db.sql<{ outcome: string }[]>`
+      select outcome from audit_log where target = 'workflow:blocked'`;
+    expect(after!.outcome).toBe("ok");
   });
 
   it("a state-changing route missing from the audit list fails to register", async () => {

@@ -4,12 +4,15 @@
  * error code) and the request id. Every unsafe route must be listed in `auditedRoutes` or in
  * `notAudited`: a new one that is in neither fails to register, like a route without a scope.
  *
- * The entry is written after the handler, before the answer is sent, so a client that got its
- * answer finds the entry. It is not in the same transaction as the change itself: a process that
- * dies between the two loses the entry (docs/security.md).
+ * An entry is appended as `pending` once the request is authenticated and valid, before the
+ * handler makes any change, and settled with the outcome before the answer is sent (so a client
+ * that got its answer finds it). The change itself commits in its own transaction in between: a
+ * process that dies there leaves the entry `pending` — a change is never left without an entry,
+ * but a `pending` one may or may not have taken effect (docs/security.md). A request refused
+ * before its handler (validation, scope) gets one entry, written with its outcome.
  */
 import type { FastifyInstance, FastifyRequest } from "fastify";
-import { type AuditEntry, appendAudit } from "../../db/repositories/audit.ts";
+import { type AuditEntry, appendAudit, settleAudit } from "../../db/repositories/audit.ts";
 import type { Sql } from "../../db/repositories/runs.ts";
 
 interface AuditedRoute {
@@ -62,18 +65,27 @@ export function registerAudit(app: FastifyInstance, sql: Sql): void {
     }
   });
 
+  const pending = new WeakMap<FastifyRequest, number>();
+  // Before the handler: a request that reaches it may change something, so it is on record first.
+  // If that write fails the request is refused (503): no change goes unrecorded.
+  app.addHook("preHandler", async (request) => {
+    const entry = auditEntry(request, null, undefined);
+    if (entry) pending.set(request, await appendAudit(sql, entry));
+  });
+
   app.addHook("onSend", async (request, reply, payload) => {
     const entry = auditEntry(request, reply.statusCode, payload);
-    if (entry) {
-      await appendAudit(sql, entry).catch((error: Error) =>
-        request.log.error({ err: error.message, action: entry.action }, "could not append to the audit log"),
-      );
-    }
+    if (!entry) return payload;
+    const id = pending.get(request);
+    await (id === undefined ? appendAudit(sql, entry) : settleAudit(sql, id, entry)).catch((error: Error) =>
+      request.log.error({ err: error.message, action: entry.action }, "could not write to the audit log"),
+    );
     return payload;
   });
 }
 
-function auditEntry(request: FastifyRequest, status: number, payload: unknown): AuditEntry | null {
+/** The entry for a request; with `status` null, the `pending` one written before its handler. */
+function auditEntry(request: FastifyRequest, status: number | null, payload: unknown): AuditEntry | null {
   const auth = request.auth;
   if (!auth || !UNSAFE.has(request.method)) return null;
   const route = auditedRoutes[`${request.method} ${request.routeOptions.url}`];
@@ -81,16 +93,21 @@ function auditEntry(request: FastifyRequest, status: number, payload: unknown): 
   const answer = parseAnswer(payload);
   const params = (request.params ?? {}) as Record<string, string>;
   const details: Record<string, unknown> = {};
-  if (status < 400 && answer)
-    for (const f of ANSWER_FIELDS) if (answer[f] !== undefined) details[f] = answer[f];
-  if (status >= 400 && typeof answer?.detail === "string") details.detail = answer.detail.slice(0, 500);
+  let outcome = "pending";
+  if (status !== null && status < 400) {
+    outcome = "ok";
+    if (answer) for (const f of ANSWER_FIELDS) if (answer[f] !== undefined) details[f] = answer[f];
+  } else if (status !== null) {
+    outcome = typeof answer?.code === "string" ? answer.code : `http_${status}`;
+    if (typeof answer?.detail === "string") details.detail = answer.detail.slice(0, 500);
+  }
   return {
     tenantId: auth.tenantId,
     keyId: auth.keyId,
     keyPrefix: auth.keyPrefix,
     action: route.action,
     target: route.target?.(params, answer) ?? null,
-    outcome: status < 400 ? "ok" : typeof answer?.code === "string" ? answer.code : `http_${status}`,
+    outcome,
     requestId: request.id,
     details,
   };

@@ -19,11 +19,26 @@ export interface AuditRecord extends AuditEntry {
   createdAt: Date;
 }
 
-export async function appendAudit(sql: Sql, entry: AuditEntry): Promise<void> {
-  await sql`
+/** Appends an entry; answers its id. */
+export async function appendAudit(sql: Sql, entry: AuditEntry): Promise<number> {
+  const [row] = await sql<{ id: string }[]>`
     insert into audit_log (tenant_id, key_id, key_prefix, action, target, outcome, request_id, details)
     values (${entry.tenantId}, ${entry.keyId}, ${entry.keyPrefix}, ${entry.action}, ${entry.target},
-      ${entry.outcome}, ${entry.requestId}, ${sql.json(entry.details as postgres.JSONValue)})`;
+      ${entry.outcome}, ${entry.requestId}, ${sql.json(entry.details as postgres.JSONValue)})
+    returning id`;
+  return Number(row!.id);
+}
+
+/** Records the outcome of an entry appended as `pending` before the change was attempted. */
+export async function settleAudit(
+  sql: Sql,
+  id: number,
+  result: Pick<AuditEntry, "outcome" | "target" | "details">,
+): Promise<void> {
+  await sql`
+    update audit_log set outcome = ${result.outcome}, target = coalesce(${result.target}, target),
+      details = ${sql.json(result.details as postgres.JSONValue)}
+    where id = ${id} and outcome = 'pending'`;
 }
 
 export interface AuditQuery {
