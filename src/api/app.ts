@@ -29,6 +29,7 @@ import type { Redis } from "ioredis";
 import type { OpenAPIV3_1 } from "openapi-types";
 import type { Config } from "../config/index.ts";
 import type { DbHandle } from "../db/client.ts";
+import { recordKeyUse } from "../db/repositories/key-usage.ts";
 import { keysRepository } from "../db/repositories/keys.ts";
 import { readEvents } from "../db/repositories/runs.ts";
 import { workflowsRepository } from "../db/repositories/workflows.ts";
@@ -45,6 +46,7 @@ import { sharedSessionSecret } from "../redis/session-secret.ts";
 import { BullStepDispatcher, fairShareOf } from "../redis/step-queue.ts";
 import { StreamLeases } from "../redis/stream-leases.ts";
 import { tidyDocument } from "./openapi.ts";
+import { registerAudit } from "./plugins/audit.ts";
 import { CSRF_HEADER, registerAuth, SESSION_COOKIE } from "./plugins/auth.ts";
 import { registerBodyParsers } from "./plugins/body-parsers.ts";
 import { registerMetrics, registerStreamGauge } from "./plugins/metrics.ts";
@@ -52,6 +54,7 @@ import { registerRouteIndex } from "./plugins/route-index.ts";
 import { registerTracing } from "./plugins/tracing.ts";
 import { problemFromFlowlineError, rawProblemResponse, toFlowlineError } from "./problem.ts";
 import { assetRoutes } from "./routes/assets/index.ts";
+import { auditRoutes } from "./routes/audit/index.ts";
 import { controlRoutes } from "./routes/control/index.ts";
 import { healthRoutes } from "./routes/health/index.ts";
 import { keyRoutes } from "./routes/keys/index.ts";
@@ -61,6 +64,7 @@ import { rollbackRoutes } from "./routes/rollback/index.ts";
 import { runRoutes } from "./routes/runs/index.ts";
 import { coalesceReads, HEARTBEAT_MS, type SseHub } from "./routes/runs/sse.ts";
 import { sessionRoutes } from "./routes/session/index.ts";
+import { webhookRoutes } from "./routes/webhooks/index.ts";
 import { workflowRoutes } from "./routes/workflows/index.ts";
 
 export interface AppDeps {
@@ -211,6 +215,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   let secret: Promise<string> | undefined;
   const authSources = {
     keys,
+    used: (keyId: string) => recordKeyUse(deps.db.sql, keyId),
     failures: config.rateLimit.enabled
       ? new AuthFailureLimiter(
           deps.redis,
@@ -232,6 +237,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     },
   };
   registerAuth(app, authSources);
+  registerAudit(app, deps.db.sql);
 
   await app.register(swagger, {
     openapi: {
@@ -343,6 +349,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(controlRoutes, { prefix: "/v1", engine });
   await app.register(rollbackRoutes, { prefix: "/v1", engine });
   await app.register(keyRoutes, { prefix: "/v1", keys });
+  await app.register(webhookRoutes, { prefix: "/v1", db: deps.db });
+  await app.register(auditRoutes, { prefix: "/v1", db: deps.db });
   await app.register(sessionRoutes, {
     prefix: "/v1",
     ...authSources,

@@ -42,7 +42,15 @@ export async function startApiServer(config: Config, options: StartApiOptions): 
   // Start without Redis if need be: /readyz reports it and requests that need it answer 503.
   redis.connect().catch((error: Error) => log.warn({ err: error.message }, "redis not reachable yet"));
 
-  const { generatedKey } = await keysRepository(db.db).ensureRootKey(config.auth.bootstrapKey);
+  const { generatedKey, bootstrapRevoked } = await keysRepository(db.db).ensureRootKey(
+    config.auth.bootstrapKey,
+  );
+  if (bootstrapRevoked) {
+    log.error(
+      "FLOWLINE_BOOTSTRAP_KEY (auth.bootstrapKey) names a key that was revoked; it stays revoked. " +
+        "To rotate it, set a new value and restart (docs/security.md)",
+    );
+  }
   if (generatedKey) {
     log.warn("no root API key existed: generated one (printed once on stdout)");
     options.onGeneratedRootKey?.(generatedKey);

@@ -10,7 +10,13 @@ import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { LineCounter, parseDocument } from "yaml";
 import type { z } from "zod";
-import { type Config, configSchema, type DeepPartialConfig, knownKeysAt } from "./schema.ts";
+import {
+  type Config,
+  configSchema,
+  DEFAULT_SECRET_PREFIX,
+  type DeepPartialConfig,
+  knownKeysAt,
+} from "./schema.ts";
 
 export interface ConfigIssue {
   /** Dotted key path (`server.port`, `queues.heavy`), or the variable or file at fault. */
@@ -119,11 +125,16 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
   ] as const) {
     if (layer !== undefined) blocking.push(...forbiddenKeys(layer).map((issue) => ({ ...issue, source })));
   }
-  const issues: SourcedIssue[] = [];
-  const environment = readEnvironment(env, issues);
+  const variableIssues: SourcedIssue[] = [];
+  const environment = readEnvironment(env, variableIssues);
+  const merged = [file?.data ?? {}, environment.tree, overrides].reduce(deepMerge, {});
+  // Secrets the `env` provider reads are not settings, so not typos either.
+  const secretPrefix = secretVariablePrefix(merged);
+  const issues = variableIssues.filter(
+    (issue) => secretPrefix === undefined || !issue.label?.startsWith(secretPrefix),
+  );
   if (blocking.length > 0) throw new ConfigError([...blocking, ...issues].map(toConfigIssue));
 
-  const merged = [file?.data ?? {}, environment.tree, overrides].reduce(deepMerge, {});
   const result = validate(merged);
   if (result.ok && issues.length === 0) return result.config;
   if (result.ok) throw new ConfigError(issues.map(toConfigIssue));
@@ -135,6 +146,17 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
   ];
   const sourced = result.issues.map((issue) => ({ ...issue, source: sourceOf(issue.path, layers) }));
   throw new ConfigError([...issues, ...sourced].map(toConfigIssue));
+}
+
+/** The prefix of the variables holding secrets, when the `env` secrets provider is configured. */
+function secretVariablePrefix(merged: unknown): string | undefined {
+  const secrets = isPlainObject(merged) ? merged.secrets : undefined;
+  if (secrets === undefined) return DEFAULT_SECRET_PREFIX;
+  if (!isPlainObject(secrets) || (secrets.provider !== undefined && secrets.provider !== "env"))
+    return undefined;
+  return typeof secrets.prefix === "string" && secrets.prefix !== "FLOWLINE_"
+    ? secrets.prefix
+    : DEFAULT_SECRET_PREFIX;
 }
 
 // ---------------------------------------------------------------------------------------------

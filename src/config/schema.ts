@@ -52,6 +52,18 @@ function recordOf<T extends z.ZodType>(pattern: RegExp, what: string, rule: stri
   });
 }
 
+/**
+ * Values copied from an example without being replaced (the shipped Kubernetes `secret.yaml`
+ * holds `CHANGE_ME`): a server must not start with a credential everyone can read.
+ */
+const PLACEHOLDER = /(^|[^a-z])(change|replace)[_-]?me([^a-z]|$)|placeholder/i;
+const placeholderError = "looks like a placeholder (CHANGE_ME); set a real value";
+function notPlaceholder<T extends z.ZodType<string | undefined>>(schema: T) {
+  return schema.refine((value) => value === undefined || !PLACEHOLDER.test(value), {
+    error: placeholderError,
+  });
+}
+
 export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
 
 export const COMMAND_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
@@ -96,14 +108,16 @@ const serverSchema = section({
 });
 
 const databaseSchema = section({
-  url: urlWithProtocols(["postgres:", "postgresql:"]).default("postgres://postgres@127.0.0.1:5432/flowline"),
+  url: notPlaceholder(urlWithProtocols(["postgres:", "postgresql:"])).default(
+    "postgres://postgres@127.0.0.1:5432/flowline",
+  ),
   poolMax: intBetween(1, 1000).default(10),
   connectTimeoutSeconds: intAtLeast(1).default(5),
   statementTimeoutMs: intAtLeast(0).default(30_000),
 });
 
 const redisSchema = section({
-  url: urlWithProtocols(["redis:", "rediss:"]).default("redis://127.0.0.1:6379"),
+  url: notPlaceholder(urlWithProtocols(["redis:", "rediss:"])).default("redis://127.0.0.1:6379"),
   /** Every key Flowline writes starts with `<prefix>:`, so deployments can share a server. */
   prefix: z
     .string({ error: "expected a string" })
@@ -113,18 +127,20 @@ const redisSchema = section({
 
 const authSchema = section({
   /** The root API key ensured at start-up (tenant `default`). Without it one is generated once. */
-  bootstrapKey: z
-    .string({ error: "expected a string of at least 24 characters" })
-    .min(24, { error: "expected a string of at least 24 characters" })
-    .optional(),
+  bootstrapKey: notPlaceholder(
+    z
+      .string({ error: "expected a string of at least 24 characters" })
+      .min(24, { error: "expected a string of at least 24 characters" }),
+  ).optional(),
   /**
    * Signs browser session cookies and stream tokens (HMAC-SHA256). Every API process must share
    * it; without it one is generated and kept in Redis, so a Redis flush ends every session.
    */
-  sessionSecret: z
-    .string({ error: "expected a string of at least 32 characters" })
-    .min(32, { error: "expected a string of at least 32 characters" })
-    .optional(),
+  sessionSecret: notPlaceholder(
+    z
+      .string({ error: "expected a string of at least 32 characters" })
+      .min(32, { error: "expected a string of at least 32 characters" }),
+  ).optional(),
   /** How long a dashboard login lasts. */
   sessionTtlSeconds: intBetween(60, 30 * 24 * 3600).default(12 * 3600),
   /** How long a stream token (`POST /v1/runs/{id}/stream-token`) stays valid, reconnects included. */
@@ -355,9 +371,48 @@ const webhooksSchema = section({
   timeoutSeconds: intBetween(1, 120).default(10),
   /** Delay before the second attempt; each further attempt doubles it (capped at one hour). */
   initialRetryDelayMs: intBetween(10, 3_600_000).default(2000),
-  /** Signs deliveries whose `notify` entry has no `secret` of its own (HMAC-SHA256). */
-  secret: nonEmptyString().optional(),
+  /**
+   * Adds the legacy `flowline-signature` header (HMAC-SHA256) to deliveries whose `notify` entry has
+   * no `secret`; every delivery is signed per Standard Webhooks with its tenant's own secret anyway.
+   */
+  secret: notPlaceholder(nonEmptyString()).optional(),
 });
+
+/** Environment variables whose names start with this hold secrets (`{{secrets.NAME}}` → `<prefix>NAME`). */
+export const DEFAULT_SECRET_PREFIX = "FLOWLINE_SECRET_";
+/** What `{{secrets.NAME}}` may name: also a file name in `secrets.dir`, so no dots or slashes. */
+export const SECRET_NAME = /^[A-Za-z0-9_-]{1,128}$/;
+
+/**
+ * Where workers find the values of `{{secrets.NAME}}` (SPEC §12). Values are read at execution
+ * time, on every attempt, and never stored: `env` reads `<prefix>NAME` from the worker's
+ * environment; `files` reads the file `<dir>/NAME` (a mounted Kubernetes Secret, Docker secrets).
+ */
+const secretsSchema = z
+  .discriminatedUnion(
+    "provider",
+    [
+      section({
+        provider: z.literal("env"),
+        prefix: z
+          .string({ error: "expected a variable name prefix such as FLOWLINE_SECRET_" })
+          .regex(/^[A-Z_][A-Z0-9_]{0,63}_$/, {
+            error: "expected upper-case letters, digits and _, ending with _ (e.g. FLOWLINE_SECRET_)",
+          })
+          .refine((p) => p !== "FLOWLINE_", {
+            error: "FLOWLINE_ alone would hide misspelt settings; use e.g. FLOWLINE_SECRET_",
+          })
+          .default(DEFAULT_SECRET_PREFIX),
+      }),
+      section({
+        provider: z.literal("files"),
+        /** One file per secret, named after it; a trailing newline is not part of the value. */
+        dir: nonEmptyString("a directory path"),
+      }),
+    ],
+    { error: 'expected provider "env" (with an optional prefix) or "files" (with a dir)' },
+  )
+  .prefault({ provider: "env" });
 
 // ---------------------------------------------------------------------------------------------
 
@@ -394,6 +449,7 @@ export const configSchema = section({
   metrics: metricsSchema.prefault({}),
   webhooks: webhooksSchema.prefault({}),
   assets: assetsSchema.prefault({}),
+  secrets: secretsSchema,
 }).superRefine((config, ctx) => {
   const { requestTimeoutMs, headersTimeoutMs } = config.server;
   if (requestTimeoutMs > 0 && headersTimeoutMs > requestTimeoutMs) {

@@ -56,6 +56,8 @@ export const apiKeys = pgTable(
     createdAt: createdAt(),
     lastUsedAt: ts("last_used_at"),
     revokedAt: ts("revoked_at"),
+    /** After this instant the key no longer authenticates; null: no expiry. */
+    expiresAt: ts("expires_at"),
   },
   (t) => [
     uniqueIndex("api_keys_secret_hash_key").on(t.secretHash),
@@ -340,7 +342,46 @@ export const webhookDeliveries = pgTable(
   (t) => [
     uniqueIndex("webhook_deliveries_event_url_idx").on(t.eventId, t.url),
     index("webhook_deliveries_due_idx").on(t.nextAttemptAt).where(sql`${t.status} = 'pending'`),
+    index("webhook_deliveries_tenant_due_idx")
+      .on(t.tenantId, t.nextAttemptAt)
+      .where(sql`${t.status} = 'pending'`),
   ],
+);
+
+/**
+ * Each tenant's webhook signing secret (`whsec_…`, Standard Webhooks), created on first use. After
+ * a rotation the previous secret signs alongside the new one until `previous_expires_at`.
+ */
+export const tenantWebhookSecrets = pgTable("tenant_webhook_secrets", {
+  tenantId: text("tenant_id")
+    .primaryKey()
+    .references(() => tenants.id),
+  secret: text("secret").notNull(),
+  createdAt: createdAt(),
+  previousSecret: text("previous_secret"),
+  previousExpiresAt: ts("previous_expires_at"),
+});
+
+/**
+ * Who did what: one row per state-changing API request (key id and prefix, action, target,
+ * outcome, request id). Append-only; pruned with runs (`retention.runsDays`).
+ */
+export const auditLog = pgTable(
+  "audit_log",
+  {
+    id: bigint("id", { mode: "number" }).primaryKey().generatedAlwaysAsIdentity(),
+    tenantId: text("tenant_id").notNull(),
+    keyId: uuid("key_id"),
+    keyPrefix: text("key_prefix"),
+    action: text("action").notNull(),
+    target: text("target"),
+    /** ok, or the error code of a refused request. */
+    outcome: text("outcome").notNull(),
+    requestId: text("request_id"),
+    details: jsonb("details").notNull().default({}),
+    createdAt: createdAt(),
+  },
+  (t) => [index("audit_log_tenant_idx").on(t.tenantId, t.id), index("audit_log_created_idx").on(t.createdAt)],
 );
 
 /**

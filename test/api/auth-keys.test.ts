@@ -93,6 +93,63 @@ describe("API keys and scopes", () => {
   });
 });
 
+describe("key lifecycle", () => {
+  it("a non-root admin of the default tenant neither sees nor revokes root keys", async () => {
+    const admin = (await createKey(ctx.rootKey, { scopes: ["admin"], name: "ops" })).json();
+    const listed = await call(ctx.app, "GET", "/v1/keys", { key: admin.key });
+    expect(listed.statusCode).toBe(200);
+    expect(listed.json().items.some((k: { root: boolean }) => k.root)).toBe(false);
+    expect(listed.json().items.map((k: { id: string }) => k.id)).toContain(admin.id);
+    const root = (await call(ctx.app, "GET", "/v1/keys", { key: ctx.rootKey }))
+      .json()
+      .items.find((k: { root: boolean }) => k.root);
+    expect(root).toBeDefined();
+    expectProblem(await call(ctx.app, "DELETE", `/v1/keys/${root.id}`, { key: admin.key }), 404);
+    expect((await call(ctx.app, "GET", "/v1/workflows", { key: ctx.rootKey })).statusCode).toBe(200);
+    // Its own tenant's ordinary keys it still manages.
+    const other = (await createKey(admin.key, { scopes: ["read"] })).json();
+    expect((await call(ctx.app, "DELETE", `/v1/keys/${other.id}`, { key: admin.key })).statusCode).toBe(204);
+  });
+
+  it("an expired key no longer authenticates; lastUsedAt is recorded", async () => {
+    const created = await createKey(ctx.rootKey, { scopes: ["read"], expiresInSeconds: 60 });
+    expect(created.statusCode).toBe(201);
+    const key = created.json();
+    expect(Date.parse(key.expiresAt) - Date.now()).toBeGreaterThan(50_000);
+    expect(key.lastUsedAt).toBeNull();
+    expect((await call(ctx.app, "GET", "/v1/workflows", { key: key.key })).statusCode).toBe(200);
+    let lastUsedAt: string | null = null;
+    for (let i = 0; i < 50 && !lastUsedAt; i++) {
+      const items = (await call(ctx.app, "GET", "/v1/keys", { key: ctx.rootKey })).json().items;
+      lastUsedAt = items.find((k: { id: string }) => k.id === key.id).lastUsedAt;
+      if (!lastUsedAt) await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(lastUsedAt).not.toBeNull();
+    await ctx.db.sql`update api_keys set expires_at = now() - interval '1 second' where id = ${key.id}`;
+    expectProblem(await call(ctx.app, "GET", "/v1/workflows", { key: key.key }), 401);
+    expectProblem(await createKey(ctx.rootKey, { scopes: ["read"], expiresInSeconds: 5 }), 400);
+  });
+
+  it("a revoked bootstrap key stays revoked at the next start", async () => {
+    const { keysRepository } = await import("../../src/db/repositories/keys.ts");
+    const keys = keysRepository(ctx.db.db);
+    const bootstrap = "flk_bootstrap_rotation_test_0123456789abcdef";
+    expect(await keys.ensureRootKey(bootstrap)).toEqual({});
+    const record = await keys.findByKey(bootstrap);
+    expect(record).toMatchObject({ root: true, name: "bootstrap" });
+    expect((await call(ctx.app, "DELETE", `/v1/keys/${record!.id}`, { key: ctx.rootKey })).statusCode).toBe(
+      204,
+    );
+    // A start with the same FLOWLINE_BOOTSTRAP_KEY: not restored, and said so.
+    expect(await keys.ensureRootKey(bootstrap)).toEqual({ bootstrapRevoked: true });
+    expect(await keys.findByKey(bootstrap)).toBeNull();
+    // Rotation: a new value makes a new root key.
+    const next = "flk_bootstrap_rotation_next_0123456789abcdef";
+    expect(await keys.ensureRootKey(next)).toEqual({});
+    expect(await keys.findByKey(next)).toMatchObject({ root: true });
+  });
+});
+
 describe("rate limiting", () => {
   let limited: TestContext;
   beforeAll(async () => {

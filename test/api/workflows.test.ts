@@ -142,6 +142,54 @@ describe("workflow definitions", () => {
     );
   });
 
+  it("shows write-only fields redacted: notify secrets, literal header and env values", async () => {
+    const definition = {
+      notify: [{ on: ["run.failed"], webhook: "https://hooks.example.com/x", secret: "literal-hook-secret" }],
+      steps: [
+        {
+          id: "call",
+          run: {
+            type: "http",
+            url: "https://api.example.com/x",
+            headers: {
+              authorization: "Bearer literal-token-1",
+              "x-ref": "Bearer {{secrets.API_TOKEN}}",
+              "x-mixed": "k={{secrets.API_TOKEN}}&pw=literal-pw",
+              "content-type": "application/json",
+            },
+          },
+          compensate: {
+            type: "command",
+            command: "transform",
+            env: { PW: "literal-pw-2", REF: "{{secrets.PW}}" },
+          },
+        },
+      ],
+    };
+    expect(
+      (await call(ctx.app, "PUT", "/v1/workflows/writeonly", { key: ctx.rootKey, body: definition }))
+        .statusCode,
+    ).toBe(201);
+    const read = await call(ctx.app, "GET", "/v1/workflows/writeonly", { key: ctx.rootKey });
+    expect(read.statusCode).toBe(200);
+    const shown = read.json().definition;
+    expect(shown.notify[0].secret).toBe("***");
+    expect(shown.steps[0].run.headers).toEqual({
+      authorization: "***",
+      "x-ref": "Bearer {{secrets.API_TOKEN}}",
+      "x-mixed": "***",
+      "content-type": "application/json",
+    });
+    expect(shown.steps[0].compensate.env).toEqual({ PW: "***", REF: "{{secrets.PW}}" });
+    expect(read.body).not.toMatch(/literal-/);
+    // The stored version is unchanged: the same content is still the same version.
+    const again = await call(ctx.app, "PUT", "/v1/workflows/writeonly", {
+      key: ctx.rootKey,
+      body: definition,
+    });
+    expect(again.json()).toMatchObject({ version: 1, created: false });
+  });
+
   it("refuses invalid definitions with every issue and its path, and writes nothing", async () => {
     const before = await ctx.db.sql`select count(*)::int as n from workflow_versions`;
     const cases: Array<[unknown, string, RegExp]> = [

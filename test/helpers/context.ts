@@ -3,7 +3,7 @@
  * random Redis key prefix. `close()` drops both, leaving nothing behind.
  */
 import { randomBytes } from "node:crypto";
-import type { FastifyInstance } from "fastify";
+import type { FastifyBaseLogger, FastifyInstance } from "fastify";
 import type { Redis } from "ioredis";
 import postgres from "postgres";
 import { inject } from "vitest";
@@ -69,7 +69,7 @@ type ConfigInput = Record<string, unknown>;
 /** Builds the whole API on an isolated database and key prefix. */
 export async function createTestContext(
   overrides: (base: ConfigInput) => ConfigInput = (c) => c,
-  options: { sseHeartbeatMs?: number } = {},
+  options: { sseHeartbeatMs?: number; logger?: FastifyBaseLogger } = {},
 ): Promise<TestContext> {
   const database = await createTestDatabase();
   const prefix = `fltest:${randomBytes(4).toString("hex")}`;

@@ -299,7 +299,7 @@ describe("flowline client commands", () => {
     expect(dot).toMatch(/"transform" -> "load";/);
   });
 
-  it("keys create, list and revoke", async () => {
+  it("keys create, list and revoke; audit; webhook-secret", async () => {
     const created = JSON.parse(
       (await flowline(["keys", "create", "--scopes", "read", "--format", "json"])).stdout,
     );
@@ -309,6 +309,25 @@ describe("flowline client commands", () => {
     expect((await flowline(["keys", "revoke", created.id])).code).toBe(0);
     const reader = await flowline(["runs"], cleanEnv({ FLOWLINE_URL: base, FLOWLINE_KEY: created.key }));
     expect(reader.code).toBe(2);
+
+    const expiring = JSON.parse(
+      (await flowline(["keys", "create", "--scopes", "read", "--expires-in", "3600", "--format", "json"]))
+        .stdout,
+    );
+    expect(Date.parse(expiring.expiresAt) - Date.now()).toBeGreaterThan(3_500_000);
+    const audit = JSON.parse(
+      (await flowline(["audit", "--action", "key.revoke", "--format", "json"])).stdout,
+    );
+    expect(audit.items[0]).toMatchObject({
+      action: "key.revoke",
+      target: `key:${created.id}`,
+      outcome: "ok",
+    });
+    const secret = JSON.parse((await flowline(["webhook-secret", "--format", "json"])).stdout);
+    expect(secret.secret).toMatch(/^whsec_/);
+    const rotated = JSON.parse((await flowline(["webhook-secret", "--rotate", "--format", "json"])).stdout);
+    expect(rotated.secret).not.toBe(secret.secret);
+    expect(rotated.previousExpiresAt).not.toBeNull();
   });
 
   it("--watch survives the API being killed and restarted: every event once, in order", async () => {

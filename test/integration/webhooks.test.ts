@@ -6,7 +6,7 @@ import { createHmac, timingSafeEqual } from "node:crypto";
 import { once } from "node:events";
 import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { pino } from "pino";
+import { Webhook, WebhookVerificationError } from "standardwebhooks";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { EngineDeps } from "../../src/engine/deps.ts";
 import { deliverDueWebhooks, queueWebhookDeliveries } from "../../src/jobs/supervisor/webhooks.ts";
@@ -19,6 +19,7 @@ import {
   stopProcess,
   waitForRun,
 } from "../helpers/engine.ts";
+import { call, expectProblem } from "../helpers/http.ts";
 import type { Spawned } from "../helpers/processes.ts";
 
 const CONFIG_SECRET = "config-wide-secret";
@@ -33,6 +34,8 @@ interface Received {
 class Receiver {
   readonly requests: Received[] = [];
   readonly scripts = new Map<string, number[]>();
+  /** A request to such a path is answered only once its promise resolves (a hanging receiver). */
+  readonly holds = new Map<string, Promise<unknown>>();
   delayMs = 0;
   private server!: Server;
   base = "";
@@ -47,6 +50,7 @@ class Receiver {
         const script = this.scripts.get(path) ?? [200];
         const status = script.length > 1 ? script.shift()! : script[0]!;
         if (this.delayMs > 0) await new Promise((r) => setTimeout(r, this.delayMs));
+        await this.holds.get(path);
         res.writeHead(status, { "content-type": "text/plain" }).end(`answer ${status}`);
       });
     });
@@ -186,6 +190,7 @@ describe("webhook notifications", () => {
       id: Number(rows[0]!.id),
       type: "run.succeeded",
       occurredAt: expect.any(String),
+      tenant: "default",
       event: {
         id: Number(rows[0]!.event_id),
         type: "run.succeeded",
@@ -317,27 +322,210 @@ describe("webhook notifications", () => {
     }
   });
 
-  it("sends unsigned when no secret is set anywhere, warning once per workflow", async () => {
-    const lines: string[] = [];
-    const unsignedDeps: EngineDeps = {
+  it("signs with the tenant's own secret (Standard Webhooks); the legacy header only when a legacy secret is set", async () => {
+    const noLegacy: EngineDeps = {
       ...deps,
       config: { ...deps.config, webhooks: { ...deps.config.webhooks, secret: undefined } },
-      log: pino({ level: "warn" }, { write: (line: string) => lines.push(line) }),
     };
-    await putWorkflow(ctx, "unsigned", {
-      notify: [{ on: ["run.succeeded"], webhook: `${receiver.base}/unsigned` }],
+    await putWorkflow(ctx, "standard", {
+      notify: [{ on: ["run.succeeded"], webhook: `${receiver.base}/standard` }],
       steps: [{ id: "a", run: { type: "noop" } }],
     });
-    const runs = [await runToEnd("unsigned"), await runToEnd("unsigned")];
-    const done = async () => (await settled(runs[0]!.id, 1)()) && (await settled(runs[1]!.id, 1)());
-    await pumpUntil(done, { deps: unsignedDeps });
-    const calls = receiver.at("/unsigned");
-    expect(calls).toHaveLength(2);
-    expect(calls.every((c) => c.headers["flowline-signature"] === undefined)).toBe(true);
-    const warnings = lines.map((l) => JSON.parse(l)).filter((l) => /unsigned/.test(l.msg));
-    expect(warnings).toHaveLength(1);
-    expect(warnings[0]).toMatchObject({ workflow: "unsigned", url: `${receiver.base}/unsigned` });
-    expect(lines.join("\n")).not.toContain(CONFIG_SECRET);
+    const run = await runToEnd("standard");
+    await pumpUntil(settled(run.id, 1), { deps: noLegacy });
+    const [delivery] = receiver.at("/standard");
+    expect(delivery!.headers["flowline-signature"]).toBeUndefined();
+
+    // A receiver written only with the standardwebhooks package verifies it.
+    const read = await call(ctx.app, "GET", "/v1/webhooks/secret", { key: ctx.rootKey });
+    expect(read.statusCode).toBe(200);
+    const { secret } = read.json();
+    expect(secret).toMatch(/^whsec_/);
+    const verified = new Webhook(secret).verify(delivery!.body, delivery!.headers as Record<string, string>);
+    expect(verified).toMatchObject({
+      tenant: "default",
+      run: { id: run.id },
+      event: { type: "run.succeeded" },
+    });
+    expect(delivery!.headers["webhook-id"]).toBe((await deliveriesOf(run.id))[0]!.id);
+
+    // Another tenant's secret does not verify it: a delivery replayed to that tenant's receiver fails.
+    const other = await call(ctx.app, "POST", "/v1/keys", {
+      key: ctx.rootKey,
+      body: { tenant: "hooks-other", scopes: ["admin"] },
+    });
+    const otherSecret = (await call(ctx.app, "GET", "/v1/webhooks/secret", { key: other.json().key })).json()
+      .secret;
+    expect(otherSecret).not.toBe(secret);
+    expect(() =>
+      new Webhook(otherSecret).verify(delivery!.body, delivery!.headers as Record<string, string>),
+    ).toThrow(WebhookVerificationError);
+    // The same secret on every read; write keys may not read it.
+    expect((await call(ctx.app, "GET", "/v1/webhooks/secret", { key: ctx.rootKey })).json().secret).toBe(
+      secret,
+    );
+    const writer = await call(ctx.app, "POST", "/v1/keys", { key: ctx.rootKey, body: { scopes: ["write"] } });
+    expectProblem(await call(ctx.app, "GET", "/v1/webhooks/secret", { key: writer.json().key }), 403);
+  });
+
+  it("after a rotation both the old and the new secret verify each delivery for a day", async () => {
+    const before = (await call(ctx.app, "GET", "/v1/webhooks/secret", { key: ctx.rootKey })).json();
+    const rotated = await call(ctx.app, "POST", "/v1/webhooks/secret/rotate", { key: ctx.rootKey });
+    expect(rotated.statusCode).toBe(200);
+    const after = rotated.json();
+    expect(after.secret).not.toBe(before.secret);
+    const hours = (Date.parse(after.previousExpiresAt) - Date.now()) / 3_600_000;
+    expect(hours).toBeGreaterThan(23.9);
+    expect(hours).toBeLessThanOrEqual(24);
+
+    await putWorkflow(ctx, "rotated", {
+      notify: [{ on: ["run.succeeded"], webhook: `${receiver.base}/rotated` }],
+      steps: [{ id: "a", run: { type: "noop" } }],
+    });
+    const run = await runToEnd("rotated");
+    await pumpUntil(settled(run.id, 1));
+    const [delivery] = receiver.at("/rotated");
+    const headers = delivery!.headers as Record<string, string>;
+    expect(headers["webhook-signature"]!.split(" ")).toHaveLength(2);
+    for (const secret of [before.secret, after.secret])
+      expect(new Webhook(secret).verify(delivery!.body, headers)).toMatchObject({ run: { id: run.id } });
+
+    // Once the overlap is over, only the new secret signs.
+    await ctx.db
+      .sql`update tenant_webhook_secrets set previous_expires_at = now() where tenant_id = 'default'`;
+    expect(
+      (await call(ctx.app, "GET", "/v1/webhooks/secret", { key: ctx.rootKey })).json().previousExpiresAt,
+    ).toBeNull();
+    const again = await runToEnd("rotated");
+    await pumpUntil(settled(again.id, 1));
+    const later = receiver.at("/rotated")[1]!;
+    expect(String(later.headers["webhook-signature"]).split(" ")).toHaveLength(1);
+    expect(() =>
+      new Webhook(before.secret).verify(later.body, later.headers as Record<string, string>),
+    ).toThrow();
+    new Webhook(after.secret).verify(later.body, later.headers as Record<string, string>);
+  });
+
+  it("follows the egress rule of http steps: a host listed exactly is reachable even when private", async () => {
+    // The receiver is on 127.0.0.1, which http.allowedHosts lists; private networks are not allowed.
+    const strict = (allowedHosts: string[]): EngineDeps => ({
+      ...deps,
+      config: { ...deps.config, http: { ...deps.config.http, allowPrivateNetworks: false, allowedHosts } },
+    });
+    await putWorkflow(ctx, "egress", {
+      notify: [{ on: ["run.succeeded"], webhook: `${receiver.base}/egress` }],
+      steps: [{ id: "a", run: { type: "noop" } }],
+    });
+    const listed = await runToEnd("egress");
+    await pumpUntil(settled(listed.id, 1), { deps: strict(["127.0.0.1"]) });
+    expect((await deliveriesOf(listed.id))[0]).toMatchObject({ status: "delivered" });
+
+    const unlisted = await runToEnd("egress");
+    await pumpUntil(settled(unlisted.id, 1), { deps: strict(["api.example.com"]) });
+    const [row] = await deliveriesOf(unlisted.id);
+    expect(row).toMatchObject({ status: "failed", attempts: 1 });
+    expect(row!.last_error).toMatch(/private or loopback/);
+  });
+
+  it("a hanging receiver of one tenant does not hold back a delivery of another that comes due meanwhile", async () => {
+    const bKey = (
+      await call(ctx.app, "POST", "/v1/keys", {
+        key: ctx.rootKey,
+        body: { tenant: "fair-c", scopes: ["admin"] },
+      })
+    ).json().key;
+    let release!: () => void;
+    receiver.holds.set("/hanging", new Promise<void>((r) => (release = r)));
+    await putWorkflow(ctx, "hanging", {
+      notify: [{ on: ["run.succeeded"], webhook: `${receiver.base}/hanging` }],
+      steps: [{ id: "a", run: { type: "noop" } }],
+    });
+    const hanging = await runToEnd("hanging");
+    while ((await deliveriesOf(hanging.id)).length === 0) await queueWebhookDeliveries(deps);
+    // The hanging request would time out only after a minute.
+    const patient: EngineDeps = {
+      ...deps,
+      config: { ...deps.config, webhooks: { ...deps.config.webhooks, timeoutSeconds: 60 } },
+    };
+    let passOver = false;
+    const pass = deliverDueWebhooks(patient).finally(() => {
+      passOver = true;
+    });
+    while (receiver.at("/hanging").length === 0) await new Promise((r) => setTimeout(r, 20));
+
+    // Tenant fair-c's run finishes while the pass waits on the hanging receiver.
+    const put = await call(ctx.app, "PUT", "/v1/workflows/prompt", {
+      key: bKey,
+      body: {
+        notify: [{ on: ["run.succeeded"], webhook: `${receiver.base}/prompt` }],
+        steps: [{ id: "a", run: { type: "noop" } }],
+      },
+    });
+    expect(put.statusCode).toBe(201);
+    const started = (
+      await call(ctx.app, "POST", "/v1/workflows/prompt/runs", { key: bKey, body: {} })
+    ).json();
+    for (;;) {
+      const run = await call(ctx.app, "GET", `/v1/runs/${started.id}`, { key: bKey });
+      if (run.json().status === "succeeded") break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    while ((await deliveriesOf(started.id)).length === 0) await queueWebhookDeliveries(deps);
+    const deadline = Date.now() + 10_000;
+    while (receiver.at("/prompt").length === 0 && Date.now() < deadline) {
+      expect(passOver).toBe(false);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(receiver.at("/prompt"), "the other tenant's delivery waited for the hanging one").toHaveLength(1);
+    expect(receiver.at("/hanging")).toHaveLength(1);
+    release();
+    expect(await pass).toMatchObject({ delivered: 2 });
+  });
+
+  it("one tenant's backlog does not hold back another tenant's delivery", async () => {
+    const otherKey = (
+      await call(ctx.app, "POST", "/v1/keys", {
+        key: ctx.rootKey,
+        body: { tenant: "fair-b", scopes: ["admin"] },
+      })
+    ).json().key;
+    await putWorkflow(ctx, "fair-a", {
+      notify: [{ on: ["run.queued", "run.started", "run.succeeded"], webhook: `${receiver.base}/fair-a` }],
+      steps: [{ id: "a", run: { type: "noop" } }],
+    });
+    const put = await call(ctx.app, "PUT", "/v1/workflows/fair-b", {
+      key: otherKey,
+      body: {
+        notify: [{ on: ["run.succeeded"], webhook: `${receiver.base}/fair-b` }],
+        steps: [{ id: "a", run: { type: "noop" } }],
+      },
+    });
+    expect(put.statusCode).toBe(201);
+    // Tenant A's deliveries are older than tenant B's one.
+    const aRuns = await Promise.all(Array.from({ length: 4 }, () => runToEnd("fair-a")));
+    const started = await call(ctx.app, "POST", "/v1/workflows/fair-b/runs", { key: otherKey, body: {} });
+    const bRun = started.json().id as string;
+    for (;;) {
+      const run = await call(ctx.app, "GET", `/v1/runs/${bRun}`, { key: otherKey });
+      if (run.json().status === "succeeded") break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await ctx.db
+      .sql`update webhook_deliveries set next_attempt_at = now() + interval '1 hour' where status = 'pending'`;
+    const due = async () => {
+      await queueWebhookDeliveries(deps);
+      const [n] = await ctx.db.sql`select count(*)::int as n from webhook_deliveries
+        where run_id = any(${[...aRuns.map((r) => r.id as string), bRun]}::uuid[])`;
+      return n!.n === 13;
+    };
+    while (!(await due())) await new Promise((r) => setTimeout(r, 20));
+    await ctx.db.sql`update webhook_deliveries set next_attempt_at = now() - interval '1 minute'
+      where run_id = any(${aRuns.map((r) => r.id as string)}::uuid[])`;
+    await ctx.db.sql`update webhook_deliveries set next_attempt_at = now() where run_id = ${bRun}`;
+    // Two sends in one pass: oldest first would be two of tenant A's twelve.
+    await deliverDueWebhooks(deps, { limit: 2 });
+    expect(receiver.at("/fair-b")).toHaveLength(1);
+    expect(receiver.at("/fair-a")).toHaveLength(1);
   });
 
   it("refuses metadata and link-local addresses at once, without a request or a retry", async () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { addressRefusal } from "../../src/jobs/executors/http.ts";
+import { addressRefusal } from "../../src/jobs/egress.ts";
 
 describe("resolved-address checks of http steps", () => {
   const refused = (address: string, allowed: string[] = ["api.example.com"], allowPrivate = false) =>

@@ -569,9 +569,14 @@ describe("templates", () => {
       /"a" is not upstream of "b"/,
     );
     expectIssue(
+      workflow([{ id: "a", run: { type: "handler", name: "h.x", input: { k: "{{vault.KEY}}" } } }]),
+      "steps[0].run.input.k",
+      /unknown template root "vault"/,
+    );
+    expectIssue(
       workflow([{ id: "a", run: { type: "handler", name: "h.x", input: { k: "{{secrets.KEY}}" } } }]),
       "steps[0].run.input.k",
-      /unknown template root "secrets"/,
+      /may be used only in http and command steps, not handler/,
     );
   });
 

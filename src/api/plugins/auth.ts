@@ -18,6 +18,8 @@ import type { Scope } from "../../domain/status.ts";
 
 export interface AuthContext {
   keyId: string;
+  /** The key's display prefix (`flk_abc123`), for the audit log. */
+  keyPrefix: string;
   tenantId: string;
   scopes: readonly string[];
   root: boolean;
@@ -36,6 +38,8 @@ export interface AuthSources {
   secret(): Promise<string>;
   /** Counts failed authentications per client address; null when rate limiting is off. */
   failures: FailedAuthGuard | null;
+  /** Records a key's use (`lastUsedAt`); called at most about once a minute per key and process. */
+  used?(keyId: string): Promise<void>;
 }
 
 export interface FailedAuthGuard {
@@ -83,27 +87,28 @@ export function registerAuth(app: FastifyInstance, sources: AuthSources): void {
     return record;
   };
 
-  const fromKey = async (header: string, scope: Scope | undefined) => {
+  // These establish who the caller is; the route's scope is checked once that is recorded.
+  const fromKey = async (header: string) => {
     const match = bearer.exec(header);
     if (!match)
       throw new FlowlineError("unauthorized", "Malformed Authorization header; expected 'Bearer <api key>'");
-    return authorize(await keys.findByKey(match[1]!), scope, "Unknown or revoked API key");
+    return authorize(await keys.findByKey(match[1]!), undefined, "Unknown or revoked API key");
   };
 
-  const fromStreamToken = async (token: string, runId: string | undefined, scope: Scope | undefined) => {
+  const fromStreamToken = async (token: string, runId: string | undefined) => {
     const claims = verifyStreamToken(await sources.secret(), token, now());
     if (!claims) throw new FlowlineError("unauthorized", "Invalid or expired stream token");
     if (claims.runId !== runId) throw new FlowlineError("forbidden", "This stream token is for another run");
-    return authorize(await keys.findActiveById(claims.keyId), scope, "The token's API key was revoked");
+    return authorize(await keys.findActiveById(claims.keyId), undefined, "The token's API key was revoked");
   };
 
-  const fromSession = async (request: FastifyRequest, cookie: string, scope: Scope | undefined) => {
+  const fromSession = async (request: FastifyRequest, cookie: string) => {
     const secret = await sources.secret();
     const claims = verifySession(secret, cookie, now());
     if (!claims) throw new FlowlineError("unauthorized", "The session has expired; log in again");
     const record = authorize(
       await keys.findActiveById(claims.keyId),
-      scope,
+      undefined,
       "The session's API key was revoked",
     );
     // A cookie rides along on requests another site makes the browser send; the CSRF token
@@ -143,13 +148,13 @@ export function registerAuth(app: FastifyInstance, sources: AuthSources): void {
     let via: AuthContext["via"];
     try {
       if (header) {
-        record = await fromKey(header, config.scope);
+        record = await fromKey(header);
         via = "key";
       } else if (typeof token === "string") {
-        record = await fromStreamToken(token, (request.params as { id?: string }).id, config.scope);
+        record = await fromStreamToken(token, (request.params as { id?: string }).id);
         via = "streamToken";
       } else {
-        record = await fromSession(request, cookie!, config.scope);
+        record = await fromSession(request, cookie!);
         via = "session";
       }
     } catch (error) {
@@ -157,13 +162,25 @@ export function registerAuth(app: FastifyInstance, sources: AuthSources): void {
         await failures?.recordFailure(request.ip);
       throw error;
     }
+    const stale = record.lastUsedAt === null || Date.now() - record.lastUsedAt.getTime() > 60_000;
+    if (stale && sources.used) {
+      sources
+        .used(record.id)
+        .catch((error: Error) =>
+          request.log.warn({ err: error.message, keyId: record.id }, "could not record the key's use"),
+        );
+    }
     request.auth = {
       keyId: record.id,
+      keyPrefix: record.prefix,
       tenantId: record.tenantId,
       scopes: record.scopes,
       root: record.root,
       via,
     };
+    // Checked once the caller is known, so a refusal for scope is still attributed (audit log,
+    // per-key rate limits).
+    authorize(record, config.scope, "");
   });
 }
 

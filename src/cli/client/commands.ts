@@ -510,14 +510,17 @@ export function registerClientCommands(program: Command): void {
     .requiredOption("--scopes <scopes>", "comma-separated: read, write, admin", list)
     .option("--tenant <tenant>", "the key's tenant (root keys only; default: yours)")
     .option("--name <name>", "a name to tell keys apart")
+    .option("--expires-in <seconds>", "the key stops working this long after now (at least 60)")
     .action(
-      act(async (ctx, _args, options) => {
+      act(async (ctx, _args, options, command) => {
+        const expiresInSeconds = positiveInt(command, "--expires-in", options.expiresIn);
         const created = unwrap(
           await ctx.api.POST("/v1/keys", {
             body: {
               scopes: options.scopes as Array<"read" | "write" | "admin">,
               ...(options.tenant ? { tenant: options.tenant as string } : {}),
               ...(options.name ? { name: options.name as string } : {}),
+              ...(expiresInSeconds === undefined ? {} : { expiresInSeconds }),
             },
           }),
         );
@@ -542,7 +545,7 @@ export function registerClientCommands(program: Command): void {
         );
         print(ctx.format, page, () =>
           table(
-            ["ID", "TENANT", "NAME", "PREFIX", "SCOPES", "ROOT", "LAST USED"],
+            ["ID", "TENANT", "NAME", "PREFIX", "SCOPES", "ROOT", "LAST USED", "EXPIRES"],
             page.items.map((k) => [
               k.id,
               k.tenant,
@@ -551,6 +554,7 @@ export function registerClientCommands(program: Command): void {
               k.scopes.join(","),
               String(k.root),
               k.lastUsedAt,
+              k.expiresAt,
             ]),
           ),
         );
@@ -564,4 +568,53 @@ export function registerClientCommands(program: Command): void {
       return EXIT.ok;
     }),
   );
+
+  clientCommand(program, "webhook-secret", "Show the tenant's webhook signing secret (admin)")
+    .option("--rotate", "replace it; the old one keeps signing for 24 hours")
+    .action(
+      act(async (ctx, _args, options) => {
+        const secret = unwrap(
+          options.rotate
+            ? await ctx.api.POST("/v1/webhooks/secret/rotate", {})
+            : await ctx.api.GET("/v1/webhooks/secret", {}),
+        );
+        print(ctx.format, secret, () =>
+          [
+            secret.secret,
+            ...(secret.previousExpiresAt
+              ? [`(the previous secret also signs until ${secret.previousExpiresAt})`]
+              : []),
+          ].join("\n"),
+        );
+        return EXIT.ok;
+      }),
+    );
+
+  clientCommand(program, "audit", "Who did what: the tenant's state-changing requests, newest first (admin)")
+    .option("--action <action>", "only this action, e.g. workflow.put or key.revoke")
+    .option("--target <target>", "only this target, e.g. workflow:daily or run:<id>")
+    .option("--limit <n>", "at most this many entries (1-200)", "50")
+    .action(
+      act(async (ctx, _args, options, command) => {
+        const limit = positiveInt(command, "--limit", options.limit) ?? 50;
+        const page = unwrap(
+          await ctx.api.GET("/v1/audit", {
+            params: {
+              query: {
+                limit,
+                ...(options.action ? { action: options.action as string } : {}),
+                ...(options.target ? { target: options.target as string } : {}),
+              },
+            },
+          }),
+        );
+        print(ctx.format, page, () =>
+          table(
+            ["TIME", "KEY", "ACTION", "TARGET", "OUTCOME"],
+            page.items.map((e) => [e.time, e.keyPrefix, e.action, e.target, e.outcome]),
+          ),
+        );
+        return EXIT.ok;
+      }),
+    );
 }

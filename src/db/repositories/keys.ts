@@ -1,4 +1,4 @@
-import { and, asc, eq, isNull, sql } from "drizzle-orm";
+import { and, asc, eq, gt, isNull, or, sql } from "drizzle-orm";
 import { displayPrefix, generateApiKey, hashApiKey, ROOT_TENANT } from "../../domain/api-keys.ts";
 import type { Scope } from "../../domain/status.ts";
 import type { Database } from "../client.ts";
@@ -13,6 +13,7 @@ export interface ApiKeyRecord {
   root: boolean;
   createdAt: Date;
   lastUsedAt: Date | null;
+  expiresAt: Date | null;
 }
 
 const columns = {
@@ -24,7 +25,12 @@ const columns = {
   root: apiKeys.root,
   createdAt: apiKeys.createdAt,
   lastUsedAt: apiKeys.lastUsedAt,
+  expiresAt: apiKeys.expiresAt,
 };
+
+/** Not revoked and not expired. */
+const usable = () =>
+  and(isNull(apiKeys.revokedAt), or(isNull(apiKeys.expiresAt), gt(apiKeys.expiresAt, sql`now()`)));
 
 /** Same value on every call: the advisory lock that serialises root-key bootstrapping. */
 const BOOTSTRAP_LOCK_ID = 7_316_004_222;
@@ -36,7 +42,7 @@ export function keysRepository(db: Database) {
       const rows = await db
         .select(columns)
         .from(apiKeys)
-        .where(and(eq(apiKeys.secretHash, hashApiKey(key)), isNull(apiKeys.revokedAt)))
+        .where(and(eq(apiKeys.secretHash, hashApiKey(key)), usable()))
         .limit(1);
       return rows[0] ?? null;
     },
@@ -46,7 +52,7 @@ export function keysRepository(db: Database) {
       const rows = await db
         .select(columns)
         .from(apiKeys)
-        .where(and(eq(apiKeys.id, id), isNull(apiKeys.revokedAt)))
+        .where(and(eq(apiKeys.id, id), usable()))
         .limit(1);
       return rows[0] ?? null;
     },
@@ -57,6 +63,7 @@ export function keysRepository(db: Database) {
       scopes: Scope[];
       root?: boolean;
       key?: string;
+      expiresAt?: Date;
     }): Promise<{ record: ApiKeyRecord; key: string }> {
       const key = input.key ?? generateApiKey();
       return db.transaction(async (tx) => {
@@ -70,6 +77,7 @@ export function keysRepository(db: Database) {
             secretHash: hashApiKey(key),
             scopes: input.scopes,
             root: input.root ?? false,
+            expiresAt: input.expiresAt ?? null,
           })
           .returning(columns);
         return { record: record!, key };
@@ -88,7 +96,7 @@ export function keysRepository(db: Database) {
      * Revokes a key of `tenantId` (any tenant when null, for root keys); false when there is no
      * such active key there, so a foreign id looks exactly like a missing one.
      */
-    async revoke(tenantId: string | null, id: string): Promise<boolean> {
+    async revoke(tenantId: string | null, id: string, options: { root?: false } = {}): Promise<boolean> {
       const rows = await db
         .update(apiKeys)
         .set({ revokedAt: sql`now()` })
@@ -96,6 +104,7 @@ export function keysRepository(db: Database) {
           and(
             eq(apiKeys.id, id),
             tenantId === null ? undefined : eq(apiKeys.tenantId, tenantId),
+            options.root === false ? eq(apiKeys.root, false) : undefined,
             isNull(apiKeys.revokedAt),
           ),
         )
@@ -105,11 +114,12 @@ export function keysRepository(db: Database) {
 
     /**
      * Makes sure a root key exists. With `bootstrapKey`, that exact key becomes (or stays) a root
-     * key of the default tenant. Without it, a key is generated only if no active root key exists;
+     * key of the default tenant, unless it was revoked: then it stays revoked and
+     * `bootstrapRevoked` says so. Without it, a key is generated only if no active root key exists;
      * the generated key is returned so the caller can print it once. Safe when several processes
      * start together.
      */
-    async ensureRootKey(bootstrapKey?: string): Promise<{ generatedKey?: string }> {
+    async ensureRootKey(bootstrapKey?: string): Promise<{ generatedKey?: string; bootstrapRevoked?: true }> {
       return db.transaction(async (tx) => {
         await tx.execute(sql`select pg_advisory_xact_lock(${BOOTSTRAP_LOCK_ID})`);
         await tx.insert(tenants).values({ id: ROOT_TENANT }).onConflictDoNothing();
@@ -121,8 +131,14 @@ export function keysRepository(db: Database) {
             .where(and(eq(apiKeys.secretHash, hash), isNull(apiKeys.revokedAt)))
             .limit(1);
           if (existing.length === 0) {
-            // A revoked row with the same hash would collide on the unique index: drop it first.
-            await tx.delete(apiKeys).where(eq(apiKeys.secretHash, hash));
+            // Revoking the bootstrap key is final: restoring it at every start would undo the
+            // revocation of a key that may have leaked. The operator sets a new one (docs/security.md).
+            const revoked = await tx
+              .select({ id: apiKeys.id })
+              .from(apiKeys)
+              .where(eq(apiKeys.secretHash, hash))
+              .limit(1);
+            if (revoked.length > 0) return { bootstrapRevoked: true };
             await tx.insert(apiKeys).values({
               tenantId: ROOT_TENANT,
               name: "bootstrap",

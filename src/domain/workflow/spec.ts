@@ -274,6 +274,10 @@ export const workflowSpecSchema = z
         z.strictObject({
           on: z.array(z.enum(notifiableEvents as [string, ...string[]])).min(1),
           webhook: z.url({ protocol: /^https?$/, error: "must be an http(s) URL" }).max(4096),
+          /**
+           * Optional and write-only: adds the legacy `flowline-signature` header. Deliveries are
+           * signed per Standard Webhooks with the tenant's own secret whether or not it is set.
+           */
           secret: z.string().min(1).max(512).optional(),
         }),
       )

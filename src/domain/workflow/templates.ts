@@ -1,16 +1,27 @@
 /**
- * `{{params.x}}` and `{{steps.<id>.output.<path>}}` templates: plain data substitution, never code
- * evaluation. Paths walk own properties only and `__proto__`, `constructor` and `prototype` are
- * always missing, so a template can never reach the prototype chain.
+ * `{{params.x}}`, `{{steps.<id>.output.<path>}}` and `{{secrets.NAME}}` templates: plain data
+ * substitution, never code evaluation. Paths walk own properties only and `__proto__`,
+ * `constructor` and `prototype` are always missing, so a template can never reach the prototype
+ * chain. A secret is a reference only: its value is supplied by the worker at execution time
+ * (`TemplateScope.secrets`) and never appears in a definition.
  */
 export type TemplateRef =
   | { kind: "params"; path: string[] }
-  | { kind: "step"; stepId: string; path: string[] };
+  | { kind: "step"; stepId: string; path: string[] }
+  | { kind: "secret"; name: string };
 
 export class TemplateError extends Error {
   constructor(message: string) {
     super(message);
     this.name = "TemplateError";
+  }
+}
+
+/** A `{{secrets.NAME}}` whose value the scope does not hold. Names the secret, never a value. */
+export class SecretMissingError extends TemplateError {
+  constructor(readonly secret: string) {
+    super(`secret "${secret}" is not available`);
+    this.name = "SecretMissingError";
   }
 }
 
@@ -93,7 +104,7 @@ function parseExpression(expression: string): TemplateRef | string {
   const parts = expression.trim().split(".");
   for (const part of parts) {
     if (!SEGMENT.test(part)) {
-      return `malformed template "{{${expression}}}"; expected {{params.<name>}} or {{steps.<id>.output.<path>}}`;
+      return `malformed template "{{${expression}}}"; expected {{params.<name>}}, {{steps.<id>.output.<path>}} or {{secrets.<NAME>}}`;
     }
   }
   const root = parts[0];
@@ -107,7 +118,16 @@ function parseExpression(expression: string): TemplateRef | string {
     }
     return { kind: "step", stepId: parts[1]!, path: parts.slice(3) };
   }
-  return `unknown template root "${root}" in "{{${expression}}}"; use params or steps`;
+  if (root === "secrets") {
+    if (parts.length !== 2) {
+      return `template "{{${expression}}}" must name one secret, e.g. {{secrets.API_TOKEN}}`;
+    }
+    if (FORBIDDEN_SEGMENTS.has(parts[1]!)) return `"${parts[1]}" is a reserved name, not a secret`;
+    if (parts[1]!.length > 128)
+      return `secret name "${parts[1]!.slice(0, 40)}…" is longer than 128 characters`;
+    return { kind: "secret", name: parts[1]! };
+  }
+  return `unknown template root "${root}" in "{{${expression}}}"; use params, steps or secrets`;
 }
 
 /**
@@ -198,6 +218,15 @@ export function collectTemplateRefs(value: unknown, basePath: (string | number)[
 export interface TemplateScope {
   params: Record<string, unknown>;
   steps: Record<string, { output: unknown }>;
+  /** Secret values by name, resolved by the worker just before execution; absent elsewhere. */
+  secrets?: Readonly<Record<string, string>>;
+}
+
+/** The distinct secret names `value` refers to, in document order. */
+export function secretNames(value: unknown): string[] {
+  const names = new Set<string>();
+  for (const found of collectTemplateRefs(value)) if (found.ref?.kind === "secret") names.add(found.ref.name);
+  return [...names];
 }
 
 const MISSING = Symbol("missing");
@@ -222,6 +251,11 @@ function walk(value: unknown, path: readonly string[]): unknown {
 }
 
 function resolve(ref: TemplateRef, scope: TemplateScope, source: string): unknown {
+  if (ref.kind === "secret") {
+    const secrets = scope.secrets;
+    if (secrets && Object.hasOwn(secrets, ref.name)) return secrets[ref.name];
+    throw new SecretMissingError(ref.name);
+  }
   let value: unknown = MISSING;
   if (ref.kind === "params") value = walk(scope.params, ref.path);
   else if (!FORBIDDEN_SEGMENTS.has(ref.stepId) && Object.hasOwn(scope.steps, ref.stepId)) {

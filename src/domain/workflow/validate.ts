@@ -310,6 +310,12 @@ function checkExecutor(executor: Executor, path: Path, ctx: ValidationContext, i
   }
 }
 
+/**
+ * Executors whose input a secret may reach: their url, headers, body, args and env go to the
+ * outside world, not into outputs the way a noop's output or a handler's input would.
+ */
+const secretExecutors: ReadonlySet<string> = new Set(["http", "command"]);
+
 interface StepRefs {
   id: string;
   found: FoundRef[];
@@ -335,9 +341,17 @@ function checkTemplates(
       for (const f of collectTemplateRefs(step.compensate, ["steps", i, "compensate"])) found.push(f);
     }
     let readsSteps = false;
-    for (const f of found) {
+    for (const [k, f] of found.entries()) {
       if (f.error !== undefined) issues.add(f.path, f.error);
       else if (f.ref?.kind === "step") readsSteps = true;
+      else if (f.ref?.kind === "secret") {
+        const type = (k < compensateFrom ? step.run : step.compensate!).type;
+        if (!secretExecutors.has(type))
+          issues.add(
+            f.path,
+            `{{secrets.${f.ref.name}}} may be used only in http and command steps, not ${type}`,
+          );
+      }
     }
     if (readsSteps) readers.push({ id: step.id, found, compensateFrom });
   });
@@ -434,7 +448,7 @@ function checkConcurrencyKey(spec: WorkflowSpec, issues: Issues): void {
   if (key === undefined) return;
   for (const found of collectTemplateRefs(key, ["concurrency", "key"])) {
     if (found.error !== undefined) issues.add(found.path, found.error);
-    else if (found.ref?.kind === "step")
+    else if (found.ref?.kind !== "params")
       issues.add(found.path, "concurrency.key may use only {{params.…}} templates");
   }
 }

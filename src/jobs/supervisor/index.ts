@@ -87,11 +87,17 @@ export function supervisorDuties(deps: EngineDeps, guard: (sql: Sql) => Promise<
       intervalMs: supervisor.scheduleIntervalSeconds * 1000,
       run: (stillActive) => fireDueSchedules(deps, { stillActive, guard }),
     },
+    // Two loops: deliveries are created from the outbox while a delivery pass still waits on a
+    // slow receiver, and that pass keeps sending other tenants' deliveries as they come due.
+    {
+      name: "webhook-outbox",
+      intervalMs: 1000,
+      run: () => queueWebhookDeliveries(deps),
+    },
     {
       name: "webhooks",
       intervalMs: 1000,
       run: async () => {
-        await queueWebhookDeliveries(deps);
         const result = await deliverDueWebhooks(deps);
         countReport(metrics.webhooks, "outcome", result);
         return result;

@@ -1,7 +1,7 @@
 /**
  * Retention: finished runs older than `retention.runsDays` are deleted with everything that hangs
  * off them (steps, attempts, events, deliveries cascade); events of finished runs older than
- * `retention.eventsDays` are deleted earlier. Runs still in progress keep all their events, which
+ * `retention.eventsDays` are deleted earlier. Audit log entries live as long as runs. Runs still in progress keep all their events, which
  * SSE replay needs. Deletes go in bounded batches so a large backlog never holds long locks.
  *
  * A finished run can start again at any moment (a rollback moves it to `rolling_back`), and every
@@ -9,6 +9,7 @@
  * run being changed is judged on a later pass, and a change committed since this statement began
  * is re-checked on the locked row instead of being missed.
  */
+import { pruneAudit } from "../../db/repositories/audit.ts";
 import type { EngineDeps } from "../../engine/deps.ts";
 
 const BATCH = 5000;
@@ -17,6 +18,8 @@ export interface RetentionReport {
   runs: number;
   events: number;
   idempotencyKeys: number;
+  /** Audit log entries older than `retention.runsDays`. */
+  auditEntries: number;
 }
 
 export async function pruneOldData(
@@ -26,7 +29,7 @@ export async function pruneOldData(
 ): Promise<RetentionReport> {
   const sql = deps.db.sql;
   const { eventsDays, runsDays } = deps.config.retention;
-  const report: RetentionReport = { runs: 0, events: 0, idempotencyKeys: 0 };
+  const report: RetentionReport = { runs: 0, events: 0, idempotencyKeys: 0, auditEntries: 0 };
   const maxBatches = options.maxBatches ?? 100;
   for (let i = 0; i < maxBatches && stillActive(); i++) {
     const runs = await sql`
@@ -55,7 +58,12 @@ export async function pruneOldData(
         and exists (select 1 from schedule_fires g where g.workflow_id = f.workflow_id
           and g.schedule_key = f.schedule_key and g.fire_at > f.fire_at)`;
   }
-  if (report.runs + report.events + report.idempotencyKeys > 0)
+  for (let i = 0; i < maxBatches && stillActive(); i++) {
+    const pruned = await pruneAudit(sql, runsDays, BATCH);
+    report.auditEntries += pruned;
+    if (pruned < BATCH) break;
+  }
+  if (report.runs + report.events + report.idempotencyKeys + report.auditEntries > 0)
     deps.log.info(report, "retention pruned old data");
   return report;
 }

@@ -13,33 +13,49 @@
  * result was written sends the same delivery again once its claim lapses. Receivers deduplicate
  * on `flowline-delivery` (stable across the retries of one delivery).
  *
- * Request: `POST <url>` with headers `content-type: application/json`,
- * `user-agent: flowline-webhooks`, `flowline-event: <event type>`, `flowline-delivery: <delivery id>`,
- * `flowline-signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">`, and the body
- * `{ id, type, occurredAt, event: { id, type, runId, data }, run: { id, workflow: { name, version }, status } }`
- * where `run.status` is the run's status when the request is sent. The signing key is the
- * `notify` entry's `secret`, else `webhooks.secret` from config; with neither the request is sent
- * without `flowline-signature` and a warning is logged once per workflow and process.
+ * Request (Standard Webhooks): `POST <url>` with headers `content-type: application/json`,
+ * `user-agent: flowline-webhooks`, `webhook-id: <delivery id>` (stable across the retries of one
+ * delivery), `webhook-timestamp: <unix seconds>`, `webhook-signature: v1,<base64 HMAC-SHA256 of
+ * "<id>.<timestamp>.<raw body>">` signed with the tenant's own secret (`whsec_…`, created on first
+ * use, read and rotated at `/v1/webhooks/secret`; for a day after a rotation the previous secret
+ * signs too, space-separated), plus `flowline-event` and `flowline-delivery`. The body
+ * `{ id, type, occurredAt, tenant, event: { id, type, runId, data }, run: { id, workflow: { name, version }, status } }`
+ * names the tenant, so a delivery replayed to another tenant's receiver fails verification there
+ * twice over. `run.status` is the run's status when the request is sent.
+ *
+ * Legacy signature: when the `notify` entry has a `secret`, or `webhooks.secret` is configured,
+ * `flowline-signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">` is sent too.
  *
  * Outcomes: a 2xx answer is delivered. Anything else (other statuses, including 3xx: redirects are
  * not followed; network errors; no answer within `webhooks.timeoutSeconds`) is retried after
- * `initialRetryDelayMs`, doubling per attempt up to one hour, until `webhooks.maxAttempts`
+ * `initialRetryDelayMs`, doubling per attempt up to one hour (±20 % jitter, so the retries of
+ * many deliveries that failed together do not come back together), until `webhooks.maxAttempts`
  * attempts have been made; then the delivery is `failed` with `last_error`. An address refused by
  * the SSRF checks fails at once (retrying cannot make it acceptable). Response bodies are read up
  * to 64 KB and discarded.
+ *
+ * Fairness: deliveries are claimed oldest first, but a tenant already being delivered to in this
+ * pass comes after tenants that are not, and no tenant holds more than `PER_TENANT_IN_FLIGHT` of
+ * the requests in flight; a pass lasts while any of its requests is out, and its idle senders
+ * keep picking up deliveries that come due meanwhile. So one tenant's slow or failing receivers
+ * cannot delay the others.
  */
 
 import { createHmac } from "node:crypto";
-import { lookup as dnsLookup } from "node:dns";
 import http from "node:http";
 import https from "node:https";
-import { isIP, type LookupFunction } from "node:net";
 import type postgres from "postgres";
+import { Webhook } from "standardwebhooks";
+import { webhookSecretsOf } from "../../db/repositories/webhook-secrets.ts";
 import type { EngineDeps } from "../../engine/deps.ts";
-import { addressRefusal } from "../executors/http.ts";
+import { checkedLookup, type EgressPolicy } from "../egress.ts";
 
 /** Requests in flight at once per `deliverDueWebhooks` call. */
 const CONCURRENCY = 8;
+/** How often an idle sender looks for newly due deliveries while others of its pass are in flight. */
+const IDLE_POLL_MS = 200;
+/** Requests in flight for one tenant per call, while other tenants have deliveries due. */
+const PER_TENANT_IN_FLIGHT = 2;
 /** Time beyond the request timeout before a claimed delivery may be claimed again. */
 const CLAIM_MARGIN_SECONDS = 30;
 const MAX_RETRY_DELAY_MS = 3_600_000;
@@ -47,9 +63,6 @@ const MAX_RESPONSE_BYTES = 64 * 1024;
 const MAX_ERROR_LENGTH = 1000;
 
 type Json = postgres.JSONValue;
-
-/** Workflows already warned about for sending unsigned deliveries (once per workflow and process). */
-const warnedUnsigned = new Set<string>();
 
 /**
  * Turns up to `limit` outbox rows into webhook deliveries and deletes them (also those that match
@@ -150,13 +163,36 @@ export async function deliverDueWebhooks(
   result.failed += abandoned.length;
 
   let remaining = options.limit ?? 100;
+  const inFlight = new Map<string, number>();
+  // Claims are made one after another, so each sees which tenants the previous ones went to.
+  let gate: Promise<unknown> = Promise.resolve();
+  const claimNext = () => {
+    const next = gate.then(async () => {
+      const claimed = await claimDelivery(deps, clock, inFlight);
+      if (claimed) inFlight.set(claimed.tenantId, (inFlight.get(claimed.tenantId) ?? 0) + 1);
+      return claimed;
+    });
+    gate = next.catch(() => {});
+    return next;
+  };
+  const inFlightTotal = () => [...inFlight.values()].reduce((a, b) => a + b, 0);
   const worker = async () => {
     while (remaining > 0) {
+      const claimed = await claimNext();
+      if (!claimed) {
+        // While other requests of this pass are still out (a slow receiver), look again for
+        // deliveries that came due since, rather than leaving them until the pass is over.
+        if (inFlightTotal() === 0) return;
+        await new Promise((r) => setTimeout(r, IDLE_POLL_MS));
+        continue;
+      }
       remaining--;
-      const claimed = await claimDelivery(deps, clock);
-      if (!claimed) return;
-      const outcome = await attemptDelivery(deps, claimed, clock);
-      if (outcome) result[outcome]++;
+      try {
+        const outcome = await attemptDelivery(deps, claimed, clock);
+        if (outcome) result[outcome]++;
+      } finally {
+        inFlight.set(claimed.tenantId, inFlight.get(claimed.tenantId)! - 1);
+      }
     }
   };
   const settled = await Promise.allSettled(
@@ -169,6 +205,7 @@ export async function deliverDueWebhooks(
 
 interface ClaimedDelivery {
   id: number;
+  tenantId: string;
   runId: string;
   eventId: number;
   eventType: string;
@@ -183,11 +220,18 @@ interface ClaimedDelivery {
   occurredAt: Date;
 }
 
-async function claimDelivery(deps: EngineDeps, clock: postgres.Fragment): Promise<ClaimedDelivery | null> {
+async function claimDelivery(
+  deps: EngineDeps,
+  clock: postgres.Fragment,
+  inFlight: ReadonlyMap<string, number>,
+): Promise<ClaimedDelivery | null> {
   const { maxAttempts, timeoutSeconds } = deps.config.webhooks;
+  const busy = [...inFlight].filter(([, n]) => n > 0).map(([tenant]) => tenant);
+  const full = [...inFlight].filter(([, n]) => n >= PER_TENANT_IN_FLIGHT).map(([tenant]) => tenant);
   const [row] = await deps.db.sql<
     {
       id: string;
+      tenant_id: string;
       run_id: string;
       event_id: string;
       event_type: string;
@@ -205,7 +249,8 @@ async function claimDelivery(deps: EngineDeps, clock: postgres.Fragment): Promis
     with next as (
       select id from webhook_deliveries
       where status = 'pending' and next_attempt_at <= ${clock} and attempts < ${maxAttempts}
-      order by next_attempt_at, id
+        and tenant_id <> all(${full}::text[])
+      order by tenant_id = any(${busy}::text[]), next_attempt_at, id
       limit 1
       for update skip locked
     ), claimed as (
@@ -215,7 +260,7 @@ async function claimDelivery(deps: EngineDeps, clock: postgres.Fragment): Promis
       from next where d.id = next.id
       returning d.*
     )
-    select c.id, c.run_id, c.event_id, c.event_type, c.url, c.attempts, c.created_at,
+    select c.id, c.tenant_id, c.run_id, c.event_id, c.event_type, c.url, c.attempts, c.created_at,
       r.workflow_id, w.name as workflow_name, r.workflow_version, r.status as run_status,
       e.data as event_data, e.created_at as occurred_at
     from claimed c
@@ -225,6 +270,7 @@ async function claimDelivery(deps: EngineDeps, clock: postgres.Fragment): Promis
   if (!row) return null;
   return {
     id: Number(row.id),
+    tenantId: row.tenant_id,
     runId: row.run_id,
     eventId: Number(row.event_id),
     eventType: row.event_type,
@@ -249,18 +295,11 @@ async function attemptDelivery(
 ): Promise<Outcome | null> {
   const { maxAttempts, timeoutSeconds, initialRetryDelayMs } = deps.config.webhooks;
   const logFields = { runId: d.runId, deliveryId: d.id, url: redactUrl(d.url), attempt: d.attempt };
-  const secret = await signingSecret(deps, d);
-  if (secret === undefined && !warnedUnsigned.has(d.workflowId)) {
-    warnedUnsigned.add(d.workflowId);
-    deps.log.warn(
-      { ...logFields, workflow: d.workflowName },
-      "webhook sent unsigned: neither the notify entry nor webhooks.secret has a secret",
-    );
-  }
   const body = JSON.stringify({
     id: d.id,
     type: d.eventType,
     occurredAt: d.occurredAt.toISOString(),
+    tenant: d.tenantId,
     event: { id: d.eventId, type: d.eventType, runId: d.runId, data: d.eventData },
     run: { id: d.runId, workflow: { name: d.workflowName, version: d.workflowVersion }, status: d.runStatus },
   });
@@ -270,12 +309,14 @@ async function attemptDelivery(
     "user-agent": "flowline-webhooks",
     "flowline-event": d.eventType,
     "flowline-delivery": String(d.id),
+    ...(await standardSignature(deps, d, body)),
   };
-  if (secret !== undefined) headers["flowline-signature"] = signature(secret, body);
+  const legacy = await legacySecret(deps, d);
+  if (legacy !== undefined) headers["flowline-signature"] = signature(legacy, body);
 
   const response = await postWebhook(d.url, headers, body, {
     timeoutMs: timeoutSeconds * 1000,
-    allowPrivateNetworks: deps.config.http.allowPrivateNetworks,
+    egress: deps.config.http,
   });
 
   let outcome: Outcome;
@@ -300,7 +341,9 @@ async function attemptDelivery(
         where ${fence} returning id`;
     } else {
       outcome = "retried";
-      const delayMs = Math.min(initialRetryDelayMs * 2 ** (d.attempt - 1), MAX_RETRY_DELAY_MS);
+      const delayMs =
+        Math.min(initialRetryDelayMs * 2 ** (d.attempt - 1), MAX_RETRY_DELAY_MS) *
+        (0.8 + Math.random() * 0.4);
       recorded = await sql`
         update webhook_deliveries
         set response_status = ${response.status ?? null}, last_error = ${error},
@@ -326,10 +369,29 @@ function statusError(status: number): string {
 }
 
 /**
- * The `notify` entry that produced the delivery gives the secret; the first entry with this URL
- * and event type is the one whose row was kept by `on conflict (event_id, url) do nothing`.
+ * Standard Webhooks headers, signed with the tenant's secret and, within a day of a rotation, with
+ * the previous one too (receivers accept any listed signature that verifies).
  */
-async function signingSecret(deps: EngineDeps, d: ClaimedDelivery): Promise<string | undefined> {
+async function standardSignature(deps: EngineDeps, d: ClaimedDelivery, body: string) {
+  const secrets = await webhookSecretsOf(deps.db.sql, d.tenantId);
+  const id = String(d.id);
+  const now = new Date();
+  const signatures = [secrets.secret, ...(secrets.previous ? [secrets.previous.secret] : [])].map((s) =>
+    new Webhook(s).sign(id, now, body),
+  );
+  return {
+    "webhook-id": id,
+    "webhook-timestamp": String(Math.floor(now.getTime() / 1000)),
+    "webhook-signature": signatures.join(" "),
+  };
+}
+
+/**
+ * The legacy `flowline-signature` key: the `notify` entry's secret (the first entry with this URL
+ * and event type is the one whose row was kept by `on conflict (event_id, url) do nothing`), else
+ * `webhooks.secret`; undefined when neither is set.
+ */
+async function legacySecret(deps: EngineDeps, d: ClaimedDelivery): Promise<string | undefined> {
   const { spec } = await deps.specs.load(d.workflowId, d.workflowVersion);
   const entries = (spec.notify ?? []).filter((n) => n.webhook === d.url);
   const entry = entries.find((n) => n.on.includes(d.eventType)) ?? entries[0];
@@ -365,17 +427,17 @@ interface PostResult {
 /**
  * Why webhooks do not require `http.allowedHosts`, unlike http steps: a `notify` URL is written
  * by whoever may define workflows and is the endpoint they chose to be called, not data flowing
- * through a run, so an allowlist would only be a second copy of the definitions. What no
- * definition may do is point the server at its own infrastructure: link-local and cloud metadata
- * addresses are always refused (even an IP listed in `http.allowedHosts` does not unlock them
- * here), and private or loopback ones unless `http.allowPrivateNetworks`. The check runs on the
- * address the connection actually uses, so DNS rebinding cannot slip past it.
+ * through a run, so an allowlist would only be a second copy of the definitions. The address the
+ * connection uses follows the one egress policy of http steps (../egress.ts): a host listed
+ * exactly in `http.allowedHosts` is reachable even when private; other private and loopback
+ * addresses only with `http.allowPrivateNetworks`; metadata and link-local ones never, unless the
+ * IP itself is listed.
  */
 function postWebhook(
   rawUrl: string,
   headers: Record<string, string>,
   body: string,
-  options: { timeoutMs: number; allowPrivateNetworks: boolean },
+  options: { timeoutMs: number; egress: EgressPolicy },
 ): Promise<PostResult> {
   let url: URL;
   try {
@@ -387,27 +449,10 @@ function postWebhook(
     return Promise.resolve({ error: "only http and https URLs are allowed", permanent: true });
   }
   const hostname = url.hostname.replace(/^\[|\]$/g, "");
-  const check = (address: string) => addressRefusal(hostname, address, [], options.allowPrivateNetworks);
-  // A literal IP never goes through the lookup.
-  if (isIP(hostname)) {
-    const refusal = check(hostname);
-    if (refusal) return Promise.resolve({ error: `refused: ${refusal}`, permanent: true });
-  }
-  let refusal: string | null = null;
-  const lookup: LookupFunction = (host, lookupOptions, callback) => {
-    dnsLookup(host, { ...lookupOptions, all: true }, (error, addresses) => {
-      if (error) return callback(error, "", 0);
-      const list = addresses as Array<{ address: string; family: number }>;
-      for (const a of list) {
-        refusal = check(a.address);
-        if (refusal) return callback(new Error(refusal), "", 0);
-      }
-      const first = list[0]!;
-      if ((lookupOptions as { all?: boolean }).all)
-        return (callback as unknown as (e: null, a: typeof list) => void)(null, list);
-      callback(null, first.address, first.family);
-    });
-  };
+  const egress = checkedLookup(hostname, options.egress);
+  const literal = egress.literalRefusal();
+  if (literal) return Promise.resolve({ error: `refused: ${literal}`, permanent: true });
+  const lookup = egress.lookup;
   const signal = AbortSignal.timeout(options.timeoutMs);
   return new Promise<PostResult>((resolve) => {
     let status: number | undefined;
@@ -428,7 +473,7 @@ function postWebhook(
     );
     request.on("error", (error) => {
       if (status !== undefined) resolve({ status });
-      else if (refusal) resolve({ error: `refused: ${refusal}`, permanent: true });
+      else if (egress.refusal()) resolve({ error: `refused: ${egress.refusal()}`, permanent: true });
       else if (signal.aborted) resolve({ error: `no response within ${options.timeoutMs} ms` });
       else resolve({ error: `request failed: ${error.message}` });
     });

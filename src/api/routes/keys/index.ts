@@ -22,7 +22,8 @@ const apiKey = z
     scopes: z.array(z.string()),
     root: z.boolean().describe("Root keys administer every tenant"),
     createdAt: isoDate,
-    lastUsedAt: isoDate.nullable(),
+    lastUsedAt: isoDate.nullable().describe("Recorded at most once a minute"),
+    expiresAt: isoDate.nullable().describe("After this the key no longer authenticates; null: never"),
   })
   .meta({ id: "ApiKey" });
 
@@ -43,6 +44,13 @@ const createBody = z
       .min(1)
       .max(scopes.length)
       .refine((s) => new Set(s).size === s.length, "scopes must not repeat"),
+    expiresInSeconds: z
+      .number()
+      .int()
+      .min(60)
+      .max(10 * 365 * 86_400)
+      .optional()
+      .describe("The key stops authenticating this long after its creation; default: never"),
   })
   .meta({ id: "CreateApiKeyRequest" });
 
@@ -55,6 +63,7 @@ const present = (r: ApiKeyRecord) => ({
   root: r.root,
   createdAt: toIso(r.createdAt),
   lastUsedAt: toIsoOrNull(r.lastUsedAt),
+  expiresAt: toIsoOrNull(r.expiresAt),
 });
 
 export const keyRoutes: FastifyPluginAsyncZod<{ keys: KeysRepository }> = async (app, { keys }) => {
@@ -80,6 +89,9 @@ export const keyRoutes: FastifyPluginAsyncZod<{ keys: KeysRepository }> = async 
         tenantId: tenant,
         name: request.body.name ?? "unnamed",
         scopes: request.body.scopes,
+        ...(request.body.expiresInSeconds === undefined
+          ? {}
+          : { expiresAt: new Date(Date.now() + request.body.expiresInSeconds * 1000) }),
       });
       request.log.info({ keyId: record.id, tenant }, "api key created");
       return reply.code(201).send({ ...present(record), key });
@@ -93,7 +105,7 @@ export const keyRoutes: FastifyPluginAsyncZod<{ keys: KeysRepository }> = async 
       schema: {
         tags: ["keys"],
         operationId: "listKeys",
-        summary: "List the active API keys of a tenant",
+        summary: "List the active API keys of a tenant (root keys only to root keys)",
         querystring: z.strictObject({
           tenant: tenantId.optional().describe("Root keys only; defaults to the caller's"),
         }),
@@ -106,7 +118,9 @@ export const keyRoutes: FastifyPluginAsyncZod<{ keys: KeysRepository }> = async 
       if (tenant !== caller.tenantId && !caller.root) {
         throw new FlowlineError("forbidden", "Only a root key may list keys of another tenant");
       }
-      return { items: (await keys.list(tenant)).map(present) };
+      // Root keys are administered by root keys only (SPEC §12).
+      const items = (await keys.list(tenant)).filter((k) => caller.root || !k.root);
+      return { items: items.map(present) };
     },
   );
 
@@ -117,14 +131,17 @@ export const keyRoutes: FastifyPluginAsyncZod<{ keys: KeysRepository }> = async 
       schema: {
         tags: ["keys"],
         operationId: "revokeKey",
-        summary: "Revoke an API key",
+        summary: "Revoke an API key (a root key only with a root key)",
         params: z.strictObject({ id: z.uuid() }),
         response: { 204: z.null().describe("Revoked"), ...problemResponses(403, 404) },
       },
     },
     async (request, reply) => {
       const caller = callerOf(request);
-      const revoked = await keys.revoke(caller.root ? null : caller.tenantId, request.params.id);
+      // A root key looks missing to a non-root caller, like another tenant's key.
+      const revoked = caller.root
+        ? await keys.revoke(null, request.params.id)
+        : await keys.revoke(caller.tenantId, request.params.id, { root: false });
       if (!revoked) throw notFound("API key");
       request.log.info({ keyId: request.params.id }, "api key revoked");
       return reply.code(204).send(null);

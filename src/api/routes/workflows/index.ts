@@ -6,6 +6,7 @@ import type { WorkflowsRepository } from "../../../db/repositories/workflows.ts"
 import { FlowlineError, notFound } from "../../../domain/errors.ts";
 import { workflowSpecSchema } from "../../../domain/workflow/spec.ts";
 import { type ValidationContext, validateWorkflowDefinition } from "../../../domain/workflow/validate.ts";
+import { writeOnlyView } from "../../../domain/workflow/write-only.ts";
 import { callerOf } from "../../plugins/auth.ts";
 import { problemResponses } from "../../problem.ts";
 import {
@@ -171,6 +172,9 @@ export const workflowRoutes: FastifyPluginAsyncZod<{
         tags: ["workflows"],
         operationId: "getWorkflow",
         summary: "Read a workflow definition (the current version, or ?version=N)",
+        description:
+          "Write-only fields are shown as `***`: `notify[].secret`, and header values of http steps and " +
+          "env values of command steps that hold literal text rather than `{{secrets.NAME}}` references.",
         params: nameParams,
         querystring: z.strictObject({
           version: z.coerce.number().int().min(1).max(2_147_483_647).optional(),
@@ -195,7 +199,8 @@ export const workflowRoutes: FastifyPluginAsyncZod<{
         hash: found.hash,
         createdAt: toIso(found.createdAt),
         archivedAt: toIsoOrNull(found.archivedAt),
-        definition: found.spec,
+        // Secret-bearing fields are write-only (SPEC §12).
+        definition: writeOnlyView(found.spec),
       };
     },
   );
