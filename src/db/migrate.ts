@@ -2,6 +2,7 @@ import { fileURLToPath } from "node:url";
 import { drizzle } from "drizzle-orm/postgres-js";
 import { migrate } from "drizzle-orm/postgres-js/migrator";
 import postgres from "postgres";
+import { requireDatabaseUrl } from "./client.ts";
 
 export const migrationsFolder = fileURLToPath(new URL("../../drizzle", import.meta.url));
 
@@ -49,13 +50,18 @@ export async function ensureDatabase(url: string): Promise<{ created: boolean }>
  * Creates the database if needed and applies every pending migration in `drizzle/`. Safe to run
  * from several processes at once: an advisory lock lets one migrate while the others wait.
  */
-export async function runMigrations(url: string): Promise<{ createdDatabase: boolean }> {
+export async function runMigrations(
+  databaseUrl: string | undefined,
+  options: { queues?: boolean } = {},
+): Promise<{ createdDatabase: boolean }> {
+  const url = requireDatabaseUrl(databaseUrl);
   const { created } = await ensureDatabase(url);
   const sql = postgres(url, { max: 1, onnotice: () => {}, connect_timeout: 10 });
   try {
     await sql`select pg_advisory_lock(${MIGRATION_LOCK_ID})`;
     try {
       await migrate(drizzle(sql), { migrationsFolder });
+      if (options.queues) await migrateQueueSchema(url);
     } finally {
       await sql`select pg_advisory_unlock(${MIGRATION_LOCK_ID})`;
     }
@@ -63,4 +69,21 @@ export async function runMigrations(url: string): Promise<{ createdDatabase: boo
     await sql.end({ timeout: 5 });
   }
   return { createdDatabase: created };
+}
+
+/**
+ * BullMQ's own schema (`bullmq`) for queues on Postgres (no `REDIS_URL`), through BullMQ's
+ * migrator: idempotent and serialised by its own advisory lock.
+ */
+async function migrateQueueSchema(url: string): Promise<void> {
+  const { Client } = (await import("pg")).default;
+  const client = new Client({ connectionString: url, connectionTimeoutMillis: 10_000 });
+  client.on("error", () => {});
+  await client.connect();
+  try {
+    const { runMigrations: runQueueMigrations } = await import("bullmq");
+    await runQueueMigrations(client as never);
+  } finally {
+    await client.end();
+  }
 }

@@ -38,7 +38,7 @@ describe("GET /v1/queues", () => {
     const before = await buildApp({
       config: parseConfig({ ...ctx.config, queues: { ...ctx.config.queues, nowhere: { min: 0 } } }),
       db: ctx.db,
-      redis: ctx.redis,
+      stores: ctx.stores,
     });
     const put = await call(before, "PUT", "/v1/workflows/stray", {
       key: ctx.rootKey,

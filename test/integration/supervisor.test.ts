@@ -9,7 +9,7 @@ import { pauseRun, resumeRun } from "../../src/engine/control.ts";
 import { reconcile } from "../../src/engine/reconcile.ts";
 import { cancelRun, submitRun } from "../../src/engine/runs.ts";
 import { pruneOldData } from "../../src/jobs/supervisor/retention.ts";
-import type { BullStepDispatcher } from "../../src/redis/step-queue.ts";
+import type { BullStepDispatcher } from "../../src/queue/step-queue.ts";
 import { createTestContext, type TestContext } from "../helpers/context.ts";
 import {
   engineSettings,
