@@ -5,13 +5,15 @@
  */
 import { pino } from "pino";
 import { startApiServer } from "../api/server.ts";
-import { type Config, ConfigError, loadConfig } from "../config/index.ts";
+import { type Config, ConfigError, loadConfig, parseConfig } from "../config/index.ts";
 import { runMigrations } from "../db/migrate.ts";
 import { ownValue } from "../domain/records.ts";
 import { startAutoscaler } from "../jobs/autoscaler.ts";
 import { KILL_GRACE_MS } from "../jobs/executors/command.ts";
 import { startSupervisor } from "../jobs/supervisor/index.ts";
 import { startWorker } from "../jobs/worker.ts";
+import { type EmbeddedPostgres, startEmbeddedPostgres } from "../stores/embedded-postgres.ts";
+import { describeStores, storeKind } from "../stores/index.ts";
 
 const EXIT_CONFIG = 78;
 
@@ -88,17 +90,76 @@ export async function runApi(role: string): Promise<void> {
  * their workers, the supervisor hands its lease over, the API closes its streams.
  */
 export async function runUp(): Promise<void> {
-  const config = loadConfigOrExit();
+  let config = loadConfigOrExit();
   const log = createLogger(config, "up");
   process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
-  // The API first: it applies migrations before any worker touches the database.
-  const server = await startApiServer(config, { logger: log, onGeneratedRootKey: printRootKey });
-  printDashboard(server.url);
-  const supervisor = await startSupervisor({ config, log: log.child({ role: "supervisor" }) });
-  const autoscaler = await startAutoscaler({ config, log: log.child({ role: "workers" }) });
-  untilSignal(log, workerStopSeconds(config) + 20, async () => {
-    await Promise.all([autoscaler.close(), supervisor.close(), server.close()]);
-  });
+  // No DATABASE_URL: an embedded Postgres in the data directory, for this process and the worker
+  // processes it starts (they inherit DATABASE_URL).
+  let embedded: EmbeddedPostgres | null = null;
+  if (!config.database.url) {
+    embedded = await startEmbeddedPostgres({
+      dataDir: config.database.dataDir,
+      onLog: (message) => log.debug({ component: "embedded-postgres" }, message.trim()),
+    });
+    if (embedded.recovered)
+      log.warn({ dataDir: embedded.dataDir }, `embedded Postgres: ${embedded.recovered}`);
+    log.info(
+      { dataDir: embedded.dataDir, port: embedded.port, created: embedded.created },
+      "embedded Postgres started",
+    );
+    config = parseConfig({ ...config, database: { ...config.database, url: embedded.url } });
+    process.env.DATABASE_URL = embedded.url;
+  }
+  const stopEmbedded = async () => {
+    await embedded?.stop();
+  };
+  try {
+    // The API first: it applies migrations before any worker touches the database.
+    let generatedKey: string | undefined;
+    const server = await startApiServer(config, {
+      logger: log,
+      onGeneratedRootKey: (key) => {
+        generatedKey = key;
+      },
+    });
+    const supervisor = await startSupervisor({ config, log: log.child({ role: "supervisor" }) });
+    const autoscaler = await startAutoscaler({ config, log: log.child({ role: "workers" }) });
+    printBanner(config, server.url, embedded, generatedKey);
+    untilSignal(log, workerStopSeconds(config) + 20, async () => {
+      await Promise.all([autoscaler.close(), supervisor.close(), server.close()]);
+      await stopEmbedded();
+    });
+  } catch (error) {
+    await stopEmbedded();
+    throw error;
+  }
+}
+
+/** What `up` runs on, where its data lives and whether it persists; the root key once. */
+function printBanner(config: Config, url: string, embedded: EmbeddedPostgres | null, rootKey?: string): void {
+  const database = new URL(config.database.url!);
+  const where = embedded
+    ? `${embedded.dataDir} (embedded Postgres on 127.0.0.1:${embedded.port}; kept across restarts, delete the directory to start over)`
+    : `the Postgres at ${database.host}${database.pathname} (DATABASE_URL; persists with that server)`;
+  const lines = [
+    "",
+    "Flowline is up.",
+    `  API:        ${url}/v1  (docs: ${url}/docs)`,
+    `  Dashboard:  ${url}/ui/  (log in with an API key)`,
+    `  Stores:     ${describeStores(config)}${embedded ? ", embedded" : ""}`,
+    storeKind(config) === "postgres"
+      ? "              no Redis is used; set REDIS_URL to run queues and fan-out on Redis"
+      : `              Redis at ${new URL(config.redis.url!).host}`,
+    `  Data:       ${where}`,
+    ...(embedded
+      ? [
+          `  Database:   ${embedded.url.replace(/:[^:@/]+@/, ":***@")} (password in ${embedded.dataDir}/embedded-postgres.json)`,
+        ]
+      : []),
+    "",
+  ];
+  process.stdout.write(`${lines.join("\n")}\n`);
+  if (rootKey) printRootKey(rootKey);
 }
 
 /** How long a worker may take to stop: its grace, then a command's kill grace, then hand-backs. */
@@ -117,7 +178,9 @@ function printRootKey(key: string): void {
 
 export async function runMigrate(): Promise<void> {
   const config = loadConfigOrExit();
-  const { createdDatabase } = await runMigrations(config.database.url);
+  const { createdDatabase } = await runMigrations(config.database.url, {
+    queues: storeKind(config) === "postgres",
+  });
   process.stdout.write(`migrations applied${createdDatabase ? " (database created)" : ""}\n`);
 }
 
@@ -167,7 +230,7 @@ export async function runSupervisorRole(): Promise<void> {
   const config = loadConfigOrExit();
   const log = createLogger(config, "supervisor");
   process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
-  await runMigrations(config.database.url);
+  await runMigrations(config.database.url, { queues: storeKind(config) === "postgres" });
   const supervisor = await startSupervisor({ config, log });
   untilSignal(log, 10, () => supervisor.close());
 }

@@ -119,7 +119,14 @@ describe.each(["redis", "postgres"] as const)("stores on %s", (kind) => {
     await stores.registry.announce(info, 10_000);
     await stores.registry.remove(info.id);
     expect((await stores.registry.online()).map((w) => w.id)).not.toContain(info.id);
-    const target = { target: 2, processes: 1, backlog: 5, active: 1, reason: "backlog" };
+    const target = {
+      target: 2,
+      processes: 1,
+      backlog: 5,
+      active: 1,
+      reason: "backlog",
+      updatedAt: new Date().toISOString(),
+    };
     await stores.registry.publishTargets({ default: target }, 10_000);
     expect((await stores.registry.targets()).default).toMatchObject(target);
   });
