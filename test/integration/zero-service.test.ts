@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { cleanEnv, freePort, isAlive, type Spawned, spawnFlowline } from "../helpers/processes.ts";
-import { TEST_REDIS_URL } from "../helpers/services.ts";
+import { TEST_PG_URL, TEST_REDIS_URL } from "../helpers/services.ts";
 import { eventFrames, readSse } from "../helpers/sse.ts";
 
 const dataDir = mkdtempSync(join(tmpdir(), "flowline-zero-"));
@@ -76,6 +76,8 @@ function remotePorts(pids: number[]): number[] {
 }
 
 const redisPort = Number(new URL(TEST_REDIS_URL).port || 6379);
+/** The machine's own Postgres: with no DATABASE_URL nothing may use it either. */
+const machinePostgresPort = Number(new URL(TEST_PG_URL).port || 5432);
 
 async function startUp(port: number): Promise<{ up: Spawned; key?: string }> {
   const up = spawnFlowline(
@@ -133,6 +135,7 @@ describe("flowline up with neither DATABASE_URL nor REDIS_URL", () => {
     const ports = remotePorts(tree);
     expect(ports.length).toBeGreaterThan(0);
     expect(ports).not.toContain(redisPort);
+    expect(ports).not.toContain(machinePostgresPort);
 
     // A crash: the process dies at once, its Postgres is left running.
     first.up.child.kill("SIGKILL");
@@ -148,7 +151,9 @@ describe("flowline up with neither DATABASE_URL nor REDIS_URL", () => {
     expect(after.status).toBe("succeeded");
     const replay = await readSse(`${base}/v1/runs/${run.id}/events`, { key: first.key! });
     expect(eventFrames(replay.frames).map((f) => [f.id, f.event])).toEqual(seen.map((f) => [f.id, f.event]));
-    expect(remotePorts(processTree(second.up.child.pid!))).not.toContain(redisPort);
+    const portsAfter = remotePorts(processTree(second.up.child.pid!));
+    expect(portsAfter).not.toContain(redisPort);
+    expect(portsAfter).not.toContain(machinePostgresPort);
 
     second.up.child.kill("SIGTERM");
     expect(await second.up.exited).toEqual({ code: 0, signal: null });
