@@ -374,6 +374,14 @@ describe("subgraphs and retries", () => {
   });
 });
 
+async function waitFor(condition: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error("condition not reached in time");
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 describe("auto-materialization", () => {
   it("the supervisor refreshes an asset whose policy asks for it whenever it is missing or stale", async () => {
     await putWorkflow(ctx, "auto", {
@@ -399,6 +407,18 @@ describe("auto-materialization", () => {
     // Never two at once: each refresh started after the previous one ended.
     const runs = await runsOf();
     expect(runs.filter((r) => r.status !== "succeeded").length).toBeLessThanOrEqual(1);
+    // The policy off again: refreshes every second would add runs under the later tests' counts.
+    await putWorkflow(ctx, "auto", {
+      assets: { auto_asset: { maxAgeSeconds: 1 }, manual_asset: { maxAgeSeconds: 1 } },
+      steps: [
+        { id: "auto", provides: ["auto_asset"], run: { type: "noop", output: { at: "now" } } },
+        { id: "manual", provides: ["manual_asset"], run: { type: "noop" } },
+      ],
+    });
+    // …and a refresh that started before that has ended (it would record a materialization).
+    await waitFor(async () =>
+      (await runsOf()).every((r) => ["succeeded", "failed", "cancelled"].includes(r.status)),
+    );
   });
 });
 
