@@ -29,6 +29,20 @@ function loadConfigOrExit(): Config {
   }
 }
 
+/** Every role but `up` needs a database URL: only `up` starts an embedded Postgres. */
+function loadServerConfigOrExit(role: string): Config {
+  const config = loadConfigOrExit();
+  if (!config.database.url) {
+    process.stderr.write(
+      `flowline ${role}: DATABASE_URL is not set. Only \`flowline up\` starts an embedded Postgres; ` +
+        `set DATABASE_URL (database.url) to the Postgres this ${role} should use (\`flowline up\` prints ` +
+        "the URL of its embedded one).\n",
+    );
+    process.exit(EXIT_CONFIG);
+  }
+  return config;
+}
+
 function createLogger(config: Config, role: string) {
   return pino({ level: config.log.level, base: { role, pid: process.pid } });
 }
@@ -76,7 +90,7 @@ function untilSignal(
 }
 
 export async function runApi(role: string): Promise<void> {
-  const config = loadConfigOrExit();
+  const config = loadServerConfigOrExit(role);
   const log = createLogger(config, role);
   process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
   const server = await startApiServer(config, { logger: log, onGeneratedRootKey: printRootKey });
@@ -177,7 +191,7 @@ function printRootKey(key: string): void {
 }
 
 export async function runMigrate(): Promise<void> {
-  const config = loadConfigOrExit();
+  const config = loadServerConfigOrExit("migrate");
   const { createdDatabase } = await runMigrations(config.database.url, {
     queues: storeKind(config) === "postgres",
   });
@@ -189,7 +203,7 @@ export async function runWorker(opts: {
   concurrency?: string;
   supervised?: boolean;
 }): Promise<void> {
-  const config = loadConfigOrExit();
+  const config = loadServerConfigOrExit("worker");
   const queues = opts.queues
     .split(",")
     .map((q) => q.trim())
@@ -219,7 +233,7 @@ export async function runWorker(opts: {
 }
 
 export async function runWorkers(): Promise<void> {
-  const config = loadConfigOrExit();
+  const config = loadServerConfigOrExit("workers");
   const log = createLogger(config, "workers");
   process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
   const autoscaler = await startAutoscaler({ config, log });
@@ -227,7 +241,7 @@ export async function runWorkers(): Promise<void> {
 }
 
 export async function runSupervisorRole(): Promise<void> {
-  const config = loadConfigOrExit();
+  const config = loadServerConfigOrExit("supervisor");
   const log = createLogger(config, "supervisor");
   process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
   await runMigrations(config.database.url, { queues: storeKind(config) === "postgres" });

@@ -160,4 +160,12 @@ describe("flowline up with neither DATABASE_URL nor REDIS_URL", () => {
     // Stopped with the system: no server left behind.
     expect(existsSync(join(dataDir, "postgres", "postmaster.pid"))).toBe(false);
   }, 120_000);
+
+  it("other roles refuse to start without DATABASE_URL, saying that only up embeds Postgres", async () => {
+    for (const role of ["api", "worker", "supervisor", "migrate"]) {
+      const p = spawnFlowline([role], cleanEnv({ FLOWLINE_DATA_DIR: dataDir }));
+      expect(await p.exited, role).toEqual({ code: 78, signal: null });
+      expect(p.stderr()).toMatch(/DATABASE_URL is not set\. Only `flowline up` starts an embedded Postgres/);
+    }
+  });
 });
