@@ -4,7 +4,18 @@
  * killed (its Postgres left running) and started again, the workflow, the run and its events are
  * still there; no process of the system ever holds a connection to a Redis port.
  */
-import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from "node:fs";
+import { once } from "node:events";
+import {
+  chmodSync,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -159,6 +170,25 @@ describe("flowline up with neither DATABASE_URL nor REDIS_URL", () => {
     expect(await second.up.exited).toEqual({ code: 0, signal: null });
     // Stopped with the system: no server left behind.
     expect(existsSync(join(dataDir, "postgres", "postmaster.pid"))).toBe(false);
+
+    // What a crash of the whole machine leaves: a pid file naming a process that is gone; and
+    // meanwhile another program took the port.
+    const { port: pgPort } = JSON.parse(readFileSync(join(dataDir, "embedded-postgres.json"), "utf8"));
+    writeFileSync(join(dataDir, "postgres", "postmaster.pid"), `${2 ** 22 + 17}\n${dataDir}\n0\n${pgPort}\n`);
+    const squatter = createServer().listen(pgPort, "127.0.0.1");
+    await once(squatter, "listening");
+    try {
+      const third = await startUp(port);
+      const said = third.up.stdout() + third.up.stderr();
+      expect(said).toMatch(/removed a stale postmaster\.pid/);
+      expect(said).toMatch(new RegExp(`port ${pgPort} is taken by another program`));
+      expect(said).not.toMatch(new RegExp(`embedded Postgres on 127\\.0\\.0\\.1:${pgPort};`));
+      expect((await fetch(`${base}/v1/runs/${run.id}`, { headers })).status).toBe(200);
+      third.up.child.kill("SIGTERM");
+      expect(await third.up.exited).toEqual({ code: 0, signal: null });
+    } finally {
+      squatter.close();
+    }
   }, 120_000);
 
   it("other roles refuse to start without DATABASE_URL, saying that only up embeds Postgres", async () => {
