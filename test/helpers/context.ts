@@ -94,6 +94,16 @@ export async function createTestContext(
     subscribe: true,
     sql: db.sql,
   });
+  // The request flavour connects in the background: tests start once the store answers.
+  for (let n = 0; ; n++) {
+    try {
+      await stores.ping();
+      break;
+    } catch (error) {
+      if (n >= 100) throw error;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
   await keysRepository(db.db).ensureRootKey(ROOT_KEY);
   const app = await buildApp({ config, db, stores, ...options });
   await app.ready();
