@@ -1,5 +1,6 @@
 /**
- * Layering rules: dependencies point inward (cli → api/jobs → engine → db/redis → domain).
+ * Layering rules: dependencies point inward (cli → api/jobs → engine → stores → db/redis/queue →
+ * domain).
  * `npm run deps` fails on a circular import or on a forbidden edge below.
  */
 const infra =
@@ -31,7 +32,14 @@ module.exports = {
     {
       name: "db-redis-below-engine",
       severity: "error",
-      from: { path: "^src/(db|redis)" },
+      from: { path: "^src/(db|redis|queue)" },
+      to: { path: "^src/(engine|jobs|api|cli|stores)" },
+    },
+    {
+      name: "stores-below-engine",
+      comment: "src/stores picks the Redis or the Postgres implementations; it knows nothing above them.",
+      severity: "error",
+      from: { path: "^src/stores" },
       to: { path: "^src/(engine|jobs|api|cli)" },
     },
     {

@@ -7,7 +7,7 @@ import { buildApp } from "../src/api/app.ts";
 import type { Config } from "../src/config/index.ts";
 import { createDb } from "../src/db/client.ts";
 import { keysRepository } from "../src/db/repositories/keys.ts";
-import { createRedis } from "../src/redis/connection.ts";
+import { openStores } from "../src/stores/index.ts";
 
 const KEY = "flk_bench_http_key_0123456789abcdefghij";
 
@@ -18,16 +18,20 @@ export interface BenchApi {
 
 export async function startApi(config: Config): Promise<BenchApi> {
   const db = createDb({ ...config.database, applicationName: "flowline-api" });
-  const redis = createRedis(config.redis.url, "request", { name: "flowline-api" });
-  await redis.connect();
+  const stores = await openStores(config, {
+    name: "flowline-api",
+    flavour: "consumer",
+    subscribe: true,
+    sql: db.sql,
+  });
   await keysRepository(db.db).ensureRootKey(KEY);
-  const app = await buildApp({ config, db, redis });
+  const app = await buildApp({ config, db, stores });
   const base = await app.listen({ host: "127.0.0.1", port: 0 });
   return {
     base,
     close: async () => {
       await app.close();
-      await redis.quit();
+      await stores.close();
       await db.close();
     },
   };

@@ -21,10 +21,10 @@ import { validateWorkflowDefinition } from "../src/domain/workflow/validate.ts";
 import { createEngineDeps } from "../src/engine/create.ts";
 import { submitRun } from "../src/engine/runs.ts";
 import { startWorker } from "../src/jobs/worker.ts";
+import { BullStepDispatcher, fairShareOf } from "../src/queue/step-queue.ts";
 import { RedisAssetLocks } from "../src/redis/asset-locks.ts";
 import { createRedis } from "../src/redis/connection.ts";
 import { RedisEventBus } from "../src/redis/event-bus.ts";
-import { BullStepDispatcher, fairShareOf } from "../src/redis/step-queue.ts";
 import { startPrivateRedis } from "../test/helpers/redis-server.ts";
 import { FAIRNESS_QUEUES, fairnessBench } from "./fairness.ts";
 import { getLatencies, replayEvents, startApi, submitOverHttp } from "./http.ts";
@@ -96,7 +96,10 @@ async function bench(redisUrl: string) {
   await redis.connect();
   const meter = await createMeter(db.sql, redis);
   const bus = new RedisEventBus(redis, null, prefix);
-  const dispatcher = new BullStepDispatcher(redis, prefix, fairShareOf(config.queues));
+  const dispatcher = new BullStepDispatcher(
+    { kind: "redis", redis, newConnection: () => createRedis(redisUrl, "consumer"), prefix },
+    fairShareOf(config.queues),
+  );
   const engine = createEngineDeps({
     db,
     config,

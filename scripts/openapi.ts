@@ -7,7 +7,7 @@ import { pino } from "pino";
 import { buildApp } from "../src/api/app.ts";
 import { parseConfig } from "../src/config/index.ts";
 import { createDb } from "../src/db/client.ts";
-import { createRedis } from "../src/redis/connection.ts";
+import { openStores } from "../src/stores/index.ts";
 
 export async function openApiDocument(): Promise<Record<string, unknown>> {
   // Addresses nothing listens on: building the document must not touch real stores.
@@ -16,8 +16,13 @@ export async function openApiDocument(): Promise<Record<string, unknown>> {
     redis: { url: "redis://127.0.0.1:9" },
   });
   const db = createDb(config.database);
-  const redis = createRedis(config.redis.url, "request");
-  const app = await buildApp({ config, db, redis, logger: pino({ level: "silent" }) });
+  const stores = await openStores(config, {
+    name: "openapi",
+    flavour: "request",
+    subscribe: true,
+    sql: db.sql,
+  });
+  const app = await buildApp({ config, db, stores, logger: pino({ level: "silent" }) });
   await app.ready();
   return app.swagger() as unknown as Record<string, unknown>;
 }

@@ -25,7 +25,6 @@ import {
   validatorCompiler,
   type ZodTypeProvider,
 } from "fastify-type-provider-zod";
-import type { Redis } from "ioredis";
 import type { OpenAPIV3_1 } from "openapi-types";
 import type { Config } from "../config/index.ts";
 import type { DbHandle } from "../db/client.ts";
@@ -36,15 +35,7 @@ import { workflowsRepository } from "../db/repositories/workflows.ts";
 import { FlowlineError } from "../domain/errors.ts";
 import { createEngineDeps } from "../engine/create.ts";
 import type { EngineDeps } from "../engine/deps.ts";
-import { RedisAssetLocks } from "../redis/asset-locks.ts";
-import { AuthFailureLimiter } from "../redis/auth-failures.ts";
-import { createRedis } from "../redis/connection.ts";
-import { RedisEventBus } from "../redis/event-bus.ts";
-import { redisKeys } from "../redis/keys.ts";
-import { WorkerRegistry } from "../redis/registry.ts";
-import { sharedSessionSecret } from "../redis/session-secret.ts";
-import { BullStepDispatcher, fairShareOf } from "../redis/step-queue.ts";
-import { StreamLeases } from "../redis/stream-leases.ts";
+import type { Stores } from "../stores/index.ts";
 import { tidyDocument } from "./openapi.ts";
 import { registerAudit } from "./plugins/audit.ts";
 import { CSRF_HEADER, registerAuth, SESSION_COOKIE } from "./plugins/auth.ts";
@@ -70,8 +61,12 @@ import { workflowRoutes } from "./routes/workflows/index.ts";
 export interface AppDeps {
   config: Config;
   db: DbHandle;
-  /** A fail-fast ("request" flavour) connection. */
-  redis: Redis;
+  /**
+   * Queues, locks, rate limits and event fan-out (Redis or Postgres; see src/stores), opened with
+   * the fail-fast "request" flavour and a subscription. Owned by the caller: closing the app
+   * leaves them open.
+   */
+  stores: Stores;
   /** A pino logger to use; by default the app logs JSON at the configured level. */
   logger?: FastifyBaseLogger;
   /** SSE heartbeat interval (tests shorten it). */
@@ -217,20 +212,15 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     keys,
     used: (keyId: string) => recordKeyUse(deps.db.sql, keyId),
     failures: config.rateLimit.enabled
-      ? new AuthFailureLimiter(
-          deps.redis,
-          config.redis.prefix,
-          config.rateLimit.failedAuthMax,
-          config.rateLimit.failedAuthWindowSeconds,
-        )
+      ? deps.stores.failureLimiter(config.rateLimit.failedAuthMax, config.rateLimit.failedAuthWindowSeconds)
       : null,
     secret: () => {
       if (config.auth.sessionSecret) return Promise.resolve(config.auth.sessionSecret);
-      secret ??= sharedSessionSecret(deps.redis, config.redis.prefix).catch((error: Error) => {
+      secret ??= deps.stores.sessionSecret().catch((error: Error) => {
         secret = undefined;
         throw new FlowlineError(
           "service_unavailable",
-          `Sessions need Redis, which is unreachable: ${error.message}`,
+          `Sessions need the ${deps.stores.kind === "redis" ? "Redis" : "Postgres"} store, which is unreachable: ${error.message}`,
         );
       });
       return secret;
@@ -275,9 +265,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     global: true,
     max: config.rateLimit.max,
     timeWindow: config.rateLimit.windowSeconds * 1000,
-    redis: deps.redis,
-    nameSpace: redisKeys(config.redis.prefix).rateLimitNamespace(),
-    // Rate limiting must not take the API down with Redis: fail open, readiness reports Redis.
+    ...deps.stores.rateLimit,
+    // Rate limiting must not take the API down with its store: fail open, readiness reports it.
     skipOnError: true,
     keyGenerator: (request) => (request.auth ? `key:${request.auth.keyId}` : `ip:${request.ip}`),
     // Public reads (health, metrics, docs) are free; a public POST (logging in) tries keys, so it counts.
@@ -298,33 +287,24 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.get("/openapi.json", { config: { public: true }, schema: { hide: true } }, async () => app.swagger());
   await registerDashboard(app);
 
-  // One subscriber connection per API process, fanned out to every SSE stream it serves. It keeps
-  // an offline queue so its subscription is made as soon as Redis is reachable.
-  const subscriber = createRedis(config.redis.url, "consumer", { name: "flowline-api-sub" });
-  subscriber
-    .connect()
-    .catch((error: Error) => app.log.warn({ err: error.message }, "redis subscriber not connected yet"));
-  const bus = new RedisEventBus(deps.redis, subscriber, config.redis.prefix);
+  // One subscription per API process, fanned out to every SSE stream it serves; it is made as
+  // soon as the store is reachable.
+  const { bus, dispatcher } = deps.stores;
   void bus.start().catch((error: Error) => app.log.warn({ err: error.message }, "event subscription failed"));
-  const dispatcher = new BullStepDispatcher(deps.redis, config.redis.prefix, fairShareOf(config.queues));
   const engine = createEngineDeps({
     db: deps.db,
     config,
     dispatcher,
     notifier: bus,
     control: bus,
-    locks: new RedisAssetLocks(deps.redis, config.redis.prefix),
+    locks: deps.stores.locks,
     log: app.log as unknown as EngineDeps["log"],
   });
   const hub: SseHub = {
     bus,
     streams: new Map(),
     // A lease outlives a few missed heartbeats; a dead process's streams stop counting after it.
-    leases: new StreamLeases(
-      deps.redis,
-      config.redis.prefix,
-      3 * (deps.sseHeartbeatMs ?? HEARTBEAT_MS) + 5000,
-    ),
+    leases: deps.stores.streamLeases(3 * (deps.sseHeartbeatMs ?? HEARTBEAT_MS) + 5000),
     readPage: coalesceReads(
       (runId) => bus.generation(runId),
       (runId, afterId, limit) => readEvents(deps.db.sql, runId, afterId, limit),
@@ -337,12 +317,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.addHook("preClose", async () => {
     for (const close of [...hub.streams.keys()]) close();
   });
-  app.addHook("onClose", async () => {
-    await dispatcher.close();
-    await subscriber.quit().catch(() => subscriber.disconnect());
-  });
-
-  await app.register(healthRoutes, { db: deps.db, redis: deps.redis });
+  await app.register(healthRoutes, { db: deps.db, stores: deps.stores });
   await app.register(runRoutes, { prefix: "/v1", engine, hub });
   await app.register(assetRoutes, { prefix: "/v1", engine });
   await app.register(planRoutes, { prefix: "/v1", engine });
@@ -363,7 +338,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     config,
     sql: deps.db.sql,
     dispatcher,
-    registry: new WorkerRegistry(deps.redis, config.redis.prefix),
+    registry: deps.stores.registry,
   };
   await app.register(queueRoutes, { prefix: "/v1", ...queueSources });
   registerQueueMetrics(metrics, () => queueOverview(queueSources));

@@ -10,8 +10,8 @@ import type { Config } from "../config/index.ts";
 import { createDb, type DbHandle } from "../db/client.ts";
 import { checkSchema, runMigrations } from "../db/migrate.ts";
 import { keysRepository } from "../db/repositories/keys.ts";
-import { createRedis } from "../redis/connection.ts";
-import { ProcessRegistry, thisRelease } from "../redis/processes.ts";
+import { thisRelease } from "../redis/processes.ts";
+import { openStores, storeKind } from "../stores/index.ts";
 import { buildApp } from "./app.ts";
 
 export interface ApiServer {
@@ -29,18 +29,21 @@ export interface StartApiOptions {
 
 export async function startApiServer(config: Config, options: StartApiOptions): Promise<ApiServer> {
   const log = options.logger;
-  const { createdDatabase } = await runMigrations(config.database.url);
+  const { createdDatabase } = await runMigrations(config.database.url, {
+    queues: storeKind(config) === "postgres",
+  });
   log.info({ createdDatabase }, "database migrated");
   const schemaNote = await checkSchema(config.database.url);
   if (schemaNote) log.warn(schemaNote);
 
   const db = createDb({ ...config.database, applicationName: "flowline-api" });
-  const redis = createRedis(config.redis.url, "request", {
+  const stores = await openStores(config, {
     name: "flowline-api",
-    onError: (error) => log.warn({ err: error.message }, "redis connection error"),
+    flavour: "request",
+    subscribe: true,
+    sql: db.sql,
+    onError: (error) => log.warn({ err: error.message }, "store connection error"),
   });
-  // Start without Redis if need be: /readyz reports it and requests that need it answer 503.
-  redis.connect().catch((error: Error) => log.warn({ err: error.message }, "redis not reachable yet"));
 
   const { generatedKey, bootstrapRevoked } = await keysRepository(db.db).ensureRootKey(
     config.auth.bootstrapKey,
@@ -56,11 +59,11 @@ export async function startApiServer(config: Config, options: StartApiOptions): 
     options.onGeneratedRootKey?.(generatedKey);
   }
 
-  const app = await buildApp({ config, db, redis, logger: log });
+  const app = await buildApp({ config, db, stores, logger: log });
   const address = await app.listen({ host: config.server.host, port: config.server.port });
   log.info({ address, ...thisRelease() }, "api listening");
   // Announced for `flowline migrate --check`, which judges the releases running against a schema.
-  const unannounce = new ProcessRegistry(redis, config.redis.prefix).keepAnnounced(
+  const unannounce = stores.processes.keepAnnounced(
     {
       id: `${hostname()}:${process.pid}:${randomBytes(2).toString("hex")}`,
       role: "api",
@@ -86,7 +89,8 @@ export async function startApiServer(config: Config, options: StartApiOptions): 
         await app.close();
       } finally {
         clearTimeout(timer);
-        await Promise.allSettled([db.close(), redis.quit()]);
+        await stores.close();
+        await db.close();
       }
     })();
     return closing;

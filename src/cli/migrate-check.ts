@@ -7,6 +7,7 @@
 import postgres from "postgres";
 import type { Config } from "../config/index.ts";
 import { release } from "../config/release.ts";
+import { createDb, requireDatabaseUrl } from "../db/client.ts";
 import { carriedRequirement, readSchemaState } from "../db/schema-version.ts";
 import {
   judgeRunning,
@@ -16,10 +17,7 @@ import {
   type SchemaState,
   stricter,
 } from "../domain/versions.ts";
-import { createRedis } from "../redis/connection.ts";
-import { redisKeys } from "../redis/keys.ts";
-import { ProcessRegistry } from "../redis/processes.ts";
-import { WorkerRegistry } from "../redis/registry.ts";
+import { openStores } from "../stores/index.ts";
 
 export interface MigrateCheck {
   schema: SchemaState;
@@ -28,7 +26,8 @@ export interface MigrateCheck {
   compatible: boolean;
 }
 
-async function schemaState(url: string): Promise<SchemaState> {
+async function schemaState(databaseUrl: string | undefined): Promise<SchemaState> {
+  const url = requireDatabaseUrl(databaseUrl);
   const sql = postgres(url, { max: 1, onnotice: () => {}, connect_timeout: 10 });
   try {
     return await readSchemaState(sql);
@@ -50,14 +49,24 @@ export async function checkMigration(config: Config): Promise<MigrateCheck> {
     newest: Math.max(schema.newest, release.schema),
     requires: stricter(schema.requires, carriedRequirement()),
   };
-  const redis = createRedis(config.redis.url, "request", { name: "flowline-migrate-check" });
-  await redis.connect();
+  const db = createDb({
+    ...config.database,
+    url: requireDatabaseUrl(config.database.url),
+    poolMax: 2,
+    applicationName: "flowline-migrate-check",
+  });
+  const stores = await openStores(config, {
+    name: "flowline-migrate-check",
+    flavour: "consumer",
+    subscribe: false,
+    sql: db.sql,
+  });
   let running: RunningProcess[];
   try {
     const [processes, workers, leaseToken] = await Promise.all([
-      new ProcessRegistry(redis, config.redis.prefix).online(),
-      new WorkerRegistry(redis, config.redis.prefix).online(),
-      redis.get(redisKeys(config.redis.prefix).supervisorLease()),
+      stores.processes.online(),
+      stores.registry.online(),
+      stores.supervisorLease.holder(),
     ]);
     running = [
       ...processes.map((p) => ({ role: p.role, id: p.id, release: p.release })),
@@ -71,7 +80,8 @@ export async function checkMigration(config: Config): Promise<MigrateCheck> {
     if (leaseToken && !running.some((p) => p.id === holderId(leaseToken)))
       running.push({ role: "supervisor", id: holderId(leaseToken) });
   } finally {
-    redis.disconnect();
+    await stores.close();
+    await db.close();
   }
   const judged = running.map((p) => ({ ...p, ...judgeRunning(p, target) }));
   return { schema, target, processes: judged, compatible: judged.every((p) => p.compatible) };

@@ -5,7 +5,7 @@
  */
 import type { Logger } from "pino";
 import { startApiServer } from "../api/server.ts";
-import { type Config, ConfigError, loadConfig } from "../config/index.ts";
+import { type Config, ConfigError, loadConfig, parseConfig } from "../config/index.ts";
 import { checkSchema, runMigrations } from "../db/migrate.ts";
 import { SchemaMismatchError } from "../db/schema-version.ts";
 import { ownValue } from "../domain/records.ts";
@@ -17,6 +17,8 @@ import { createLogger as createProcessLogger } from "../observability/logger.ts"
 import { installEngineMetrics } from "../observability/metrics.ts";
 import { type MetricsServer, startMetricsServer } from "../observability/metrics-server.ts";
 import { startTracing, type TracingHandle } from "../observability/tracing.ts";
+import { type EmbeddedPostgres, startEmbeddedPostgres } from "../stores/embedded-postgres.ts";
+import { describeStores, storeKind } from "../stores/index.ts";
 
 const EXIT_CONFIG = 78;
 /** The database schema is one this release cannot run against (migrate, or upgrade the process). */
@@ -50,6 +52,20 @@ function exitOnSchemaMismatch(error: unknown): void {
     process.stderr.write(`flowline: refusing to start: ${error.message}\n`);
     process.exit(EXIT_SCHEMA);
   }
+}
+
+/** Every role but `up` needs a database URL: only `up` starts an embedded Postgres. */
+function loadServerConfigOrExit(role: string): Config {
+  const config = loadConfigOrExit();
+  if (!config.database.url) {
+    process.stderr.write(
+      `flowline ${role}: DATABASE_URL is not set. Only \`flowline up\` starts an embedded Postgres; ` +
+        `set DATABASE_URL (database.url) to the Postgres this ${role} should use (\`flowline up\` prints ` +
+        "the URL of its embedded one).\n",
+    );
+    process.exit(EXIT_CONFIG);
+  }
+  return config;
 }
 
 function createLogger(config: Config, role: string) {
@@ -124,7 +140,7 @@ function untilSignal(
 }
 
 export async function runApi(role: string): Promise<void> {
-  const config = loadConfigOrExit();
+  const config = loadServerConfigOrExit(role);
   const log = createLogger(config, role);
   process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
   const tracing = await observe(role);
@@ -147,24 +163,81 @@ export async function runApi(role: string): Promise<void> {
  * their workers, the supervisor hands its lease over, the API closes its streams.
  */
 export async function runUp(): Promise<void> {
-  const config = loadConfigOrExit();
+  let config = loadConfigOrExit();
   const log = createLogger(config, "up");
   process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
   const tracing = await observe("up");
-  // The API first: it applies migrations before any worker touches the database.
-  const server = await startApiServer(config, { logger: log, onGeneratedRootKey: printRootKey }).catch(
-    (error) => {
+  // No DATABASE_URL: an embedded Postgres in the data directory, for this process and the worker
+  // processes it starts (they inherit DATABASE_URL).
+  let embedded: EmbeddedPostgres | null = null;
+  if (!config.database.url) {
+    embedded = await startEmbeddedPostgres({
+      dataDir: config.database.dataDir,
+      onLog: (message) => log.debug({ component: "embedded-postgres" }, message.trim()),
+    });
+    if (embedded.recovered)
+      log.warn({ dataDir: embedded.dataDir }, `embedded Postgres: ${embedded.recovered}`);
+    log.info(
+      { dataDir: embedded.dataDir, port: embedded.port, created: embedded.created },
+      "embedded Postgres started",
+    );
+    config = parseConfig({ ...config, database: { ...config.database, url: embedded.url } });
+    process.env.DATABASE_URL = embedded.url;
+  }
+  const stopEmbedded = async () => {
+    await embedded?.stop();
+  };
+  try {
+    // The API first: it applies migrations before any worker touches the database.
+    let generatedKey: string | undefined;
+    const server = await startApiServer(config, {
+      logger: log,
+      onGeneratedRootKey: (key) => {
+        generatedKey = key;
+      },
+    }).catch((error) => {
       exitOnSchemaMismatch(error);
       throw error;
-    },
-  );
-  printDashboard(server.url);
-  const supervisor = await startSupervisor({ config, log: log.child({ role: "supervisor" }) });
-  const autoscaler = await startAutoscaler({ config, log: log.child({ role: "workers" }) });
-  untilSignal(log, workerStopSeconds(config) + 20, async () => {
-    await Promise.all([autoscaler.close(), supervisor.close(), server.close()]);
-    await tracing.shutdown();
-  });
+    });
+    const supervisor = await startSupervisor({ config, log: log.child({ role: "supervisor" }) });
+    const autoscaler = await startAutoscaler({ config, log: log.child({ role: "workers" }) });
+    printBanner(config, server.url, embedded, generatedKey);
+    untilSignal(log, workerStopSeconds(config) + 20, async () => {
+      await Promise.all([autoscaler.close(), supervisor.close(), server.close()]);
+      await tracing.shutdown();
+      await stopEmbedded();
+    });
+  } catch (error) {
+    await stopEmbedded();
+    throw error;
+  }
+}
+
+/** What `up` runs on, where its data lives and whether it persists; the root key once. */
+function printBanner(config: Config, url: string, embedded: EmbeddedPostgres | null, rootKey?: string): void {
+  const database = new URL(config.database.url!);
+  const where = embedded
+    ? `${embedded.dataDir} (embedded Postgres on 127.0.0.1:${embedded.port}; kept across restarts, delete the directory to start over)`
+    : `the Postgres at ${database.host}${database.pathname} (DATABASE_URL; persists with that server)`;
+  const lines = [
+    "",
+    "Flowline is up.",
+    `  API:        ${url}/v1  (docs: ${url}/docs)`,
+    `  Dashboard:  ${url}/ui/  (log in with an API key)`,
+    `  Stores:     ${describeStores(config)}${embedded ? ", embedded" : ""}`,
+    storeKind(config) === "postgres"
+      ? "              no Redis is used; set REDIS_URL to run queues and fan-out on Redis"
+      : `              Redis at ${new URL(config.redis.url!).host}`,
+    `  Data:       ${where}`,
+    ...(embedded
+      ? [
+          `  Database:   ${embedded.url.replace(/:[^:@/]+@/, ":***@")} (password in ${embedded.dataDir}/embedded-postgres.json)`,
+        ]
+      : []),
+    "",
+  ];
+  process.stdout.write(`${lines.join("\n")}\n`);
+  if (rootKey) printRootKey(rootKey);
 }
 
 /** How long a worker may take to stop: its grace, then a command's kill grace, then hand-backs. */
@@ -182,14 +255,16 @@ function printRootKey(key: string): void {
 }
 
 export async function runMigrate(opts: { check?: boolean } = {}): Promise<void> {
-  const config = loadConfigOrExit();
+  const config = loadServerConfigOrExit("migrate");
   if (opts.check) {
     const { checkMigration, renderMigrateCheck } = await import("./migrate-check.ts");
     const check = await checkMigration(config);
     process.stdout.write(renderMigrateCheck(check));
     process.exit(check.compatible ? 0 : 1);
   }
-  const { createdDatabase } = await runMigrations(config.database.url);
+  const { createdDatabase } = await runMigrations(config.database.url, {
+    queues: storeKind(config) === "postgres",
+  });
   process.stdout.write(`migrations applied${createdDatabase ? " (database created)" : ""}\n`);
 }
 
@@ -199,7 +274,7 @@ export async function runWorker(opts: {
   supervised?: boolean;
   metricsPort?: string;
 }): Promise<void> {
-  const config = loadConfigOrExit();
+  const config = loadServerConfigOrExit("worker");
   const queues = opts.queues
     .split(",")
     .map((q) => q.trim())
@@ -252,7 +327,7 @@ export async function runWorker(opts: {
 }
 
 export async function runWorkers(): Promise<void> {
-  const config = loadConfigOrExit();
+  const config = loadServerConfigOrExit("workers");
   const log = createLogger(config, "workers");
   process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
   await checkSchemaOrExit(config, log);
@@ -261,11 +336,11 @@ export async function runWorkers(): Promise<void> {
 }
 
 export async function runSupervisorRole(): Promise<void> {
-  const config = loadConfigOrExit();
+  const config = loadServerConfigOrExit("supervisor");
   const log = createLogger(config, "supervisor");
   process.on("unhandledRejection", (reason) => log.error({ err: reason }, "unhandled rejection"));
   const tracing = await observe("supervisor");
-  await runMigrations(config.database.url);
+  await runMigrations(config.database.url, { queues: storeKind(config) === "postgres" });
   await checkSchemaOrExit(config, log);
   const supervisor = await startSupervisor({ config, log });
   const metrics = await serveMetrics(config, log, config.metrics.supervisorPort);

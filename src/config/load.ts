@@ -63,6 +63,7 @@ export const ENVIRONMENT_VARIABLES: readonly EnvironmentVariable[] = [
   { name: "FLOWLINE_BODY_LIMIT_BYTES", path: ["server", "bodyLimitBytes"], type: "integer" },
   { name: "FLOWLINE_PUBLIC_URL", path: ["server", "publicUrl"], type: "string" },
   { name: "DATABASE_URL", path: ["database", "url"], type: "string" },
+  { name: "FLOWLINE_DATA_DIR", path: ["database", "dataDir"], type: "string" },
   { name: "REDIS_URL", path: ["redis", "url"], type: "string" },
   { name: "FLOWLINE_REDIS_PREFIX", path: ["redis", "prefix"], type: "string" },
   { name: "FLOWLINE_BOOTSTRAP_KEY", path: ["auth", "bootstrapKey"], type: "string" },

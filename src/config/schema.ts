@@ -108,17 +108,25 @@ const serverSchema = section({
 });
 
 const databaseSchema = section({
-  url: notPlaceholder(urlWithProtocols(["postgres:", "postgresql:"])).default(
-    "postgres://postgres@127.0.0.1:5432/flowline",
-  ),
+  /**
+   * The Postgres to use. Unset: `flowline up` starts an embedded one whose data lives in `dataDir`
+   * (other roles then need the URL `up` prints).
+   */
+  url: notPlaceholder(urlWithProtocols(["postgres:", "postgresql:"])).optional(),
+  /** Where the embedded Postgres (no `url`) keeps its data; relative to the working directory. */
+  dataDir: nonEmptyString("a directory path").default(".flowline"),
   poolMax: intBetween(1, 1000).default(10),
   connectTimeoutSeconds: intAtLeast(1).default(5),
   statementTimeoutMs: intAtLeast(0).default(30_000),
 });
 
 const redisSchema = section({
-  url: notPlaceholder(urlWithProtocols(["redis:", "rediss:"])).default("redis://127.0.0.1:6379"),
-  /** Every key Flowline writes starts with `<prefix>:`, so deployments can share a server. */
+  /** The Redis to use. Unset: queues, locks, leases, rate limits and event fan-out run on Postgres. */
+  url: notPlaceholder(urlWithProtocols(["redis:", "rediss:"])).optional(),
+  /**
+   * Every key Flowline writes starts with `<prefix>:`, so deployments can share a server. On
+   * Postgres it names the lease, counter and notification channel keys the same way.
+   */
   prefix: z
     .string({ error: "expected a string" })
     .regex(REDIS_PREFIX, { error: "expected 1-64 characters among A-Z a-z 0-9 : _ -" })

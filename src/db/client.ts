@@ -8,7 +8,8 @@ export type Database = PostgresJsDatabase<typeof schema>;
 export type Tx = Parameters<Parameters<Database["transaction"]>[0]>[0] | Database;
 
 export interface DbOptions {
-  url: string;
+  /** Unset only when `flowline up` has not started the embedded Postgres: then this throws. */
+  url?: string | undefined;
   poolMax: number;
   connectTimeoutSeconds: number;
   statementTimeoutMs: number;
@@ -33,6 +34,7 @@ export interface DbHandle {
  * unreachable database from hanging a request forever.
  */
 export function createDb(options: DbOptions): DbHandle {
+  const url = requireDatabaseUrl(options.url);
   const clientOptions = (max: number) => ({
     max,
     connect_timeout: options.connectTimeoutSeconds,
@@ -48,8 +50,8 @@ export function createDb(options: DbOptions): DbHandle {
   });
   // drizzle rewires its client's type parsers and serializers (timestamps as strings, JSON left
   // to itself), so the engine's hand-written SQL gets a client of its own with the defaults.
-  const sql = observeTransactions(postgres(options.url, clientOptions(options.poolMax)));
-  const drizzleClient = postgres(options.url, clientOptions(Math.max(2, Math.ceil(options.poolMax / 2))));
+  const sql = observeTransactions(postgres(url, clientOptions(options.poolMax)));
+  const drizzleClient = postgres(url, clientOptions(Math.max(2, Math.ceil(options.poolMax / 2))));
   const db = drizzle(drizzleClient, { schema });
   return {
     db,
@@ -74,4 +76,16 @@ function observeTransactions(sql: postgres.Sql): postgres.Sql {
   const begin = sql.begin.bind(sql) as (...args: unknown[]) => Promise<unknown>;
   (sql as { begin: unknown }).begin = (...args: unknown[]) => observedTransaction(() => begin(...args));
   return sql;
+}
+
+/**
+ * The database URL, or a message saying what to do: only `flowline up` starts an embedded
+ * Postgres, so every other role needs `DATABASE_URL`.
+ */
+export function requireDatabaseUrl(url: string | undefined): string {
+  if (url) return url;
+  throw new Error(
+    "DATABASE_URL is not set: `flowline up` starts an embedded Postgres by itself, but this role " +
+      "needs a database URL (the one `flowline up` prints, or your own server's)",
+  );
 }

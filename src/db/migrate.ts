@@ -2,6 +2,7 @@ import { fileURLToPath } from "node:url";
 import { drizzle } from "drizzle-orm/postgres-js";
 import { migrate } from "drizzle-orm/postgres-js/migrator";
 import postgres from "postgres";
+import { requireDatabaseUrl } from "./client.ts";
 import { assertSchemaUnderstood, recordSchemaVersions } from "./schema-version.ts";
 
 export const migrationsFolder = fileURLToPath(new URL("../../drizzle", import.meta.url));
@@ -53,9 +54,10 @@ export async function ensureDatabase(url: string): Promise<{ created: boolean }>
  * from several processes at once: an advisory lock lets one migrate while the others wait.
  */
 export async function runMigrations(
-  url: string,
-  options: { lockTimeoutMs?: number; attempts?: number; folder?: string } = {},
+  databaseUrl: string | undefined,
+  options: { lockTimeoutMs?: number; attempts?: number; folder?: string; queues?: boolean } = {},
 ): Promise<{ createdDatabase: boolean }> {
+  const url = requireDatabaseUrl(databaseUrl);
   const { created } = await ensureDatabase(url);
   const lockTimeoutMs = options.lockTimeoutMs ?? MIGRATION_LOCK_TIMEOUT_MS;
   const attempts = options.attempts ?? MIGRATION_ATTEMPTS;
@@ -79,6 +81,7 @@ export async function runMigrations(
         }
       }
       await recordSchemaVersions(sql);
+      if (options.queues) await migrateQueueSchema(url);
     } finally {
       await sql`select pg_advisory_unlock(${MIGRATION_LOCK_ID})`;
     }
@@ -107,11 +110,29 @@ function sqlStateOf(error: unknown): string | undefined {
  * migrations, or a newer one whose contract step needs a newer release. Answers a note to log when
  * the schema is newer but compatible.
  */
-export async function checkSchema(url: string): Promise<string | undefined> {
+export async function checkSchema(databaseUrl: string | undefined): Promise<string | undefined> {
+  const url = requireDatabaseUrl(databaseUrl);
   const sql = postgres(url, { max: 1, onnotice: () => {}, connect_timeout: 10 });
   try {
     return await assertSchemaUnderstood(sql);
   } finally {
     await sql.end({ timeout: 5 });
+  }
+}
+
+/**
+ * BullMQ's own schema (`bullmq`) for queues on Postgres (no `REDIS_URL`), through BullMQ's
+ * migrator: idempotent and serialised by its own advisory lock.
+ */
+async function migrateQueueSchema(url: string): Promise<void> {
+  const { Client } = (await import("pg")).default;
+  const client = new Client({ connectionString: url, connectionTimeoutMillis: 10_000 });
+  client.on("error", () => {});
+  await client.connect();
+  try {
+    const { runMigrations: runQueueMigrations } = await import("bullmq");
+    await runQueueMigrations(client as never);
+  } finally {
+    await client.end();
   }
 }

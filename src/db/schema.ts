@@ -424,3 +424,49 @@ export const schemaVersions = pgTable("schema_versions", {
   reason: text("reason"),
   recordedAt: ts("recorded_at").notNull().defaultNow(),
 });
+
+// ---------------------------------------------------------------------------------------------
+// The Postgres-only deployment's stores (what Redis holds otherwise; see src/db/stores/).
+// `store_counters`, `store_workers` and `store_scaler_targets` are UNLOGGED tables (migration 0008).
+
+/** Named leases with a fencing counter that never goes back (asset locks, the supervisor lease). */
+export const storeLeases = pgTable("store_leases", {
+  name: text("name").primaryKey(),
+  token: text("token"),
+  expiresAt: ts("expires_at"),
+  fence: bigint("fence", { mode: "number" }).notNull().default(0),
+});
+
+/** Counters in a time window (rate limits, failed authentications). */
+export const storeCounters = pgTable("store_counters", {
+  key: text("key").primaryKey(),
+  count: integer("count").notNull(),
+  expiresAt: ts("expires_at").notNull(),
+});
+
+/** Worker announcements, each living until `expires_at`. */
+export const storeWorkers = pgTable("store_workers", {
+  id: text("id").primaryKey(),
+  info: jsonb("info").notNull(),
+  expiresAt: ts("expires_at").notNull(),
+});
+
+/** The autoscaler's latest decision per queue. */
+export const storeScalerTargets = pgTable("store_scaler_targets", {
+  queue: text("queue").primaryKey(),
+  target: jsonb("target").notNull(),
+  expiresAt: ts("expires_at").notNull(),
+});
+
+/** Values shared by every process of a deployment (the generated session secret). */
+export const storeValues = pgTable("store_values", {
+  key: text("key").primaryKey(),
+  value: text("value").notNull(),
+});
+
+/** API and supervisor announcements (role, release), each living until `expires_at`. */
+export const storeProcesses = pgTable("store_processes", {
+  id: text("id").primaryKey(),
+  info: jsonb("info").notNull(),
+  expiresAt: ts("expires_at").notNull(),
+});

@@ -3,6 +3,8 @@
  * zero-service mode on Postgres) can be added without touching the engine.
  */
 
+import type { QueueTarget } from "./scaling.ts";
+
 /** The message that asks a worker to run one attempt of one step. */
 export interface StepJob {
   tenantId: string;
@@ -71,4 +73,101 @@ export interface LockService {
   holder(tenantId: string, lockKey: string): Promise<string | null>;
   /** Makes the next grant's fence larger than `atLeast` (after the lock store lost its counters). */
   raiseFence(tenantId: string, lockKey: string, atLeast: number): Promise<void>;
+}
+
+/**
+ * One named lease with fencing (the active supervisor's). Same contract as `LockService`, for a
+ * single name: `acquire` grants only when nobody holds it, and every grant's fence is larger.
+ */
+export interface Lease {
+  acquire(token: string, ttlMs: number): Promise<LockGrant | null>;
+  renew(token: string, ttlMs: number): Promise<boolean>;
+  release(token: string): Promise<boolean>;
+  raiseFence(atLeast: number): Promise<void>;
+  /** The current holder's token, or null when nobody holds it. */
+  holder(): Promise<string | null>;
+}
+
+/**
+ * The process-local side of run news and control messages: however many SSE streams or running
+ * attempts listen, one subscription per process feeds them (see `RunFanout`).
+ */
+export interface EventBus extends EventNotifier, ControlBus {
+  /** Subscribes the process; resolves once the first subscription is confirmed. */
+  start(): Promise<unknown>;
+  /** Calls `listener` whenever run `runId` has news; returns the unsubscribe function. */
+  onRun(runId: string, listener: () => void): () => void;
+  /** The generation of a run's latest news: a read started after generation g saw its commits. */
+  generation(runId: string): number;
+  onControl(listener: (message: ControlMessage) => void): () => void;
+  stats(): { runs: number; runListeners: number; controlListeners: number };
+}
+
+/**
+ * Failed authentications per client address. Store errors fail open (an outage of the store must
+ * not lock every client out; readiness reports it).
+ */
+export interface FailureLimiter {
+  /** Seconds until the address may try again, or null when it may try now. */
+  blockedFor(address: string): Promise<number | null>;
+  recordFailure(address: string): Promise<void>;
+}
+
+export type StreamSlot = { ok: true; lease: string } | { ok: false; open: number };
+
+/**
+ * Open event streams per tenant, counted across every API process (`quotas.streams`): each
+ * stream holds a lease that its heartbeat renews and that it gives back when it ends; the leases
+ * of a process that died expire within `ttlMs`.
+ */
+export interface StreamLeaseStore {
+  readonly ttlMs: number;
+  /** A lease for one more stream of the tenant, or how many are open when it is at `max`. */
+  acquire(tenantId: string, max: number): Promise<StreamSlot>;
+  renew(tenantId: string, lease: string): Promise<void>;
+  release(tenantId: string, lease: string): Promise<void>;
+}
+
+export interface WorkerStep {
+  tenantId: string;
+  runId: string;
+  stepId: string;
+  attempt: number;
+  startedAt: string;
+}
+
+/** A process's release as it announces it (see redis/processes.ts). */
+export interface ProcessRelease {
+  version: string;
+  imageTag: string | null;
+  /** The newest migration this process carries. */
+  schema: number;
+  formats: { job: number; event: number; lease: number };
+}
+
+export interface WorkerInfo {
+  id: string;
+  pid: number;
+  host: string;
+  queues: string[];
+  concurrency: number;
+  startedAt: string;
+  steps: WorkerStep[];
+  /** Stamped by `announce`; absent in announcements of releases before 0.2.0. */
+  release?: ProcessRelease;
+  /** Where the process serves its Prometheus metrics, when it does. */
+  metricsUrl?: string;
+}
+
+/**
+ * Who is online (workers announce themselves with an expiry) and the autoscaler's latest decision
+ * per queue. Read by `GET /v1/queues` and the metrics; nothing depends on it for correctness.
+ */
+export interface WorkerDirectory {
+  announce(info: WorkerInfo, ttlMs: number): Promise<void>;
+  remove(id: string): Promise<void>;
+  /** Workers whose last announcement has not expired. */
+  online(): Promise<WorkerInfo[]>;
+  publishTargets(targets: Record<string, QueueTarget>, ttlMs: number): Promise<void>;
+  targets(): Promise<Record<string, QueueTarget>>;
 }

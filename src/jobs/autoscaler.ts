@@ -1,7 +1,7 @@
 /**
  * `flowline workers`: the per-queue worker pools of `pool.ts`, measured from Postgres (the backlog
- * survives a Redis flush and counts only steps of running runs) and announced in Redis for
- * `GET /v1/queues`.
+ * survives a Redis flush and counts only steps of running runs) and announced in the worker
+ * directory (Redis, or Postgres without Redis) for `GET /v1/queues`.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import type { Logger } from "pino";
@@ -9,8 +9,7 @@ import type { Config } from "../config/index.ts";
 import { createDb } from "../db/client.ts";
 import { queueLoad } from "../db/repositories/queues.ts";
 import { metricsPortOf, type QueueLoad } from "../domain/scaling.ts";
-import { createRedis } from "../redis/connection.ts";
-import { WorkerRegistry } from "../redis/registry.ts";
+import { openStores } from "../stores/index.ts";
 import { startWorkerPools, type WorkerPools } from "./pool.ts";
 
 export interface RunningAutoscaler {
@@ -30,12 +29,14 @@ export async function startAutoscaler(options: {
   const { config } = options;
   const log = options.log.child({ component: "autoscaler" });
   const db = createDb({ ...config.database, poolMax: 2, applicationName: "flowline-autoscaler" });
-  const redis = createRedis(config.redis.url, "consumer", {
+  const stores = await openStores(config, {
     name: "flowline-autoscaler",
-    onError: (error) => log.warn({ err: error.message }, "redis connection error"),
+    flavour: "consumer",
+    subscribe: false,
+    sql: db.sql,
+    onError: (error) => log.warn({ err: error.message }, "store connection error"),
   });
-  await redis.connect();
-  const registry = new WorkerRegistry(redis, config.redis.prefix);
+  const { registry } = stores;
   const argv =
     options.workerArgv ??
     ((queue: string, slot: number) => [
@@ -71,7 +72,8 @@ export async function startAutoscaler(options: {
     pools,
     close: async () => {
       await pools.close();
-      await Promise.allSettled([redis.quit(), db.close()]);
+      await stores.close();
+      await db.close();
     },
   };
 }

@@ -7,7 +7,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
-import { type Job, Worker } from "bullmq";
+import type { Job } from "bullmq";
 import type { Logger } from "pino";
 import type { Config } from "../config/index.ts";
 import { createDb } from "../db/client.ts";
@@ -31,12 +31,8 @@ import { createEngineDeps } from "../engine/create.ts";
 import { GroupCommitter } from "../engine/group-commit.ts";
 import { AttemptObserver } from "../observability/attempts.ts";
 import { timedBatches } from "../observability/metrics.ts";
-import { RedisAssetLocks } from "../redis/asset-locks.ts";
-import { createRedis } from "../redis/connection.ts";
-import { RedisEventBus } from "../redis/event-bus.ts";
-import { redisKeys } from "../redis/keys.ts";
-import { WorkerRegistry } from "../redis/registry.ts";
-import { BullStepDispatcher, fairShareOf, stepJobPayload } from "../redis/step-queue.ts";
+import { stepJobPayload } from "../queue/step-queue.ts";
+import { openStores } from "../stores/index.ts";
 import { AttemptLog } from "./attempt-log.ts";
 import { ExecutionError, execute } from "./executors/index.ts";
 import { loadHandlers } from "./handlers.ts";
@@ -79,20 +75,23 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   const log = options.log.child({ workerId: id });
   const leaseSeconds = config.worker.stallSeconds;
   const db = createDb({ ...config.database, applicationName: "flowline-worker" });
-  const onError = (error: Error) => log.warn({ err: error.message }, "redis connection error");
-  const publisher = createRedis(config.redis.url, "consumer", { name: "flowline-worker", onError });
-  const subscriber = createRedis(config.redis.url, "consumer", { name: "flowline-worker-sub", onError });
-  await Promise.all([publisher.connect(), subscriber.connect()]);
-  const bus = new RedisEventBus(publisher, subscriber, config.redis.prefix);
+  const onError = (error: Error) => log.warn({ err: error.message }, "store connection error");
+  const stores = await openStores(config, {
+    name: "flowline-worker",
+    flavour: "consumer",
+    subscribe: true,
+    sql: db.sql,
+    onError,
+  });
+  const { bus, dispatcher } = stores;
   await bus.start();
-  const dispatcher = new BullStepDispatcher(publisher, config.redis.prefix, fairShareOf(config.queues));
   const deps = createEngineDeps({
     db,
     config,
     dispatcher,
     notifier: bus,
     control: bus,
-    locks: new RedisAssetLocks(publisher, config.redis.prefix),
+    locks: stores.locks,
     log,
   });
   const handlers = await loadHandlers(config.worker.handlersModule);
@@ -130,7 +129,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     controller: AbortController;
     startedAt: string;
   }>();
-  const registry = new WorkerRegistry(publisher, config.redis.prefix);
+  const registry = stores.registry;
   const startedAt = new Date().toISOString();
   const announce = () =>
     registry
@@ -393,25 +392,22 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     }
   }
 
-  const workers = options.queues.map(
-    (queue) =>
-      new Worker(queue, processJob, {
-        connection: createRedis(config.redis.url, "consumer", { name: `flowline-worker-${queue}`, onError }),
-        prefix: redisKeys(config.redis.prefix).queuePrefix(),
-        concurrency: options.concurrency,
-        lockDuration: leaseSeconds * 1000,
-        stalledInterval: Math.max(1000, Math.floor((leaseSeconds * 1000) / 2)),
-        // Redelivery after a stall is how a killed worker's step moves on; Postgres counts attempts.
-        maxStalledCount: 1000,
-        ...(ownValue(config.queues, queue)?.rateLimit
-          ? {
-              limiter: {
-                max: ownValue(config.queues, queue)!.rateLimit!.max,
-                duration: ownValue(config.queues, queue)!.rateLimit!.durationMs,
-              },
-            }
-          : {}),
-      }),
+  const workers = options.queues.map((queue) =>
+    dispatcher.worker(queue, processJob, {
+      concurrency: options.concurrency,
+      lockDuration: leaseSeconds * 1000,
+      stalledInterval: Math.max(1000, Math.floor((leaseSeconds * 1000) / 2)),
+      // Redelivery after a stall is how a killed worker's step moves on; Postgres counts attempts.
+      maxStalledCount: 1000,
+      ...(ownValue(config.queues, queue)?.rateLimit
+        ? {
+            limiter: {
+              max: ownValue(config.queues, queue)!.rateLimit!.max,
+              duration: ownValue(config.queues, queue)!.rateLimit!.durationMs,
+            },
+          }
+        : {}),
+    }),
   );
   for (const w of workers) {
     w.on("error", (error) => log.warn({ err: error.message }, "queue worker error"));
@@ -443,8 +439,8 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
         clearInterval(announcer);
         clearTimeout(announceSoon);
         await registry.remove(id).catch(() => {});
-        await dispatcher.close();
-        await Promise.allSettled([publisher.quit(), subscriber.quit(), db.close()]);
+        await stores.close();
+        await db.close();
         log.info("worker stopped");
       })();
       return closing;

@@ -5,9 +5,10 @@
  * of Redis must not lock every client out (readiness reports it).
  */
 import type { Redis } from "ioredis";
+import type { FailureLimiter } from "../domain/ports.ts";
 import { type RedisKeys, redisKeys } from "./keys.ts";
 
-export class AuthFailureLimiter {
+export class AuthFailureLimiter implements FailureLimiter {
   private readonly keys: RedisKeys;
 
   constructor(

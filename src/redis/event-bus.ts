@@ -4,19 +4,11 @@
  * to local listeners, however many SSE clients or running attempts there are.
  */
 import type { Redis } from "ioredis";
-import type { ControlBus, ControlMessage, EventNotifier } from "../domain/ports.ts";
+import { RunFanout } from "../domain/fanout.ts";
+import type { ControlMessage, EventBus } from "../domain/ports.ts";
 import { redisKeys } from "./keys.ts";
 
-export class RedisEventBus implements EventNotifier, ControlBus {
-  private readonly runListeners = new Map<string, Set<() => void>>();
-  /**
-   * Per run with listeners, the generation of its latest news: a read started after generation g
-   * sees the commits announced by g. Drawn from one process-wide counter that never goes back, so
-   * a run whose listeners all left and came back never reuses a generation an older read has.
-   */
-  private readonly generations = new Map<string, number>();
-  private lastGeneration = 0;
-  private readonly controlListeners = new Set<(message: ControlMessage) => void>();
+export class RedisEventBus extends RunFanout implements EventBus {
   private subscribed: Promise<unknown> | undefined;
 
   constructor(
@@ -24,7 +16,9 @@ export class RedisEventBus implements EventNotifier, ControlBus {
     /** A dedicated connection (a subscribed connection can do nothing else); null for publish-only. */
     private readonly subscriber: Redis | null,
     private readonly prefix: string,
-  ) {}
+  ) {
+    super();
+  }
 
   private get eventsChannel() {
     return redisKeys(this.prefix).eventsChannel();
@@ -55,13 +49,7 @@ export class RedisEventBus implements EventNotifier, ControlBus {
         if (channel === this.eventsChannel) {
           for (const runId of payload.split(",")) this.wake(runId);
         } else if (channel === this.controlChannel) {
-          let message: ControlMessage;
-          try {
-            message = JSON.parse(payload) as ControlMessage;
-          } catch {
-            return;
-          }
-          for (const listener of this.controlListeners) listener(message);
+          this.deliverControl(payload);
         }
       });
       // ioredis emits 'ready' after a reconnect once it has *sent* its own re-subscription, not
@@ -83,55 +71,5 @@ export class RedisEventBus implements EventNotifier, ControlBus {
   private async subscribe(sub: Redis): Promise<void> {
     await sub.subscribe(this.eventsChannel, this.controlChannel);
     this.wakeAll();
-  }
-
-  /** Wakes every listener: news may have been missed. */
-  private wakeAll(): void {
-    for (const runId of [...this.runListeners.keys()]) this.wake(runId);
-  }
-
-  /** News for a run: a new generation first, so reads begun from now on are distinct. */
-  private wake(runId: string): void {
-    const listeners = this.runListeners.get(runId);
-    if (!listeners) return;
-    this.generations.set(runId, ++this.lastGeneration);
-    for (const listener of [...listeners]) listener();
-  }
-
-  /** Calls `listener` whenever run `runId` has news; returns the unsubscribe function. */
-  onRun(runId: string, listener: () => void): () => void {
-    let set = this.runListeners.get(runId);
-    if (!set) {
-      set = new Set();
-      this.runListeners.set(runId, set);
-      this.generations.set(runId, ++this.lastGeneration);
-    }
-    set.add(listener);
-    return () => {
-      const current = this.runListeners.get(runId);
-      if (!current) return;
-      current.delete(listener);
-      if (current.size === 0) {
-        this.runListeners.delete(runId);
-        this.generations.delete(runId);
-      }
-    };
-  }
-
-  /** The generation of a run's latest news (or of its first listener's arrival). */
-  generation(runId: string): number {
-    return this.generations.get(runId) ?? 0;
-  }
-
-  onControl(listener: (message: ControlMessage) => void): () => void {
-    this.controlListeners.add(listener);
-    return () => this.controlListeners.delete(listener);
-  }
-
-  /** Listener counts, for leak checks and metrics. */
-  stats(): { runs: number; runListeners: number; controlListeners: number } {
-    let runListeners = 0;
-    for (const set of this.runListeners.values()) runListeners += set.size;
-    return { runs: this.runListeners.size, runListeners, controlListeners: this.controlListeners.size };
   }
 }

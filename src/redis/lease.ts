@@ -8,6 +8,7 @@
  * receives its write must compare the fencing token it carries with the newest one it has seen.
  */
 import type { Redis } from "ioredis";
+import type { Lease } from "../domain/ports.ts";
 
 const ACQUIRE = `
 if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
@@ -69,5 +70,34 @@ export class RedisLeases {
   /** The current holder's token, or null. */
   holder(key: string): Promise<string | null> {
     return this.redis.get(key);
+  }
+}
+
+/** One named lease (the supervisor's) and its fencing counter, as the `Lease` port. */
+export class RedisLease implements Lease {
+  private readonly leases: RedisLeases;
+
+  constructor(
+    redis: Redis,
+    private readonly key: string,
+    private readonly fenceKey: string,
+  ) {
+    this.leases = new RedisLeases(redis);
+  }
+
+  acquire(token: string, ttlMs: number): Promise<Grant | null> {
+    return this.leases.acquire(this.key, this.fenceKey, token, ttlMs);
+  }
+  renew(token: string, ttlMs: number): Promise<boolean> {
+    return this.leases.renew(this.key, token, ttlMs);
+  }
+  release(token: string): Promise<boolean> {
+    return this.leases.release(this.key, token);
+  }
+  raiseFence(atLeast: number): Promise<void> {
+    return this.leases.raiseFence(this.fenceKey, atLeast);
+  }
+  holder(): Promise<string | null> {
+    return this.leases.holder(this.key);
   }
 }

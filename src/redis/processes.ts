@@ -6,16 +6,11 @@
  */
 import type { Redis } from "ioredis";
 import { release } from "../config/release.ts";
+import type { ProcessRelease } from "../domain/ports.ts";
 import { FORMATS } from "../domain/versions.ts";
 import { redisKeys } from "./keys.ts";
 
-export interface ProcessRelease {
-  version: string;
-  imageTag: string | null;
-  /** The newest migration this process carries. */
-  schema: number;
-  formats: { job: number; event: number; lease: number };
-}
+export type { ProcessRelease } from "../domain/ports.ts";
 
 /** This process's release, as announced. */
 export const thisRelease = (): ProcessRelease => ({
@@ -37,7 +32,7 @@ export interface ProcessInfo {
 /** Announcements are refreshed this often and live three times as long. */
 export const PROCESS_ANNOUNCE_MS = 5000;
 
-export class ProcessRegistry {
+export class ProcessRegistry implements ProcessDirectory {
   private readonly keys;
 
   constructor(
@@ -68,18 +63,34 @@ export class ProcessRegistry {
     return values.flatMap((v) => (v ? [JSON.parse(v) as ProcessInfo] : []));
   }
 
-  /**
-   * Announces `info` now and every PROCESS_ANNOUNCE_MS until the returned function is called
-   * (which removes the announcement). Failures are reported to `onError` and retried next beat.
-   */
   keepAnnounced(info: ProcessInfo, onError: (error: Error) => void): () => Promise<void> {
-    const beat = () => this.announce(info).catch(onError);
-    void beat();
-    const timer = setInterval(beat, PROCESS_ANNOUNCE_MS);
-    timer.unref();
-    return async () => {
-      clearInterval(timer);
-      await this.remove(info.id).catch(() => {});
-    };
+    return keepAnnounced(this, info, onError);
   }
+}
+
+/** Where API and supervisor processes announce themselves (Redis, or Postgres without Redis). */
+export interface ProcessDirectory {
+  announce(info: ProcessInfo, ttlMs?: number): Promise<void>;
+  remove(id: string): Promise<void>;
+  online(): Promise<ProcessInfo[]>;
+  keepAnnounced(info: ProcessInfo, onError: (error: Error) => void): () => Promise<void>;
+}
+
+/**
+ * Announces `info` now and every PROCESS_ANNOUNCE_MS until the returned function is called
+ * (which removes the announcement). Failures are reported to `onError` and retried next beat.
+ */
+export function keepAnnounced(
+  directory: Pick<ProcessDirectory, "announce" | "remove">,
+  info: ProcessInfo,
+  onError: (error: Error) => void,
+): () => Promise<void> {
+  const beat = () => directory.announce(info).catch(onError);
+  void beat();
+  const timer = setInterval(beat, PROCESS_ANNOUNCE_MS);
+  timer.unref();
+  return async () => {
+    clearInterval(timer);
+    await directory.remove(info.id).catch(() => {});
+  };
 }

@@ -4,35 +4,15 @@
  * Read by `GET /v1/queues` and the metrics; nothing depends on it for correctness.
  */
 import type { Redis } from "ioredis";
+import type { WorkerDirectory, WorkerInfo, WorkerStep } from "../domain/ports.ts";
 import type { QueueTarget } from "../domain/scaling.ts";
 import { redisKeys } from "./keys.ts";
-import { type ProcessRelease, thisRelease } from "./processes.ts";
+import { thisRelease } from "./processes.ts";
 
-export interface WorkerStep {
-  tenantId: string;
-  runId: string;
-  stepId: string;
-  attempt: number;
-  startedAt: string;
-}
-
-export interface WorkerInfo {
-  id: string;
-  pid: number;
-  host: string;
-  queues: string[];
-  concurrency: number;
-  startedAt: string;
-  steps: WorkerStep[];
-  /** Stamped by `announce`; absent in announcements of releases before 0.2.0. */
-  release?: ProcessRelease;
-  /** Where the process serves its Prometheus metrics, when it does. */
-  metricsUrl?: string;
-}
-
+export type { WorkerInfo, WorkerStep };
 export type ScalerTarget = QueueTarget;
 
-export class WorkerRegistry {
+export class WorkerRegistry implements WorkerDirectory {
   private readonly keys;
 
   constructor(

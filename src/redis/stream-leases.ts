@@ -7,6 +7,7 @@
  */
 import { randomBytes } from "node:crypto";
 import type { Redis } from "ioredis";
+import type { StreamLeaseStore, StreamSlot } from "../domain/ports.ts";
 import { redisKeys } from "./keys.ts";
 
 const NOW = `local t = redis.call('TIME')
@@ -28,9 +29,7 @@ if redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[2]), ARGV[1]) == 
 end
 return 1`;
 
-export type StreamSlot = { ok: true; lease: string } | { ok: false; open: number };
-
-export class StreamLeases {
+export class StreamLeases implements StreamLeaseStore {
   private readonly process = randomBytes(6).toString("hex");
   private sequence = 0;
 

@@ -268,7 +268,7 @@ describe("malformed requests", () => {
   });
 
   it("answers 500 without internals, and 503 with Retry-After when Postgres is gone", async () => {
-    const app = await buildApp({ config: ctx.config, db: ctx.db, redis: ctx.redis });
+    const app = await buildApp({ config: ctx.config, db: ctx.db, stores: ctx.stores });
     app.get("/boom", { config: { public: true } }, async () => {
       throw new Error("secret detail at /srv/flowline/src/x.ts:12 password=hunter2");
     });
@@ -285,7 +285,7 @@ describe("malformed requests", () => {
     expect(Number(down.headers["retry-after"])).toBeGreaterThan(0);
     expectProblem(await call(broken.app, "GET", "/readyz"), 503);
     await broken.app.close();
-    await broken.redis.quit();
+    await broken.stores.close();
     await broken.database.drop();
   });
 });

@@ -6,7 +6,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildApp } from "../../src/api/app.ts";
 import { parseConfig } from "../../src/config/index.ts";
-import { WorkerRegistry } from "../../src/redis/registry.ts";
 import { createTestContext, type TestContext } from "../helpers/context.ts";
 import { call, expectProblem } from "../helpers/http.ts";
 
@@ -38,7 +37,7 @@ describe("GET /v1/queues", () => {
     const before = await buildApp({
       config: parseConfig({ ...ctx.config, queues: { ...ctx.config.queues, nowhere: { min: 0 } } }),
       db: ctx.db,
-      redis: ctx.redis,
+      stores: ctx.stores,
     });
     const put = await call(before, "PUT", "/v1/workflows/stray", {
       key: ctx.rootKey,
@@ -81,7 +80,7 @@ describe("GET /v1/queues", () => {
   });
 
   it("shows workers online, with their steps visible only to the steps' own tenant", async () => {
-    const registry = new WorkerRegistry(ctx.redis, ctx.config.redis.prefix);
+    const registry = ctx.stores.registry;
     const step = (tenantId: string, stepId: string) => ({
       tenantId,
       runId: "00000000-0000-4000-8000-000000000001",

@@ -13,7 +13,8 @@ import { createDb, type DbHandle } from "../../src/db/client.ts";
 import { keysRepository } from "../../src/db/repositories/keys.ts";
 import { createRedis, deleteByPattern } from "../../src/redis/connection.ts";
 import { redisKeys } from "../../src/redis/keys.ts";
-import { databaseUrl, TEST_PG_URL, TEST_REDIS_URL } from "./services.ts";
+import { openStores, type Stores } from "../../src/stores/index.ts";
+import { databaseUrl, TEST_PG_URL, TEST_REDIS_URL, TEST_STORES } from "./services.ts";
 
 export interface TestDatabase {
   name: string;
@@ -57,6 +58,9 @@ export const ROOT_KEY = "flk_test_root_key_0123456789abcdefghijklmnop";
 export interface TestContext {
   config: Config;
   db: DbHandle;
+  /** The stores the app runs on (see TEST_STORES). */
+  stores: Stores;
+  /** A Redis connection on the test's prefix; throws when the suite runs on Postgres stores. */
   redis: Redis;
   app: FastifyInstance;
   rootKey: string;
@@ -76,28 +80,51 @@ export async function createTestContext(
   const config = parseConfig(
     overrides({
       database: { url: database.url, poolMax: 5 },
-      redis: { url: TEST_REDIS_URL, prefix },
+      redis: TEST_STORES === "redis" ? { url: TEST_REDIS_URL, prefix } : { prefix },
       auth: { bootstrapKey: ROOT_KEY },
       log: { level: process.env.FLOWLINE_TEST_LOG_LEVEL ?? "silent" },
     }),
   );
   const db = createDb({ ...config.database, applicationName: "flowline-test" });
-  const redis = createRedis(config.redis.url, "request", { name: "flowline-test" });
-  await redis.connect();
+  const redis = config.redis.url ? createRedis(config.redis.url, "request", { name: "flowline-test" }) : null;
+  await redis?.connect();
+  const stores = await openStores(config, {
+    name: "flowline-test",
+    flavour: "request",
+    subscribe: true,
+    sql: db.sql,
+  });
+  // The request flavour connects in the background: tests start once the store answers.
+  for (let n = 0; ; n++) {
+    try {
+      await stores.ping();
+      break;
+    } catch (error) {
+      if (n >= 100) throw error;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
   await keysRepository(db.db).ensureRootKey(ROOT_KEY);
-  const app = await buildApp({ config, db, redis, ...options });
+  const app = await buildApp({ config, db, stores, ...options });
   await app.ready();
   return {
     config,
     db,
-    redis,
+    stores,
+    get redis(): Redis {
+      if (!redis) throw new Error("this test needs Redis, but the suite runs on Postgres stores");
+      return redis;
+    },
     app,
     rootKey: ROOT_KEY,
     database,
     close: async () => {
       await app.close();
-      await deleteByPattern(redis, redisKeys(prefix).all());
-      await redis.quit();
+      await stores.close();
+      if (redis) {
+        await deleteByPattern(redis, redisKeys(prefix).all());
+        await redis.quit();
+      }
       await db.close();
       await database.drop();
     },

@@ -30,7 +30,8 @@ function migrationsFingerprint(): string {
 
 export default async function setup(project: TestProject) {
   const template = `flowline_test_tpl_${migrationsFingerprint()}`;
-  await runMigrations(databaseUrl(template));
+  // BullMQ's Postgres schema too: files on Postgres stores clone it with the rest.
+  await runMigrations(databaseUrl(template), { queues: true });
   const runId = randomBytes(3).toString("hex");
   project.provide("templateDatabase", template);
   project.provide("runId", runId);

@@ -8,3 +8,11 @@ export function databaseUrl(name: string): string {
   url.pathname = `/${name}`;
   return url.toString();
 }
+
+/**
+ * Which stores the suite runs on: `redis` (the default) or `postgres` (FLOWLINE_TEST_STORES=postgres:
+ * no Redis URL, so queues, locks, leases and fan-out run on Postgres). The `postgres-stores`
+ * vitest project runs the engine, SSE, lock, supervisor and recovery files this way.
+ */
+export const TEST_STORES: "redis" | "postgres" =
+  process.env.FLOWLINE_TEST_STORES === "postgres" ? "postgres" : "redis";

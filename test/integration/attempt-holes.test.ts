@@ -120,7 +120,7 @@ async function postgresProxy(target: { host: string; port: number }) {
 
 describe("Postgres unreachable while an attempt reports its result", () => {
   it("keeps retrying the fenced completion, and the finished work counts (attempt 1)", async () => {
-    const url = new URL(ctx.config.database.url);
+    const url = new URL(ctx.config.database.url!);
     const proxy = await postgresProxy({ host: url.hostname, port: Number(url.port || 5432) });
     url.port = String(proxy.port);
     const file = configFileFor(ctx, { database: { url: url.toString(), poolMax: 5 } });

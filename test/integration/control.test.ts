@@ -233,7 +233,7 @@ describe("routing and rate limits", () => {
     const before = await buildApp({
       config: parseConfig({ ...ctx.config, queues: { ...ctx.config.queues, nobody: { min: 0 } } }),
       db: ctx.db,
-      redis: ctx.redis,
+      stores: ctx.stores,
     });
     const definition = { steps: [{ id: "lost", queue: "nobody", run: { type: "noop" } }] };
     expect(

@@ -3,7 +3,7 @@
  * processes, state in a real Postgres and Redis.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { BullStepDispatcher } from "../../src/redis/step-queue.ts";
+import type { BullStepDispatcher } from "../../src/queue/step-queue.ts";
 import { createTestContext, type TestContext } from "../helpers/context.ts";
 import {
   engineSettings,

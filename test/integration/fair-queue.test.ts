@@ -8,9 +8,9 @@ import { randomBytes, randomUUID } from "node:crypto";
 import type { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { StepJob } from "../../src/domain/ports.ts";
+import { BullStepDispatcher } from "../../src/queue/step-queue.ts";
 import { createRedis } from "../../src/redis/connection.ts";
 import { redisKeys } from "../../src/redis/keys.ts";
-import { BullStepDispatcher } from "../../src/redis/step-queue.ts";
 import { TEST_REDIS_URL } from "../helpers/services.ts";
 
 const prefix = `fltest:${randomBytes(4).toString("hex")}`;
@@ -20,7 +20,10 @@ let dispatcher: BullStepDispatcher;
 beforeAll(async () => {
   redis = createRedis(TEST_REDIS_URL, "consumer");
   await redis.connect();
-  dispatcher = new BullStepDispatcher(redis, prefix, (queue) => queue !== "plain");
+  dispatcher = new BullStepDispatcher(
+    { kind: "redis", redis, newConnection: () => redis.duplicate(), prefix },
+    (queue) => queue !== "plain",
+  );
 });
 afterAll(async () => {
   await dispatcher?.close();

@@ -23,6 +23,7 @@ import {
 } from "../helpers/engine.ts";
 import { call, expectProblem } from "../helpers/http.ts";
 import type { Spawned } from "../helpers/processes.ts";
+import { loseAssetLock } from "../helpers/stores.ts";
 
 let ctx: TestContext;
 const processes: Spawned[] = [];
@@ -213,7 +214,7 @@ describe("an asset lock the lock store lost", () => {
     const first = (await materialize({ assets: ["raced"], params: { ms: 1500 } })).runs[0];
     await waitForRun(ctx, first.id, (r) => r.steps[0].status === "running");
     // The lock store loses the lock (a lease running out, a failover): the key is gone now.
-    await ctx.redis.del(`${ctx.config.redis.prefix}:lock:asset:default:raced`);
+    await loseAssetLock(ctx, "default", "raced");
     const second = (await materialize({ assets: ["raced"], force: true, params: { ms: 100 } })).runs[0];
     expect(second.status).toBe("queued");
     const firstDone = await waitForRun(ctx, first.id);
@@ -372,6 +373,14 @@ describe("subgraphs and retries", () => {
     expectProblem(await post(`/v1/runs/${retried.id}/retry`, {}), 409);
   });
 });
+
+async function waitFor(condition: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error("condition not reached in time");
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
 
 describe("auto-materialization", () => {
   it("the supervisor refreshes an asset whose policy asks for it whenever it is missing or stale", async () => {

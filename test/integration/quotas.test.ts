@@ -10,9 +10,9 @@ import { createEngineDeps } from "../../src/engine/create.ts";
 import type { EngineDeps } from "../../src/engine/deps.ts";
 import { autoMaterialize } from "../../src/engine/requests.ts";
 import { fireDueSchedules } from "../../src/jobs/supervisor/schedules.ts";
+import { BullStepDispatcher, fairShareOf } from "../../src/queue/step-queue.ts";
 import { RedisAssetLocks } from "../../src/redis/asset-locks.ts";
 import { RedisEventBus } from "../../src/redis/event-bus.ts";
-import { BullStepDispatcher, fairShareOf } from "../../src/redis/step-queue.ts";
 import { createTestContext, type TestContext } from "../helpers/context.ts";
 import { call } from "../helpers/http.ts";
 
@@ -36,7 +36,15 @@ beforeAll(async () => {
     },
   }));
   const bus = new RedisEventBus(ctx.redis, null, ctx.config.redis.prefix);
-  dispatcher = new BullStepDispatcher(ctx.redis, ctx.config.redis.prefix, fairShareOf(ctx.config.queues));
+  dispatcher = new BullStepDispatcher(
+    {
+      kind: "redis",
+      redis: ctx.redis,
+      newConnection: () => ctx.redis.duplicate(),
+      prefix: ctx.config.redis.prefix,
+    },
+    fairShareOf(ctx.config.queues),
+  );
   engine = createEngineDeps({
     db: ctx.db,
     config: ctx.config,

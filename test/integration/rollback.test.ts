@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { completeAttempt, failAttempt, startAttempt } from "../../src/engine/attempts.ts";
 import { reconcile } from "../../src/engine/reconcile.ts";
 import { submitRun } from "../../src/engine/runs.ts";
-import type { BullStepDispatcher } from "../../src/redis/step-queue.ts";
+import type { BullStepDispatcher } from "../../src/queue/step-queue.ts";
 import { createTestContext, type TestContext } from "../helpers/context.ts";
 import {
   engineSettings,

@@ -4,17 +4,19 @@
  * the place of a stream whose process died frees itself once its lease expires.
  */
 import type { FastifyInstance } from "fastify";
-import type { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildApp } from "../../src/api/app.ts";
-import { createRedis } from "../../src/redis/connection.ts";
+import { PgStreamLeases } from "../../src/db/stores/stream-leases.ts";
+import type { StreamLeaseStore } from "../../src/domain/ports.ts";
 import { StreamLeases } from "../../src/redis/stream-leases.ts";
+import { openStores, type Stores } from "../../src/stores/index.ts";
 import { createTestContext, type TestContext } from "../helpers/context.ts";
 import { call } from "../helpers/http.ts";
+import { TEST_STORES } from "../helpers/services.ts";
 
 let ctx: TestContext;
 let second: FastifyInstance;
-let secondRedis: Redis;
+let secondStores: Stores;
 let key: string;
 let runId: string;
 const bases: string[] = [];
@@ -25,9 +27,14 @@ beforeAll(async () => {
     rateLimit: { enabled: false },
     quotas: { tenants: { watcher: { streams: 2 } } },
   }));
-  secondRedis = createRedis(ctx.config.redis.url, "request", { name: "flowline-test-2" });
-  await secondRedis.connect();
-  second = await buildApp({ config: ctx.config, db: ctx.db, redis: secondRedis });
+  // A second API process: its own store connections, the same stores.
+  secondStores = await openStores(ctx.config, {
+    name: "flowline-test-2",
+    flavour: "consumer",
+    subscribe: true,
+    sql: ctx.db.sql,
+  });
+  second = await buildApp({ config: ctx.config, db: ctx.db, stores: secondStores });
   await second.ready();
   key = (
     await call(ctx.app, "POST", "/v1/keys", {
@@ -47,7 +54,7 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await second?.close();
-  await secondRedis?.quit();
+  await secondStores?.close();
   await ctx?.close();
 });
 
@@ -80,30 +87,41 @@ describe("open streams per tenant across API processes", () => {
     await again.body!.cancel();
     await b.body!.cancel();
   });
-
-  it("stops counting a dead process's streams once their leases expire", async () => {
-    const prefix = `${ctx.config.redis.prefix}:dead`;
-    const dead = new StreamLeases(ctx.redis, prefix, 1500);
-    const alive = new StreamLeases(ctx.redis, prefix, 60_000);
-    expect((await dead.acquire("t", 1)).ok).toBe(true);
-    // The dead process never releases nor renews: its stream holds the place until the lease ends.
-    expect(await alive.acquire("t", 1)).toEqual({ ok: false, open: 1 });
-    await new Promise((r) => setTimeout(r, 1600));
-    expect((await alive.acquire("t", 1)).ok).toBe(true);
-  });
-
-  it("keeps a renewed lease counted past its first expiry", async () => {
-    const prefix = `${ctx.config.redis.prefix}:renew`;
-    const leases = new StreamLeases(ctx.redis, prefix, 1500);
-    const slot = await leases.acquire("t", 1);
-    if (!slot.ok) throw new Error("not granted");
-    // Renewed every 500 ms for 2 s: past the 1.5 s a lease lasts unrenewed.
-    for (let i = 0; i < 4; i++) {
-      await new Promise((r) => setTimeout(r, 500));
-      await leases.renew("t", slot.lease);
-    }
-    expect(await leases.acquire("t", 1)).toEqual({ ok: false, open: 1 });
-    await leases.release("t", slot.lease);
-    expect((await leases.acquire("t", 1)).ok).toBe(true);
-  });
 });
+
+// The lease stores themselves, on each backend this suite has (Postgres always, Redis when configured).
+const leasesOn = (kind: "redis" | "postgres", prefix: string, ttlMs: number): StreamLeaseStore =>
+  kind === "redis"
+    ? new StreamLeases(ctx.redis, prefix, ttlMs)
+    : new PgStreamLeases(ctx.db.sql, prefix, ttlMs);
+
+describe.each(TEST_STORES === "redis" ? (["redis", "postgres"] as const) : (["postgres"] as const))(
+  "stream leases on %s",
+  (kind) => {
+    it("stops counting a dead process's streams once their leases expire", async () => {
+      const prefix = `${ctx.config.redis.prefix}:dead:${kind}`;
+      const dead = leasesOn(kind, prefix, 1500);
+      const alive = leasesOn(kind, prefix, 60_000);
+      expect((await dead.acquire("t", 1)).ok).toBe(true);
+      // The dead process never releases nor renews: its stream holds the place until the lease ends.
+      expect(await alive.acquire("t", 1)).toEqual({ ok: false, open: 1 });
+      await new Promise((r) => setTimeout(r, 1600));
+      expect((await alive.acquire("t", 1)).ok).toBe(true);
+    });
+
+    it("keeps a renewed lease counted past its first expiry", async () => {
+      const prefix = `${ctx.config.redis.prefix}:renew:${kind}`;
+      const leases = leasesOn(kind, prefix, 1500);
+      const slot = await leases.acquire("t", 1);
+      if (!slot.ok) throw new Error("not granted");
+      // Renewed every 500 ms for 2 s: past the 1.5 s a lease lasts unrenewed.
+      for (let i = 0; i < 4; i++) {
+        await new Promise((r) => setTimeout(r, 500));
+        await leases.renew("t", slot.lease);
+      }
+      expect(await leases.acquire("t", 1)).toEqual({ ok: false, open: 1 });
+      await leases.release("t", slot.lease);
+      expect((await leases.acquire("t", 1)).ok).toBe(true);
+    });
+  },
+);

@@ -9,7 +9,7 @@ import { pauseRun, resumeRun } from "../../src/engine/control.ts";
 import { reconcile } from "../../src/engine/reconcile.ts";
 import { cancelRun, submitRun } from "../../src/engine/runs.ts";
 import { pruneOldData } from "../../src/jobs/supervisor/retention.ts";
-import type { BullStepDispatcher } from "../../src/redis/step-queue.ts";
+import type { BullStepDispatcher } from "../../src/queue/step-queue.ts";
 import { createTestContext, type TestContext } from "../helpers/context.ts";
 import {
   engineSettings,
@@ -20,6 +20,7 @@ import {
   waitForRun,
 } from "../helpers/engine.ts";
 import type { Spawned } from "../helpers/processes.ts";
+import { loseJobPartially } from "../helpers/stores.ts";
 
 let ctx: TestContext;
 const processes: Spawned[] = [];
@@ -86,9 +87,7 @@ describe("reconciler", () => {
     const before = await stepRow(run.id);
     const queue = dispatcher().queue("nowhere");
     // What a partial loss can leave: the job's hash, in none of the lists a worker takes jobs from.
-    for (const list of ["wait", "paused"]) await ctx.redis.lrem(queue.toKey(list), 0, before.job_id);
-    for (const set of ["prioritized", "delayed"]) await ctx.redis.zrem(queue.toKey(set), before.job_id);
-    expect(await ctx.redis.exists(queue.toKey(before.job_id))).toBe(1);
+    await loseJobPartially(ctx, queue, before.job_id);
     expect(await reconcile(engine(), repairNow)).toMatchObject({ requeued: 1 });
     const after = await stepRow(run.id);
     expect(after.job_id).toMatch(new RegExp(`^${run.id}\\.s\\.1\\.r\\d+$`));

@@ -17,10 +17,10 @@ import { FORMATS } from "../../src/domain/versions.ts";
 import { startAttempt } from "../../src/engine/attempts.ts";
 import { reconcile } from "../../src/engine/reconcile.ts";
 import { submitRun } from "../../src/engine/runs.ts";
+import { BullStepDispatcher, fairShareOf } from "../../src/queue/step-queue.ts";
 import { createRedis } from "../../src/redis/connection.ts";
 import { redisKeys } from "../../src/redis/keys.ts";
 import { WorkerRegistry } from "../../src/redis/registry.ts";
-import { BullStepDispatcher, fairShareOf } from "../../src/redis/step-queue.ts";
 import { createTestContext, type TestContext } from "../helpers/context.ts";
 import {
   configFileFor,
@@ -46,9 +46,12 @@ beforeAll(async () => {
     ...engineSettings(c),
     queues: { default: {}, nowhere: { min: 0 } },
   }));
-  redis = createRedis(ctx.config.redis.url, "consumer");
+  redis = createRedis(ctx.config.redis.url!, "consumer");
   await redis.connect();
-  dispatcher = new BullStepDispatcher(redis, ctx.config.redis.prefix, fairShareOf(ctx.config.queues));
+  dispatcher = new BullStepDispatcher(
+    { kind: "redis", redis, newConnection: () => redis.duplicate(), prefix: ctx.config.redis.prefix },
+    fairShareOf(ctx.config.queues),
+  );
 });
 afterAll(async () => {
   for (const p of spawned) await stopProcess(p);

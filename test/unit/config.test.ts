@@ -44,13 +44,15 @@ describe("defaults", () => {
       keepAliveTimeoutMs: 72_000,
       connectionTimeoutMs: 120_000,
     });
+    // No database or Redis URL: `up` starts an embedded Postgres in .flowline, and runs the
+    // queues, locks and fan-out on it (SPEC §9).
     expect(config.database).toEqual({
-      url: "postgres://postgres@127.0.0.1:5432/flowline",
+      dataDir: ".flowline",
       poolMax: 10,
       connectTimeoutSeconds: 5,
       statementTimeoutMs: 30_000,
     });
-    expect(config.redis).toEqual({ url: "redis://127.0.0.1:6379", prefix: "flowline" });
+    expect(config.redis).toEqual({ prefix: "flowline" });
     expect(config.auth.bootstrapKey).toBeUndefined();
     expect(config.rateLimit).toEqual({
       enabled: true,
@@ -192,9 +194,11 @@ describe("environment", () => {
         FLOWLINE_BODY_LIMIT_BYTES: "2048",
         FLOWLINE_PUBLIC_URL: "https://flowline.example.com",
         FLOWLINE_HANDLERS: "./handlers.ts",
+        FLOWLINE_DATA_DIR: "/var/lib/flowline",
       },
     });
     expect(config.server.port).toBe(8080);
+    expect(config.database.dataDir).toBe("/var/lib/flowline");
     expect(config.server.host).toBe("0.0.0.0");
     expect(config.server.bodyLimitBytes).toBe(2048);
     expect(config.server.publicUrl).toBe("https://flowline.example.com");

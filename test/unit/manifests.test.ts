@@ -454,8 +454,13 @@ describe("deploy/kubernetes", () => {
 
 describe("docker-compose.yml", () => {
   const compose = parse(readFileSync(join(ROOT, "docker-compose.yml"), "utf8"), { merge: true });
-  const services: Record<string, Obj> = compose.services;
+  const all: Record<string, Obj> = compose.services;
+  /** The services `docker compose up` starts (no profile): the Redis deployment. */
+  const services: Record<string, Obj> = Object.fromEntries(
+    Object.entries(all).filter(([, s]) => s.profiles === undefined),
+  );
   const flowline = Object.entries(services).filter(([, s]) => s.build !== undefined);
+  const postgresOnly = Object.entries(all).filter(([, s]) => s.profiles?.includes("postgres-only"));
 
   it("runs Postgres, Redis and each Flowline process as its own service", () => {
     expect(Object.keys(services).sort()).toEqual(["api", "postgres", "redis", "supervisor", "workers"]);
@@ -493,5 +498,22 @@ describe("docker-compose.yml", () => {
     }
     expect(Object.keys(services.supervisor!.depends_on)).toContain("api");
     expect(Object.keys(services.workers!.depends_on)).toContain("api");
+  });
+
+  it("has a postgres-only profile: the same roles on Postgres alone, with no Redis anywhere", () => {
+    expect(Object.fromEntries(postgresOnly.map(([name, s]) => [name, s.command[0]]))).toEqual({
+      "api-pg": "api",
+      "supervisor-pg": "supervisor",
+      "workers-pg": "workers",
+    });
+    for (const [name, service] of postgresOnly) {
+      expect(service.environment.DATABASE_URL, name).toMatch(/@postgres:5432\//);
+      expect(service.environment.REDIS_URL, name).toBeUndefined();
+      expect(service.init, `${name}: init`).toBe(true);
+      for (const [dependency, { condition }] of Object.entries<Obj>(service.depends_on ?? {})) {
+        expect(["postgres", "api-pg"], `${name} → ${dependency}`).toContain(dependency);
+        expect(condition).toBe("service_healthy");
+      }
+    }
   });
 });

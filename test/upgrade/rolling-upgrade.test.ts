@@ -21,9 +21,9 @@ import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, inject, it, onTestFailed } from "vitest";
 import { stringify } from "yaml";
 import { release } from "../../src/config/release.ts";
+import { BullStepDispatcher } from "../../src/queue/step-queue.ts";
 import { createRedis, deleteByPattern } from "../../src/redis/connection.ts";
 import { redisKeys } from "../../src/redis/keys.ts";
-import { BullStepDispatcher } from "../../src/redis/step-queue.ts";
 import { type PreparedRelease, preparePreviousRelease } from "../helpers/previous-release.ts";
 import { cleanEnv, freePort, type Spawned, spawnFlowline } from "../helpers/processes.ts";
 import { databaseUrl, TEST_PG_URL, TEST_REDIS_URL } from "../helpers/services.ts";
@@ -341,6 +341,13 @@ describe(`rolling upgrade from the previous release`, () => {
       newWorkers.push(replacement);
       await replacement.waitFor(/worker started/, 60_000);
       inFlightAt[`worker${n + 1}`] = await inFlight();
+      // Jobs of this release wait behind the previous release's (its plain priorities sort before
+      // fair-share tags) until the old workers have drained those: let them get that far first.
+      if (n === 0) {
+        const until = Date.now() + 30_000;
+        while ((await crossedJobs(oldWorkers, newWorkers)).newJobsOnOldWorkers === 0 && Date.now() < until)
+          await sleep(500);
+      }
       await stop(old);
     }
     mark("replaced");
@@ -397,37 +404,7 @@ describe(`rolling upgrade from the previous release`, () => {
 
     // No job failed in the queue (an old worker never fails a job it cannot read). Jobs written
     // by the previous release (no format) ran on new workers, and jobs of this release on old ones.
-    const redis = createRedis(TEST_REDIS_URL, "consumer");
-    await redis.connect();
-    const dispatcher = new BullStepDispatcher(redis, prefix, () => true);
-    const crossed = { oldJobsOnNewWorkers: 0, newJobsOnOldWorkers: 0 };
-    try {
-      const queue = dispatcher.queue("default");
-      expect(await queue.getJobCounts("failed")).toEqual({ failed: 0 });
-      const jobs = await queue.getJobs(["completed"], 0, -1);
-      const attempts = await db<
-        { run_id: string; step_id: string; phase: string; attempt: number; worker_id: string }[]
-      >`
-        select run_id, step_id, phase, attempt, worker_id from step_attempts where status = 'succeeded'`;
-      const pidOf = (workerId: string) => Number(workerId.split(":")[1]);
-      const byJob = new Map(
-        attempts.map((a) => [
-          `${a.run_id}.${a.step_id}.${a.phase === "compensate" ? "c" : ""}${a.attempt}`,
-          pidOf(a.worker_id),
-        ]),
-      );
-      const oldPids = new Set(oldWorkers.map((w) => w.child.pid));
-      const newPids = new Set(newWorkers.map((w) => w.child.pid));
-      for (const job of jobs) {
-        const pid = byJob.get(String(job.id));
-        if (pid === undefined) continue;
-        if (job.data.format === undefined && newPids.has(pid)) crossed.oldJobsOnNewWorkers++;
-        if (job.data.format !== undefined && oldPids.has(pid)) crossed.newJobsOnOldWorkers++;
-      }
-    } finally {
-      await dispatcher.close();
-      redis.disconnect();
-    }
+    const crossed = await crossedJobs(oldWorkers, newWorkers, { failedJobs: true });
     expect(crossed.oldJobsOnNewWorkers, "jobs of the previous release run by new workers").toBeGreaterThan(0);
     expect(crossed.newJobsOnOldWorkers, "jobs of this release run by old workers").toBeGreaterThan(0);
 
@@ -462,3 +439,51 @@ describe(`rolling upgrade from the previous release`, () => {
     );
   }, 300_000);
 });
+
+/**
+ * Jobs that crossed releases: written by the previous release (no `format`) and run by a worker of
+ * this one, and the other way round; with `failedJobs`, also asserts that no job failed.
+ */
+async function crossedJobs(
+  oldWorkers: readonly Spawned[],
+  newWorkers: readonly Spawned[],
+  options: { failedJobs?: boolean } = {},
+) {
+  const redis = createRedis(TEST_REDIS_URL, "consumer");
+  await redis.connect();
+  const dispatcher = new BullStepDispatcher(
+    { kind: "redis", redis, newConnection: () => redis.duplicate(), prefix },
+    () => true,
+  );
+  const db = postgres(databaseUrl(database), { max: 1, onnotice: () => {} });
+  const crossed = { oldJobsOnNewWorkers: 0, newJobsOnOldWorkers: 0 };
+  try {
+    const queue = dispatcher.queue("default");
+    if (options.failedJobs) expect(await queue.getJobCounts("failed")).toEqual({ failed: 0 });
+    const jobs = await queue.getJobs(["completed"], 0, -1);
+    const attempts = await db<
+      { run_id: string; step_id: string; phase: string; attempt: number; worker_id: string }[]
+    >`
+      select run_id, step_id, phase, attempt, worker_id from step_attempts where status = 'succeeded'`;
+    const pidOf = (workerId: string) => Number(workerId.split(":")[1]);
+    const byJob = new Map(
+      attempts.map((a) => [
+        `${a.run_id}.${a.step_id}.${a.phase === "compensate" ? "c" : ""}${a.attempt}`,
+        pidOf(a.worker_id),
+      ]),
+    );
+    const oldPids = new Set(oldWorkers.map((w) => w.child.pid));
+    const newPids = new Set(newWorkers.map((w) => w.child.pid));
+    for (const job of jobs) {
+      const pid = byJob.get(String(job.id));
+      if (pid === undefined) continue;
+      if (job.data.format === undefined && newPids.has(pid)) crossed.oldJobsOnNewWorkers++;
+      if (job.data.format !== undefined && oldPids.has(pid)) crossed.newJobsOnOldWorkers++;
+    }
+  } finally {
+    await dispatcher.close();
+    redis.disconnect();
+    await db.end({ timeout: 5 });
+  }
+  return crossed;
+}

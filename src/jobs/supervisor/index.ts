@@ -1,7 +1,8 @@
 /**
  * The supervisor process. Any number may run; exactly one is *active* at a time, the holder of a
- * Redis lease that it renews every third of its length. A standby tries to take the lease at the
- * same pace, so it takes over within about `leaseSeconds` of the active one dying or freezing.
+ * lease (a Redis key, or a Postgres row without Redis) that it renews every third of its length.
+ * A standby tries to take the lease at the same pace, so it takes over within about
+ * `leaseSeconds` of the active one dying or freezing.
  *
  * A holder that was frozen (GC pause, SIGSTOP) may wake up after its lease expired and another
  * supervisor took over. It must not act on stale authority: "active" is judged on a monotonic
@@ -17,19 +18,15 @@ import type { Config } from "../../config/index.ts";
 import { createDb } from "../../db/client.ts";
 import { assertFence, claimFence, StaleFenceError } from "../../db/repositories/fences.ts";
 import type { Sql } from "../../db/repositories/runs.ts";
+import type { LockGrant as Grant } from "../../domain/ports.ts";
 import { admitQueuedRuns, renewAssetLocks } from "../../engine/admission.ts";
 import { createEngineDeps } from "../../engine/create.ts";
 import type { EngineDeps } from "../../engine/deps.ts";
 import { reconcile } from "../../engine/reconcile.ts";
 import { autoMaterialize } from "../../engine/requests.ts";
 import { countReport, supervisorMetricsOf, trackSupervisor } from "../../observability/metrics.ts";
-import { RedisAssetLocks } from "../../redis/asset-locks.ts";
-import { createRedis } from "../../redis/connection.ts";
-import { RedisEventBus } from "../../redis/event-bus.ts";
-import { redisKeys } from "../../redis/keys.ts";
-import { type Grant, RedisLeases } from "../../redis/lease.ts";
-import { ProcessRegistry, thisRelease } from "../../redis/processes.ts";
-import { BullStepDispatcher, fairShareOf } from "../../redis/step-queue.ts";
+import { thisRelease } from "../../redis/processes.ts";
+import { openStores } from "../../stores/index.ts";
 import { pruneOldData } from "./retention.ts";
 import { fireDueSchedules } from "./schedules.ts";
 import { deliverDueWebhooks, queueWebhookDeliveries } from "./webhooks.ts";
@@ -125,22 +122,25 @@ export async function startSupervisor(options: { config: Config; log: Logger }):
     // A transaction left open by a frozen supervisor must not wait for it to wake up and commit.
     idleInTransactionTimeoutMs: marginMs,
   });
-  const onError = (error: Error) => log.warn({ err: error.message }, "redis connection error");
-  const redis = createRedis(config.redis.url, "consumer", { name: "flowline-supervisor", onError });
-  await redis.connect();
-  const bus = new RedisEventBus(redis, null, config.redis.prefix);
-  const dispatcher = new BullStepDispatcher(redis, config.redis.prefix, fairShareOf(config.queues));
+  const onError = (error: Error) => log.warn({ err: error.message }, "store connection error");
+  const stores = await openStores(config, {
+    name: "flowline-supervisor",
+    flavour: "consumer",
+    subscribe: false,
+    sql: db.sql,
+    onError,
+  });
+  const { bus, dispatcher } = stores;
   const deps = createEngineDeps({
     db,
     config,
     dispatcher,
     notifier: bus,
     control: bus,
-    locks: new RedisAssetLocks(redis, config.redis.prefix),
+    locks: stores.locks,
     log,
   });
-  const keys = redisKeys(config.redis.prefix);
-  const leases = new RedisLeases(redis);
+  const lease = stores.supervisorLease;
 
   let grant: Grant | null = null;
   let confirmedUntil = 0; // performance.now() value until which acting is safe
@@ -150,7 +150,7 @@ export async function startSupervisor(options: { config: Config; log: Logger }):
     const startedAt = performance.now();
     try {
       if (grant) {
-        if (await leases.renew(keys.supervisorLease(), grant.token, leaseMs)) {
+        if (await lease.renew(grant.token, leaseMs)) {
           confirmedUntil = startedAt + leaseMs - marginMs;
         } else {
           log.warn(
@@ -162,7 +162,7 @@ export async function startSupervisor(options: { config: Config; log: Logger }):
         }
       } else {
         const token = `${id}:${randomBytes(8).toString("hex")}`;
-        const granted = await leases.acquire(keys.supervisorLease(), keys.supervisorFence(), token, leaseMs);
+        const granted = await lease.acquire(token, leaseMs);
         // Postgres learns the new fencing token before this supervisor acts, so whatever a former
         // leader tries to write from now on is refused there (see `assertFence`).
         if (granted) {
@@ -172,18 +172,18 @@ export async function startSupervisor(options: { config: Config; log: Logger }):
             confirmedUntil = startedAt + leaseMs - marginMs;
             log.info({ fence: granted.fence }, "this supervisor is now active");
           } else {
-            // Redis lost its counter (flushed, failed over): move it past what Postgres has seen.
-            await leases.raiseFence(keys.supervisorFence(), claim.newest);
-            await leases.release(keys.supervisorLease(), token);
+            // The lease store lost its counter (a Redis flush or failover): move it past what Postgres has seen.
+            await lease.raiseFence(claim.newest);
+            await lease.release(token);
             log.warn(
               { fence: granted.fence, newest: claim.newest },
-              "stale fencing token from Redis; raised it",
+              "stale fencing token from the lease store; raised it",
             );
           }
         }
       }
     } catch (error) {
-      // Redis unreachable: keep what we had; `isActive` turns false by itself when it runs out.
+      // The lease store unreachable: keep what we had; `isActive` turns false by itself when it runs out.
       log.warn({ err: (error as Error).message }, "supervisor lease check failed");
     }
   }
@@ -246,7 +246,7 @@ export async function startSupervisor(options: { config: Config; log: Logger }):
     })(),
   );
 
-  const unannounce = new ProcessRegistry(redis, config.redis.prefix).keepAnnounced(
+  const unannounce = stores.processes.keepAnnounced(
     {
       id,
       role: "supervisor",
@@ -270,10 +270,10 @@ export async function startSupervisor(options: { config: Config; log: Logger }):
         for (const done of [...sleepers]) done();
         await Promise.allSettled([leaseLoop, ...dutyLoops]);
         // Hand over at once instead of making the standby wait out the lease.
-        if (grant) await leases.release(keys.supervisorLease(), grant.token).catch(() => false);
+        if (grant) await lease.release(grant.token).catch(() => false);
         grant = null;
-        await dispatcher.close();
-        await Promise.allSettled([redis.quit(), db.close()]);
+        await stores.close();
+        await db.close();
         log.info("supervisor stopped");
       })();
       return closing;

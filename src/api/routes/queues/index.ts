@@ -12,9 +12,10 @@ import { z } from "zod";
 import type { Config } from "../../../config/index.ts";
 import { queueLoad } from "../../../db/repositories/queues.ts";
 import type { Sql } from "../../../db/repositories/runs.ts";
+import type { WorkerDirectory, WorkerInfo } from "../../../domain/ports.ts";
 import { ownValue } from "../../../domain/records.ts";
-import type { ScalerTarget, WorkerInfo, WorkerRegistry } from "../../../redis/registry.ts";
-import type { BullStepDispatcher } from "../../../redis/step-queue.ts";
+import type { QueueTarget as ScalerTarget } from "../../../domain/scaling.ts";
+import type { BullStepDispatcher } from "../../../queue/step-queue.ts";
 import { callerOf } from "../../plugins/auth.ts";
 import { problemResponses } from "../../problem.ts";
 
@@ -36,7 +37,7 @@ export interface QueueSources {
   config: Config;
   sql: Sql;
   dispatcher: BullStepDispatcher;
-  registry: WorkerRegistry;
+  registry: WorkerDirectory;
 }
 
 export async function queueOverview(sources: QueueSources): Promise<QueueOverview[]> {

@@ -10,8 +10,7 @@
 import type { FastifyReply, FastifyRequest } from "fastify";
 import type { EventRow } from "../../../db/repositories/runs.ts";
 import { quotaExceeded } from "../../../domain/limits.ts";
-import type { RedisEventBus } from "../../../redis/event-bus.ts";
-import type { StreamLeases } from "../../../redis/stream-leases.ts";
+import type { EventBus, StreamLeaseStore } from "../../../domain/ports.ts";
 
 export const HEARTBEAT_MS = 15_000;
 export const RETRY_MS = 3000;
@@ -19,13 +18,13 @@ const PAGE = 500;
 const terminalRunEvents = new Set(["run.succeeded", "run.failed", "run.cancelled", "run.rolled_back"]);
 
 export interface SseHub {
-  bus: RedisEventBus;
+  bus: EventBus;
   readPage(runId: string, afterId: number, limit: number): Promise<EventRow[]>;
   /** Open streams (their close function → bytes waiting in their socket's buffer), for shutdown,
    * leak checks and the slow-client bound. */
   streams: Map<() => void, () => number>;
   /** Open streams per tenant across all API processes, for `quotas.streams`. */
-  leases: StreamLeases;
+  leases: StreamLeaseStore;
   heartbeatMs?: number;
 }
 
