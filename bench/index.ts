@@ -2,12 +2,14 @@
  * `npm run bench`: Flowline against raw BullMQ on the same machine, the same Postgres and one
  * redis-server of its own, in one process run. Prints every figure beside its raw BullMQ baseline
  * (measured in the same run), the ratio and its goal, marked met or NOT met, then what each step
- * costs (CPU, commits, row writes, statements, Redis commands). Asserts nothing. Uses its own
+ * costs (CPU, commits, row writes, statements, Redis commands), then the stores comparison
+ * (bench/stores.ts). Asserts nothing. Uses its own
  * database and redis-server and removes both afterwards. BENCH_SCALE (default 1) scales the sizes.
  *
  * The API runs in this process (buildApp listening on 127.0.0.1:0), next to the worker
  * (startWorker) and the HTTP client, so that process.cpuUsage counts all three.
  */
+import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { pino } from "pino";
 import postgres from "postgres";
@@ -453,6 +455,19 @@ async function tracingRows(redisUrl: string): Promise<Row[]> {
   ];
 }
 
+/**
+ * The same workload on the Redis deployment, Postgres-only and the embedded zero-service mode, each
+ * beside raw BullMQ on its backend (bench/stores.ts, also `npm run bench:stores`). A process of its
+ * own: it starts and stops an embedded Postgres and opens the stores of each mode.
+ */
+async function benchStores(): Promise<void> {
+  progress("stores: Redis vs Postgres-only vs embedded (bench/stores.ts)");
+  console.log("\nStores (the Postgres-only and zero-service modes against the Redis deployment):\n");
+  const child = spawn(process.execPath, ["bin/run-ts.js", "bench/stores.ts"], { stdio: "inherit" });
+  const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
+  if (code !== 0) console.log(`(bench/stores.ts exited with ${code})`);
+}
+
 async function main() {
   const redisServer = await startPrivateRedis();
   try {
@@ -465,6 +480,7 @@ async function main() {
       return;
     }
     await bench(redisServer.url);
+    if (!process.env.BENCH_ONLY) await benchStores();
   } finally {
     const admin = postgres(pgBase, { max: 1, onnotice: () => {} });
     await admin.unsafe(`drop database if exists "flowline_bench_${id}" with (force)`);
