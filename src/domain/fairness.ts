@@ -39,3 +39,35 @@ export const fairQueuePriority = (tag: number): number => Math.min(MAX_QUEUE_PRI
 /** A step's priority clamped to 1–10, as the flows are keyed. */
 export const priorityLevel = (priority: number): number =>
   Math.min(PRIORITY_LEVELS, Math.max(1, Math.trunc(priority)));
+
+/** A queue's fairness state: the virtual clock and each flow's last tag, keyed `level:tenant`. */
+export interface FairQueueState {
+  v: number;
+  flows: Map<string, number>;
+}
+
+/**
+ * Tags for jobs about to join a queue, in order (the rule above), given the tag at the head of
+ * the queue (`null`: nothing waits, so a new epoch starts from 0). Updates `state` in place.
+ */
+export function assignFairTags(
+  state: FairQueueState,
+  headTag: number | null,
+  jobs: ReadonlyArray<{ tenantId: string; priority: number }>,
+): number[] {
+  if (headTag === null) {
+    state.v = 0;
+    state.flows.clear();
+  } else {
+    state.v = Math.max(state.v, headTag - 1);
+  }
+  return jobs.map((job) => {
+    const level = priorityLevel(job.priority);
+    let start = state.v;
+    for (let q = level; q <= PRIORITY_LEVELS; q++)
+      start = Math.max(start, state.flows.get(`${q}:${job.tenantId}`) ?? 0);
+    const tag = start + 1;
+    state.flows.set(`${level}:${job.tenantId}`, tag);
+    return tag;
+  });
+}

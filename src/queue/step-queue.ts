@@ -7,7 +7,9 @@
  */
 import { createPostgresBackend, type Processor, Queue, Worker, type WorkerOptions } from "bullmq";
 import type { Redis } from "ioredis";
+import type postgres from "postgres";
 import { z } from "zod";
+import { PgFairQueueClock } from "../db/stores/fair-queue.ts";
 import { fairQueuePriority, plainQueuePriority } from "../domain/fairness.ts";
 import { type StepDispatcher, type StepJob, stepJobId } from "../domain/ports.ts";
 import { FORMATS } from "../domain/versions.ts";
@@ -57,6 +59,8 @@ export type QueueConnection =
       kind: "postgres";
       url: string;
       prefix: string;
+      /** The process's own client: the fair-share clock keeps its state with it. */
+      sql: postgres.Sql;
       /** Pool size of each queue's and each worker's own connection pool. */
       poolMax: number;
       applicationName: string;
@@ -72,14 +76,22 @@ export type StepWorkerOptions = Omit<WorkerOptions, "connection" | "prefix">;
 export class BullStepDispatcher implements StepDispatcher {
   private readonly queues = new Map<string, StepQueue>();
 
-  /** Fair sharing keeps its clock beside BullMQ's own keys, so it needs the Redis backend. */
-  private readonly clock: FairQueueClock | undefined;
+  /** Hands out fair-share tags on either backend, reading the queue's head where BullMQ keeps it. */
+  private readonly clock: (queue: string, jobs: readonly StepJob[]) => Promise<number[]>;
 
   constructor(
     private readonly connection: QueueConnection,
     private readonly fairShare: FairShare = () => false,
   ) {
-    this.clock = connection.kind === "redis" ? new FairQueueClock(connection.redis) : undefined;
+    const stateKey = (queue: string) => redisKeys(connection.prefix).fairQueue(queue);
+    if (connection.kind === "redis") {
+      const clock = new FairQueueClock(connection.redis);
+      this.clock = (queue, jobs) =>
+        clock.assign(stateKey(queue), this.queue(queue).toKey("prioritized"), jobs);
+    } else {
+      const clock = new PgFairQueueClock(connection.sql);
+      this.clock = (queue, jobs) => clock.assign(stateKey(queue), queue, jobs);
+    }
   }
 
   get kind(): QueueConnection["kind"] {
@@ -146,18 +158,10 @@ export class BullStepDispatcher implements StepDispatcher {
     await Promise.all(
       [...byQueue].map(async ([name, list]) => {
         const queue = this.queue(name);
-        // Fair queues order by each job's tag (domain/fairness.ts); others by priority, then
-        // arrival. On the Postgres backend every queue orders by priority (no fair clock there).
-        const priorities =
-          this.clock && this.fairShare(name)
-            ? (
-                await this.clock.assign(
-                  redisKeys(this.connection.prefix).fairQueue(name),
-                  queue.toKey("prioritized"),
-                  list,
-                )
-              ).map(fairQueuePriority)
-            : list.map((job) => plainQueuePriority(job.priority));
+        // Fair queues order by each job's tag (domain/fairness.ts); others by priority, then arrival.
+        const priorities = this.fairShare(name)
+          ? (await this.clock(name, list)).map(fairQueuePriority)
+          : list.map((job) => plainQueuePriority(job.priority));
         await queue.addBulk(
           list.map((job, n) => ({
             name: STEP_JOB_NAME,

@@ -88,14 +88,17 @@ export async function openStores(config: Config, options: OpenStoresOptions): Pr
   if (!url) {
     const { sql } = options;
     const bus = new PgEventBus(sql, prefix, onError);
-    const dispatcher = new BullStepDispatcher({
-      kind: "postgres",
-      url: requireUrl(config),
-      prefix,
-      poolMax: Math.max(2, Math.min(4, config.database.poolMax)),
-      applicationName: options.name,
-    });
-    // (Fair sharing between tenants keeps its clock in Redis: on Postgres queues order by priority.)
+    const dispatcher = new BullStepDispatcher(
+      {
+        kind: "postgres",
+        url: requireUrl(config),
+        prefix,
+        poolMax: Math.max(2, Math.min(4, config.database.poolMax)),
+        applicationName: options.name,
+        sql,
+      },
+      fairShareOf(config.queues),
+    );
     return {
       kind: "postgres",
       dispatcher,
