@@ -178,15 +178,18 @@ export async function deliverDueWebhooks(
   const inFlightTotal = () => [...inFlight.values()].reduce((a, b) => a + b, 0);
   const worker = async () => {
     while (remaining > 0) {
+      // Reserved before the claim: a worker whose delivery ended quickly must not claim past the
+      // limit while another worker's claim is still on its way.
+      remaining--;
       const claimed = await claimNext();
       if (!claimed) {
+        remaining++;
         // While other requests of this pass are still out (a slow receiver), look again for
         // deliveries that came due since, rather than leaving them until the pass is over.
         if (inFlightTotal() === 0) return;
         await new Promise((r) => setTimeout(r, IDLE_POLL_MS));
         continue;
       }
-      remaining--;
       try {
         const outcome = await attemptDelivery(deps, claimed, clock);
         if (outcome) result[outcome]++;
