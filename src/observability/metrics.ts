@@ -194,7 +194,10 @@ export function timedBatches<Req, Res>(
   const m = workerMetricsOf();
   return async (key, requests) => {
     const sizes = new Map<string, number>();
-    for (const r of requests) sizes.set(operationOf(r), (sizes.get(operationOf(r)) ?? 0) + 1);
+    for (const r of requests) {
+      const op = operationOf(r);
+      sizes.set(op, (sizes.get(op) ?? 0) + 1);
+    }
     for (const [op, n] of sizes) m.batchSize.observe({ operation: op }, n);
     const end = m.batchSeconds.startTimer({ operation });
     try {
