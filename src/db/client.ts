@@ -1,6 +1,7 @@
 import { drizzle, type PostgresJsDatabase } from "drizzle-orm/postgres-js";
 import postgres from "postgres";
 import { observedTransaction } from "../observability/hooks.ts";
+import { auditedBegin } from "./repositories/audit.ts";
 import * as schema from "./schema.ts";
 
 export type Database = PostgresJsDatabase<typeof schema>;
@@ -51,7 +52,9 @@ export function createDb(options: DbOptions): DbHandle {
   // drizzle rewires its client's type parsers and serializers (timestamps as strings, JSON left
   // to itself), so the engine's hand-written SQL gets a client of its own with the defaults.
   const sql = observeTransactions(postgres(url, clientOptions(options.poolMax)));
-  const drizzleClient = postgres(url, clientOptions(Math.max(2, Math.ceil(options.poolMax / 2))));
+  const drizzleClient = auditTransactions(
+    postgres(url, clientOptions(Math.max(2, Math.ceil(options.poolMax / 2)))),
+  );
   const db = drizzle(drizzleClient, { schema });
   return {
     db,
@@ -70,11 +73,19 @@ export function createDb(options: DbOptions): DbHandle {
 
 /**
  * Every transaction of the engine's client goes through `observedTransaction`: its span when
- * traced, its latency, and the events it wrote counted once it committed.
+ * traced, its latency, and the events it wrote counted once it committed. Transactions of both
+ * clients carry the audit entry of the request they run for (repositories/audit.ts).
  */
 function observeTransactions(sql: postgres.Sql): postgres.Sql {
   const begin = sql.begin.bind(sql) as (...args: unknown[]) => Promise<unknown>;
-  (sql as { begin: unknown }).begin = (...args: unknown[]) => observedTransaction(() => begin(...args));
+  (sql as { begin: unknown }).begin = (...args: unknown[]) =>
+    observedTransaction(() => auditedBegin(begin, args));
+  return sql;
+}
+
+function auditTransactions(sql: postgres.Sql): postgres.Sql {
+  const begin = sql.begin.bind(sql) as (...args: unknown[]) => Promise<unknown>;
+  (sql as { begin: unknown }).begin = (...args: unknown[]) => auditedBegin(begin, args);
   return sql;
 }
 

@@ -3,6 +3,12 @@
  */
 import { createHash } from "node:crypto";
 import {
+  type AuditSlot,
+  currentAuditSlot,
+  withAuditSlot,
+  writeAuditSlots,
+} from "../db/repositories/audit.ts";
+import {
   bindIdempotencyKey,
   claimIdempotencyKey,
   idempotentRequest,
@@ -139,6 +145,7 @@ export async function submitRun(
     input,
     idempotency,
     guard: options.guard,
+    audit: currentAuditSlot(),
     run: {
       tenantId: input.tenantId,
       loaded,
@@ -163,6 +170,8 @@ interface Submission {
   input: SubmitRunInput;
   idempotency: { key: string; hash: string } | undefined;
   guard: ((sql: Sql) => Promise<void>) | undefined;
+  /** The request's audit entry, written in the transaction that commits this submission. */
+  audit: AuditSlot | undefined;
   run: NewRun;
 }
 type Submitted = { run: RunRow; created: boolean };
@@ -190,31 +199,44 @@ async function submitBatch(
   if (batch.length === 1) return [await submitAlone(deps, batch[0]!)];
   const after = new AfterCommit();
   const taken: TakenLocks = [];
+  const audited: AuditSlot[] = [];
   try {
-    const results = await deps.db.sql.begin(async (sql) => {
-      const out: Array<Submitted | ItemFailure> = new Array(batch.length);
-      // By tenant: their quota locks, held to the commit, are taken in one order by every batch.
-      const order = [...batch.keys()].sort((a, b) =>
-        batch[a]!.input.tenantId < batch[b]!.input.tenantId
-          ? -1
-          : batch[a]!.input.tenantId > batch[b]!.input.tenantId
-            ? 1
-            : a - b,
-      );
-      for (const i of order) {
-        try {
-          out[i] = await submitIn(deps, sql, batch[i]!, after, taken);
-        } catch (error) {
-          // A refusal (guard, idempotency key, quota) comes before the submission writes anything.
-          if (!(error instanceof FlowlineError)) throw error;
-          out[i] = new ItemFailure(error);
+    // Outside any one request's audit context: the entries of all submissions are written below.
+    const results = await withAuditSlot(undefined, () =>
+      deps.db.sql.begin(async (sql) => {
+        const out: Array<Submitted | ItemFailure> = new Array(batch.length);
+        // By tenant: their quota locks, held to the commit, are taken in one order by every batch.
+        const order = [...batch.keys()].sort((a, b) =>
+          batch[a]!.input.tenantId < batch[b]!.input.tenantId
+            ? -1
+            : batch[a]!.input.tenantId > batch[b]!.input.tenantId
+              ? 1
+              : a - b,
+        );
+        for (const i of order) {
+          try {
+            out[i] = await submitIn(deps, sql, batch[i]!, after, taken);
+          } catch (error) {
+            // A refusal (guard, idempotency key, quota) comes before the submission writes anything.
+            if (!(error instanceof FlowlineError)) throw error;
+            out[i] = new ItemFailure(error);
+          }
         }
-      }
-      return out;
-    });
+        batch.forEach((item, i) => {
+          const result = out[i]!;
+          if (result instanceof ItemFailure || !item.audit?.claim()) return;
+          noteSubmitted(item.audit, result);
+          audited.push(item.audit);
+        });
+        await writeAuditSlots(sql, audited);
+        return out;
+      }),
+    );
+    for (const slot of audited) slot.settle(true);
     await after.flush(deps);
     return results as Array<Submitted | ItemFailure>;
   } catch (error) {
+    for (const slot of audited) slot.settle(false);
     await releaseTaken(deps, taken);
     deps.log.warn(
       { err: (error as Error).message, runs: batch.length },
@@ -224,15 +246,23 @@ async function submitBatch(
   }
 }
 
+const noteSubmitted = (slot: AuditSlot, { run, created }: Submitted) =>
+  slot.note({ details: { id: run.id, status: run.status, created } });
+
 async function submitAlone(deps: EngineDeps, item: Submission): Promise<Submitted> {
   const after = new AfterCommit();
   const taken: TakenLocks = [];
-  const result = await deps.db.sql
-    .begin((sql) => submitIn(deps, sql, item, after, taken))
-    .catch(async (error) => {
-      await releaseTaken(deps, taken);
-      throw error;
-    });
+  // In the submitting request's audit context, whichever request's work commits it.
+  const result = await withAuditSlot(item.audit, () =>
+    deps.db.sql.begin(async (sql) => {
+      const submitted = await submitIn(deps, sql, item, after, taken);
+      if (item.audit) noteSubmitted(item.audit, submitted);
+      return submitted;
+    }),
+  ).catch(async (error) => {
+    await releaseTaken(deps, taken);
+    throw error;
+  });
   if (result.created) await after.flush(deps);
   return result;
 }

@@ -1,5 +1,5 @@
 import Fastify from "fastify";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import { registerAudit } from "../../src/api/plugins/audit.ts";
 import { pruneAudit } from "../../src/db/repositories/audit.ts";
 import { createTestContext, type TestContext } from "../helpers/context.ts";
@@ -66,8 +66,6 @@ describe("audit log", () => {
     // The secret of a created key is never kept.
     expect(JSON.stringify(items)).not.toContain(reader.key);
 
-    // Every entry was settled: none is left pending once its answer was sent.
-    expect(items.every((e: { outcome: string }) => e.outcome !== "pending")).toBe(true);
     // A request refused by schema validation, before any handler, is recorded once with its code.
     expectProblem(await as("POST", "/v1/keys", { scopes: [] }), 400);
     const refusedKeys = (await audit(admin.key, "?action=key.create")).items;
@@ -104,11 +102,75 @@ describe("audit log", () => {
     });
   });
 
-  it("an entry is on record, pending, before the change is made", async () => {
+  it("writes each entry in the transaction that makes its change", async () => {
+    // As if the process died after each commit, before answering: the answer never completes an
+    // entry (and an update would give its row a new xmin).
+    await ctx.db.sql.unsafe(`
+      create function refuse_audit_update() returns trigger language plpgsql as
+        $$ begin raise exception 'no completion in this test'; end $$;
+      create trigger no_audit_update before update on audit_log
+        for each row execute function refuse_audit_update()`);
+    onTestFinished(async () => {
+      await ctx.db.sql.unsafe(
+        "drop trigger no_audit_update on audit_log; drop function refuse_audit_update()",
+      );
+    });
+    const key = ctx.rootKey;
+    const as = (method: "PUT" | "POST" | "DELETE", url: string, body?: unknown) =>
+      call(ctx.app, method, url, { key, ...(body === undefined ? {} : { body }) });
+    // The transaction that wrote a row, and the one that wrote the request's entry.
+    const xminOf = async (table: string, where: string, value: string) =>
+      (await ctx.db.sql.unsafe(`select xmin::text as x from ${table} where ${where} = $1`, [value]))[0]?.x;
+    const entryXmin = async (requestId: string) =>
+      (
+        await ctx.db.sql<{ x: string; outcome: string }[]>`
+          select xmin::text as x, outcome from audit_log where request_id = ${requestId}`
+      )[0];
+    const expectSameTransaction = async (requestId: string, table: string, where: string, value: string) => {
+      const entry = await entryXmin(requestId);
+      expect(entry?.outcome, requestId).toBe("ok");
+      expect(entry?.x, `${requestId}: entry and change in one transaction`).toBe(
+        await xminOf(table, where, value),
+      );
+    };
+    const requestIdOf = (res: { headers: Record<string, unknown> }) => String(res.headers["x-request-id"]);
+
+    const put = await as("PUT", "/v1/workflows/txn", workflow);
+    expect(put.statusCode).toBe(201);
+    await expectSameTransaction(requestIdOf(put), "workflows", "name", "txn");
+
+    // Alone and in a shared submission transaction: each run commits with its own entry.
+    const starts = await Promise.all(
+      Array.from({ length: 6 }, () => as("POST", "/v1/workflows/txn/runs", {})),
+    );
+    for (const res of starts) {
+      expect(res.statusCode, res.body).toBeLessThan(300);
+      await expectSameTransaction(requestIdOf(res), "runs", "id::text", res.json().id);
+    }
+    const runId = starts[0]!.json().id as string;
+    for (const action of ["pause", "resume", "cancel"]) {
+      const res = await as("POST", `/v1/runs/${runId}/${action}`);
+      expect(res.statusCode, res.body).toBeLessThan(300);
+      await expectSameTransaction(requestIdOf(res), "runs", "id::text", runId);
+    }
+    const retried = await as("POST", `/v1/runs/${runId}/retry`, {});
+    expect(retried.statusCode, retried.body).toBeLessThan(300);
+    await expectSameTransaction(requestIdOf(retried), "runs", "id::text", retried.json().run.id);
+    const created = await as("POST", "/v1/keys", { scopes: ["read"] });
+    await expectSameTransaction(requestIdOf(created), "api_keys", "id::text", created.json().id);
+    const revoked = await as("DELETE", `/v1/keys/${created.json().id}`);
+    await expectSameTransaction(requestIdOf(revoked), "api_keys", "id::text", created.json().id);
+    const rotated = await as("POST", "/v1/webhooks/secret/rotate");
+    await expectSameTransaction(requestIdOf(rotated), "tenant_webhook_secrets", "tenant_id", "default");
+    const archived = await as("DELETE", "/v1/workflows/txn");
+    await expectSameTransaction(requestIdOf(archived), "workflows", "name", "txn");
+  });
+
+  it("a change that dies before its commit leaves neither the change nor an ok entry", async () => {
     let release!: () => void;
     let locked!: () => void;
     const isLocked = new Promise<void>((r) => (locked = r));
-    // Holds the workflows table so that the PUT's change waits inside its handler.
+    // Holds the workflows table so that the PUT's change waits inside its transaction.
     const holder = ctx.db.sql.begin(async (sql) => {
       await sql`lock table workflows in exclusive mode`;
       locked();
@@ -116,20 +178,27 @@ describe("audit log", () => {
     });
     await isLocked;
     const put = call(ctx.app, "PUT", "/v1/workflows/blocked", { key: ctx.rootKey, body: workflow });
-    let row: { outcome: string } | undefined;
-    const deadline = Date.now() + 5000;
-    while (!row && Date.now() < deadline) {
-      [row] = await ctx.db.sql<{ outcome: string }[]>`
-        select outcome from audit_log where target = 'workflow:blocked'`;
-      if (!row) await new Promise((r) => setTimeout(r, 20));
+    let waiting: { pid: number }[] = [];
+    const deadline = Date.now() + 10_000;
+    while (waiting.length === 0 && Date.now() < deadline) {
+      waiting = await ctx.db.sql<{ pid: number }[]>`
+        select pid from pg_stat_activity
+        where datname = current_database() and wait_event_type = 'Lock' and query ilike '%workflows%'`;
+      if (waiting.length === 0) await new Promise((r) => setTimeout(r, 20));
     }
+    expect(waiting, "the PUT waits on the lock").toHaveLength(1);
+    const seen = await ctx.db.sql`select outcome from audit_log where target = 'workflow:blocked'`;
+    expect(seen, "nothing on record while the change is uncommitted").toHaveLength(0);
+    // The change's connection dies mid-transaction, as with a crash of its process.
+    await ctx.db.sql`select pg_terminate_backend(${waiting[0]!.pid})`;
+    const res = await put;
     release();
-    expect(row?.outcome, "no entry while the change was being made").toBe("pending");
     await holder;
-    expect((await put).statusCode).toBe(201);
-    const [after] = await ctx.db.sql<{ outcome: string }[]>`
+    expect(res.statusCode).toBeGreaterThanOrEqual(500);
+    expect(await ctx.db.sql`select 1 from workflows where name = 'blocked'`).toHaveLength(0);
+    const entries = await ctx.db.sql<{ outcome: string }[]>`
       select outcome from audit_log where target = 'workflow:blocked'`;
-    expect(after!.outcome).toBe("ok");
+    expect(entries.map((e) => e.outcome)).not.toContain("ok");
   });
 
   it("a state-changing route missing from the audit list fails to register", async () => {

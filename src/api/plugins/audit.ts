@@ -4,15 +4,21 @@
  * error code) and the request id. Every unsafe route must be listed in `auditedRoutes` or in
  * `notAudited`: a new one that is in neither fails to register, like a route without a scope.
  *
- * An entry is appended as `pending` once the request is authenticated and valid, before the
- * handler makes any change, and settled with the outcome before the answer is sent (so a client
- * that got its answer finds it). The change itself commits in its own transaction in between: a
- * process that dies there leaves the entry `pending` — a change is never left without an entry,
- * but a `pending` one may or may not have taken effect (docs/security.md). A request refused
- * before its handler (validation, scope) gets one entry, written with its outcome.
+ * The entry is written in the transaction that makes the request's change (the request's
+ * `AuditSlot` rides in an async context around its handler; see db/repositories/audit.ts): a
+ * committed change always has its entry, a rolled-back one has none. A request that committed
+ * nothing — refused before or by its handler, or with nothing to change — gets its entry appended
+ * with its outcome once the answer is known. The answer then completes an entry written with its
+ * change when it adds to it (the id of a created key, an error after the commit).
  */
 import type { FastifyInstance, FastifyRequest } from "fastify";
-import { type AuditEntry, appendAudit, settleAudit } from "../../db/repositories/audit.ts";
+import {
+  type AuditEntry,
+  AuditSlot,
+  appendAudit,
+  settleAudit,
+  withAuditSlot,
+} from "../../db/repositories/audit.ts";
 import type { Sql } from "../../db/repositories/runs.ts";
 
 interface AuditedRoute {
@@ -65,26 +71,44 @@ export function registerAudit(app: FastifyInstance, sql: Sql): void {
     }
   });
 
-  const pending = new WeakMap<FastifyRequest, number>();
-  // Before the handler: a request that reaches it may change something, so it is on record first.
-  // If that write fails the request is refused (503): no change goes unrecorded.
-  app.addHook("preHandler", async (request) => {
+  const slots = new WeakMap<FastifyRequest, AuditSlot>();
+  // Around the handler: every transaction it begins writes the entry unless one already did.
+  app.addHook("preHandler", (request, _reply, done) => {
     const entry = auditEntry(request, null, undefined);
-    if (entry) pending.set(request, await appendAudit(sql, entry));
+    if (!entry) return done();
+    const slot = new AuditSlot(entry);
+    slots.set(request, slot);
+    withAuditSlot(slot, done);
   });
 
   app.addHook("onSend", async (request, reply, payload) => {
     const entry = auditEntry(request, reply.statusCode, payload);
     if (!entry) return payload;
-    const id = pending.get(request);
-    await (id === undefined ? appendAudit(sql, entry) : settleAudit(sql, id, entry)).catch((error: Error) =>
+    const slot = slots.get(request);
+    const written = slot?.state === "committed" ? slot : undefined;
+    if (slot) slot.state = "closed";
+    const write = written ? completion(written, entry) : appendAudit(sql, entry);
+    await write?.catch((error: Error) =>
       request.log.error({ err: error.message, action: entry.action }, "could not write to the audit log"),
     );
     return payload;
   });
+
+  /** Completes an entry written with the change, when the answer adds to it. */
+  function completion(written: AuditSlot, final: AuditEntry): Promise<void> | undefined {
+    const noted = written.entry;
+    const adds =
+      final.outcome !== noted.outcome ||
+      (final.target !== null && final.target !== noted.target) ||
+      Object.entries(final.details).some(([k, v]) => !(k in noted.details) && v !== undefined);
+    return adds ? settleAudit(sql, written.id!, final) : undefined;
+  }
 }
 
-/** The entry for a request; with `status` null, the `pending` one written before its handler. */
+/**
+ * The entry for a request; with `status` null, the one its change writes (outcome `ok`, completed
+ * from the answer afterwards).
+ */
 function auditEntry(request: FastifyRequest, status: number | null, payload: unknown): AuditEntry | null {
   const auth = request.auth;
   if (!auth || !UNSAFE.has(request.method)) return null;
@@ -93,7 +117,7 @@ function auditEntry(request: FastifyRequest, status: number | null, payload: unk
   const answer = parseAnswer(payload);
   const params = (request.params ?? {}) as Record<string, string>;
   const details: Record<string, unknown> = {};
-  let outcome = "pending";
+  let outcome = "ok";
   if (status !== null && status < 400) {
     outcome = "ok";
     if (answer) for (const f of ANSWER_FIELDS) if (answer[f] !== undefined) details[f] = answer[f];

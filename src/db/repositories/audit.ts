@@ -1,4 +1,16 @@
-/** The audit log (SPEC §12): appended by the API for every state-changing request, read by admins. */
+/**
+ * The audit log (SPEC §12): appended by the API for every state-changing request, read by admins.
+ *
+ * A request's entry is written in the transaction that makes its change: the API puts the
+ * request's `AuditSlot` in an async context around its handler, and every transaction begun in that
+ * context (`auditedBegin`, wired into both database clients by db/client.ts) writes the slot's
+ * entry as its last statement, unless an earlier one already committed it. So a committed change
+ * always has its entry and a rolled-back one leaves none. Code that commits several requests'
+ * changes in one transaction (the submission committer) leaves the context and writes their
+ * entries itself (`writeAuditSlots`). A request that changed nothing (refused, or nothing to do)
+ * gets its entry appended after its answer is known.
+ */
+import { AsyncLocalStorage } from "node:async_hooks";
 import type postgres from "postgres";
 import type { Sql } from "./runs.ts";
 
@@ -12,6 +24,90 @@ export interface AuditEntry {
   outcome: string;
   requestId: string | null;
   details: Record<string, unknown>;
+}
+
+/**
+ * One request's entry on its way to the log. `open` until a transaction claims it; `claimed` while
+ * that transaction runs (its `id` set once written); `committed` after; `closed` once the request
+ * has answered, so that nothing begun later in its context writes it.
+ */
+export class AuditSlot {
+  state: "open" | "claimed" | "committed" | "closed" = "open";
+  id: number | null = null;
+  constructor(readonly entry: AuditEntry) {}
+
+  /** What the change made, known only inside its transaction (a created run's id, say). */
+  note(change: { target?: string; details?: Record<string, unknown> }): void {
+    if (change.target !== undefined) this.entry.target = change.target;
+    if (change.details) Object.assign(this.entry.details, change.details);
+  }
+
+  claim(): boolean {
+    if (this.state !== "open") return false;
+    this.state = "claimed";
+    return true;
+  }
+
+  settle(committed: boolean): void {
+    if (this.state !== "claimed") return;
+    this.state = committed ? "committed" : "open";
+    if (!committed) this.id = null;
+  }
+}
+
+const currentSlot = new AsyncLocalStorage<AuditSlot | undefined>();
+
+/** The entry of the request whose work is running, if any. */
+export const currentAuditSlot = (): AuditSlot | undefined => currentSlot.getStore();
+
+/** Runs `work` with `slot` as the current request's entry (none: outside any request's). */
+export function withAuditSlot<T>(slot: AuditSlot | undefined, work: () => T): T {
+  return currentSlot.run(slot, work);
+}
+
+type Begin = (...args: unknown[]) => Promise<unknown>;
+
+/**
+ * `sql.begin(...)` that writes the current request's entry as the transaction's last statement
+ * when no earlier transaction of the request committed it.
+ */
+export function auditedBegin(begin: Begin, args: unknown[]): Promise<unknown> {
+  const slot = currentSlot.getStore();
+  const work = args.at(-1);
+  if (!slot?.claim() || typeof work !== "function") return begin(...args);
+  const audited = async (tx: Sql) => {
+    const result = await (work as (tx: Sql) => unknown)(tx);
+    await writeAuditSlots(tx, [slot]);
+    return result;
+  };
+  return begin(...args.slice(0, -1), audited).then(
+    (result) => {
+      slot.settle(true);
+      return result;
+    },
+    (error: unknown) => {
+      slot.settle(false);
+      throw error;
+    },
+  );
+}
+
+/** Writes the entries of claimed slots inside the caller's transaction: one statement. */
+export async function writeAuditSlots(tx: Sql, slots: readonly AuditSlot[]): Promise<void> {
+  if (slots.length === 0) return;
+  const e = slots.map((s) => s.entry);
+  // Details go as text, cast here: the two clients serialise JSON differently.
+  const rows = await tx<{ id: string }[]>`
+    insert into audit_log (tenant_id, key_id, key_prefix, action, target, outcome, request_id, details)
+    select t, k, p, a, g, o, r, d::jsonb
+    from unnest(${e.map((x) => x.tenantId)}::text[], ${e.map((x) => x.keyId)}::uuid[],
+      ${e.map((x) => x.keyPrefix)}::text[], ${e.map((x) => x.action)}::text[], ${e.map((x) => x.target)}::text[],
+      ${e.map((x) => x.outcome)}::text[], ${e.map((x) => x.requestId)}::text[],
+      ${e.map((x) => JSON.stringify(x.details))}::text[]) as u(t, k, p, a, g, o, r, d)
+    returning id`;
+  rows.forEach((row, i) => {
+    slots[i]!.id = Number(row.id);
+  });
 }
 
 export interface AuditRecord extends AuditEntry {
@@ -29,7 +125,10 @@ export async function appendAudit(sql: Sql, entry: AuditEntry): Promise<number> 
   return Number(row!.id);
 }
 
-/** Records the outcome of an entry appended as `pending` before the change was attempted. */
+/**
+ * Completes an entry written with its change from the request's answer: the outcome when the
+ * request failed after the change committed, the target and details the change did not note.
+ */
 export async function settleAudit(
   sql: Sql,
   id: number,
@@ -37,8 +136,8 @@ export async function settleAudit(
 ): Promise<void> {
   await sql`
     update audit_log set outcome = ${result.outcome}, target = coalesce(${result.target}, target),
-      details = ${sql.json(result.details as postgres.JSONValue)}
-    where id = ${id} and outcome = 'pending'`;
+      details = details || ${sql.json(result.details as postgres.JSONValue)}
+    where id = ${id}`;
 }
 
 export interface AuditQuery {

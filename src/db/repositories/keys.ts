@@ -97,18 +97,21 @@ export function keysRepository(db: Database) {
      * such active key there, so a foreign id looks exactly like a missing one.
      */
     async revoke(tenantId: string | null, id: string, options: { root?: false } = {}): Promise<boolean> {
-      const rows = await db
-        .update(apiKeys)
-        .set({ revokedAt: sql`now()` })
-        .where(
-          and(
-            eq(apiKeys.id, id),
-            tenantId === null ? undefined : eq(apiKeys.tenantId, tenantId),
-            options.root === false ? eq(apiKeys.root, false) : undefined,
-            isNull(apiKeys.revokedAt),
-          ),
-        )
-        .returning({ id: apiKeys.id });
+      // A transaction, so the request's audit entry commits with the revocation.
+      const rows = await db.transaction((tx) =>
+        tx
+          .update(apiKeys)
+          .set({ revokedAt: sql`now()` })
+          .where(
+            and(
+              eq(apiKeys.id, id),
+              tenantId === null ? undefined : eq(apiKeys.tenantId, tenantId),
+              options.root === false ? eq(apiKeys.root, false) : undefined,
+              isNull(apiKeys.revokedAt),
+            ),
+          )
+          .returning({ id: apiKeys.id }),
+      );
       return rows.length > 0;
     },
 

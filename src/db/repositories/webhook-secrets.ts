@@ -3,6 +3,7 @@
  * first read by an admin, whichever comes first; concurrent first uses agree on one), rotated on
  * request with the previous secret still valid for a day.
  */
+import type postgres from "postgres";
 import { generateWebhookSecret, WEBHOOK_SECRET_OVERLAP_SECONDS } from "../../domain/webhook-secrets.ts";
 import type { Sql } from "./runs.ts";
 
@@ -61,11 +62,16 @@ async function readOrCreate(sql: Sql, tenantId: string): Promise<Row | undefined
 
 /**
  * Replaces the tenant's secret with a new one; the replaced one keeps signing for a day. A second
- * rotation within that day drops the oldest secret.
+ * rotation within that day drops the oldest secret. A transaction, so the request's audit entry
+ * commits with the rotation.
  */
-export async function rotateWebhookSecret(sql: Sql, tenantId: string): Promise<TenantWebhookSecrets> {
+export async function rotateWebhookSecret(
+  sql: postgres.Sql,
+  tenantId: string,
+): Promise<TenantWebhookSecrets> {
   const fresh = generateWebhookSecret();
-  const [row] = await sql<Row[]>`
+  const [row] = await sql.begin(
+    (tx) => tx<Row[]>`
     insert into tenant_webhook_secrets as t (tenant_id, secret)
     values (${tenantId}, ${fresh})
     on conflict (tenant_id) do update set
@@ -73,6 +79,7 @@ export async function rotateWebhookSecret(sql: Sql, tenantId: string): Promise<T
       previous_expires_at = now() + make_interval(secs => ${WEBHOOK_SECRET_OVERLAP_SECONDS}),
       secret = excluded.secret,
       created_at = now()
-    returning secret, created_at, previous_secret, previous_expires_at, now() as now`;
+    returning secret, created_at, previous_secret, previous_expires_at, now() as now`,
+  );
   return fromRow(row!);
 }

@@ -142,13 +142,18 @@ export function workflowsRepository(db: Database) {
       return { items: rows.slice(0, options.limit), hasMore: rows.length > options.limit };
     },
 
-    /** Archives (soft-deletes) a workflow; its versions stay for the runs that pinned them. */
+    /**
+     * Archives (soft-deletes) a workflow; its versions stay for the runs that pinned them. In a
+     * transaction, like every change a request makes, so its audit entry commits with it.
+     */
     async archive(tenantId: string, name: string): Promise<boolean> {
-      const rows = await db
-        .update(workflows)
-        .set({ archivedAt: sql`coalesce(${workflows.archivedAt}, now())`, updatedAt: sql`now()` })
-        .where(and(eq(workflows.tenantId, tenantId), eq(workflows.name, name)))
-        .returning({ id: workflows.id });
+      const rows = await db.transaction((tx) =>
+        tx
+          .update(workflows)
+          .set({ archivedAt: sql`coalesce(${workflows.archivedAt}, now())`, updatedAt: sql`now()` })
+          .where(and(eq(workflows.tenantId, tenantId), eq(workflows.name, name)))
+          .returning({ id: workflows.id }),
+      );
       return rows.length > 0;
     },
   };
