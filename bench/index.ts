@@ -44,7 +44,11 @@ const IN_FLIGHT = 20;
 const CHAIN = Math.max(100, Math.round(500 * scale));
 const FAN = Math.max(100, Math.round(1000 * scale));
 const STORED_SMALL = 10_000;
-const STORED_LARGE = Math.max(2 * STORED_SMALL, Math.round(1_000_000 * scale));
+/** Stored runs for the second read point: 1M at scale 1; `BENCH_STORED_RUNS` sets it alone. */
+const STORED_LARGE = Math.max(
+  2 * STORED_SMALL,
+  Number(process.env.BENCH_STORED_RUNS ?? Math.round(1_000_000 * scale)),
+);
 const GET_SAMPLES = 200;
 const GET_BUDGET_MS = 5000;
 const CONCURRENCY = 32;
