@@ -39,8 +39,9 @@ export async function readAttempts(
 export const attemptKey = (stepId: string, phase: Phase): string => `${phase}\u0000${stepId}`;
 
 /**
- * queued|retrying → running for attempts still current, each with its fresh lease token; also
- * opens the attempt's history row. Returns the keys that moved.
+ * queued|retrying → running for attempts still current, each with its fresh lease token. Returns
+ * the keys that moved. The attempt's history row is written once, when the attempt ends
+ * (`closeHistory`): a running attempt is the step row itself.
  * Guard: status in stepSourcesOf('running') and attempt = the requested attempt.
  */
 export async function markRunning(
@@ -51,8 +52,7 @@ export async function markRunning(
 ): Promise<Set<string>> {
   if (items.length === 0) return new Set();
   const rows = await sql<{ step_id: string; phase: Phase }[]>`
-    with started as (
-      update step_runs s set status = 'running', lease_token = x.token, worker_id = ${worker.id},
+    update step_runs s set status = 'running', lease_token = x.token, worker_id = ${worker.id},
         -- clock_timestamp(): a child started in its parent's completing transaction (continue in
         -- the worker) must not appear to start when that transaction began.
         started_at = clock_timestamp(), finished_at = null, error = null, progress = null,
@@ -63,14 +63,7 @@ export async function markRunning(
         as x(step_id, phase, attempt, token)
       where s.run_id = ${runId} and s.step_id = x.step_id and s.phase = x.phase and s.attempt = x.attempt
         and s.status = any(${sql.array(RUNNING_FROM)}::step_status[])
-      returning s.step_id, s.phase, s.attempt
-    ), history as (
-      insert into step_attempts (run_id, step_id, phase, attempt, status, worker_id, started_at)
-      select ${runId}, step_id, phase, attempt, 'running', ${worker.id}, clock_timestamp() from started
-      on conflict (run_id, step_id, phase, attempt) do update set status = 'running',
-        worker_id = excluded.worker_id, started_at = excluded.started_at, finished_at = null, error = null
-    )
-    select step_id, phase from started`;
+    returning s.step_id, s.phase`;
   return new Set(rows.map((r) => attemptKey(r.step_id, r.phase)));
 }
 
@@ -124,11 +117,9 @@ export async function markSucceeded(
       )}) as r(step_id text, phase text, attempt int, token text, output jsonb)) x
       where s.run_id = ${runId} and s.step_id = x.step_id and s.phase = x.phase and s.attempt = x.attempt
         and s.lease_token = x.token and s.status = 'running'
-      returning s.step_id, s.phase, s.attempt
+      returning s.step_id, s.phase, s.attempt, s.worker_id, s.started_at
     ), history as (
-      update step_attempts a set status = 'succeeded', finished_at = now()
-      from done where a.run_id = ${runId} and a.step_id = done.step_id and a.phase = done.phase
-        and a.attempt = done.attempt
+      ${closeHistory(sql, runId, "done", "succeeded", null)}
     )
     select step_id, phase from done`;
   return new Set(rows.map((r) => attemptKey(r.step_id, r.phase)));
@@ -149,9 +140,14 @@ export async function markAttemptEnded(
     | { status: "retrying" | "queued"; attempt: number; delayMs: number; jobId: string; error: AttemptError }
     | { status: "failed"; error: AttemptError },
 ): Promise<boolean> {
+  // Before the row moves on (a retry clears its worker): who ran the attempt, and since when.
   await sql`
-    update step_attempts set status = ${history.status}, finished_at = now(), error = ${sql.json(history.error as never)}
-    where run_id = ${runId} and step_id = ${row.stepId} and phase = ${row.phase} and attempt = ${row.attempt}`;
+    with ended as (
+      select step_id, phase, attempt, worker_id, started_at from step_runs
+      where run_id = ${runId} and step_id = ${row.stepId} and phase = ${row.phase} and attempt = ${row.attempt}
+        and status = 'running'
+    )
+    ${closeHistory(sql, runId, "ended", history.status, history.error)}`;
   const moved =
     to.status === "failed"
       ? await sql`
@@ -180,16 +176,19 @@ export async function markHandedBack(
   jobId: string,
 ): Promise<StepRow | undefined> {
   const [row] = await sql<StepRow[]>`
-    update step_runs set status = 'queued', lease_token = null, worker_id = null, queued_at = now(),
+    with held as (
+      select step_id, phase, attempt, worker_id, started_at from step_runs
+      where run_id = ${ref.runId} and step_id = ${ref.stepId} and phase = ${ref.phase} and attempt = ${ref.attempt}
+        and lease_token = ${ref.token} and status = 'running'
+      for update
+    ), history as (
+      ${closeHistory(sql, ref.runId, "held", "cancelled", { message: "handed back by a stopping worker" })}
+    )
+    update step_runs s set status = 'queued', lease_token = null, worker_id = null, queued_at = now(),
       job_id = ${jobId}, updated_at = now()
-    where run_id = ${ref.runId} and step_id = ${ref.stepId} and phase = ${ref.phase} and attempt = ${ref.attempt}
-      and lease_token = ${ref.token} and status = 'running'
-    returning *`;
-  if (!row) return undefined;
-  await sql`
-    update step_attempts set status = 'cancelled', finished_at = now(),
-      error = ${sql.json({ message: "handed back by a stopping worker" })}
-    where run_id = ${ref.runId} and step_id = ${ref.stepId} and phase = ${ref.phase} and attempt = ${ref.attempt}`;
+    from held
+    where s.run_id = ${ref.runId} and s.step_id = held.step_id and s.phase = held.phase
+    returning s.*`;
   return row;
 }
 
@@ -225,13 +224,43 @@ export async function cancelUnfinished(
   phase?: Phase,
 ): Promise<Array<{ step_id: string; phase: Phase; status: StepStatus; attempt: number }>> {
   return sql<Array<{ step_id: string; phase: Phase; status: StepStatus; attempt: number }>>`
+    with old as (
+      select step_id, phase, status, attempt, worker_id, started_at from step_runs where run_id = ${runId}
+        and status = any(${sql.array(stepSourcesOf("cancelled"))}::step_status[])
+        ${phase ? sql`and phase = ${phase}` : sql``}
+      order by step_id, phase for update
+    ), running as (
+      select * from old where status = 'running'
+    ), history as (
+      ${closeHistory(sql, runId, "running", "cancelled", { message: "cancelled" })}
+    )
     update step_runs s set status = 'cancelled', finished_at = now(), lease_token = null, updated_at = now()
-    from (select step_id, phase, status from step_runs where run_id = ${runId}
-          and status = any(${sql.array(stepSourcesOf("cancelled"))}::step_status[])
-          ${phase ? sql`and phase = ${phase}` : sql``}
-          order by step_id, phase for update) old
+    from old
     where s.run_id = ${runId} and s.step_id = old.step_id and s.phase = old.phase
     returning s.step_id, s.phase, old.status, s.attempt`;
+}
+
+/**
+ * The history row of attempts that ended, written once: from `source` (a CTE of step rows as they
+ * were while running: step_id, phase, attempt, worker_id, started_at). An attempt opened by an
+ * earlier version (which wrote the row at its start) is closed in place.
+ */
+function closeHistory(
+  sql: Sql,
+  runId: string,
+  source: string,
+  status: StepStatus,
+  error: AttemptError | { message: string } | null,
+) {
+  return sql`
+    insert into step_attempts (run_id, step_id, phase, attempt, status, worker_id, started_at, finished_at, error)
+    select ${runId}, x.step_id, x.phase, x.attempt, ${status}::step_status,
+      x.worker_id, x.started_at, now(), ${error === null ? null : sql.json(error as never)}
+    from ${sql(source)} x
+    on conflict (run_id, step_id, phase, attempt) do update set status = excluded.status,
+      finished_at = excluded.finished_at, error = excluded.error,
+      worker_id = coalesce(step_attempts.worker_id, excluded.worker_id),
+      started_at = coalesce(step_attempts.started_at, excluded.started_at)`;
 }
 
 // --- what the reconciler looks for (each repair re-checks under the run lock) -------------------

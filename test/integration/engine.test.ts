@@ -184,6 +184,12 @@ describe("execution engine", () => {
     expect(again.json().status).toBe("cancelled");
     const done = await waitForRun(ctx, run.id);
     expect(done.steps[0].status).toBe("cancelled");
+    // The attempt's history is closed with it, not left `running`.
+    const history = await ctx.db.sql<{ status: string; worker_id: string | null }[]>`
+      select status, worker_id from step_attempts where run_id = ${run.id}`;
+    expect(history).toEqual([
+      { status: "cancelled", worker_id: done.steps[0].workerId ?? expect.any(String) },
+    ]);
     const deadline = Date.now() + 15_000;
     let alive = true;
     while (alive && Date.now() < deadline) {
