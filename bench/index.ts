@@ -54,7 +54,10 @@ const GET_BUDGET_MS = 5000;
 const CONCURRENCY = 32;
 const BACKLOG = Math.max(1000, Math.round(1000 * scale));
 const FAIR_CONCURRENCY = 4;
-/** `BENCH_ONLY=fairness` runs the tenant fairness figures alone. */
+/**
+ * `BENCH_ONLY=fairness` runs the tenant fairness figures alone; `BENCH_ONLY=engine` everything but
+ * the stores comparison; `BENCH_ONLY=tracing` the tracing comparison alone.
+ */
 const only = process.env.BENCH_ONLY;
 const pgBase = process.env.FLOWLINE_TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -398,12 +401,12 @@ async function bench(redisUrl: string) {
 
   console.log("\nPer step (per run for one-step runs; per job for raw BullMQ):\n");
   console.log(
-    "| case | CPU ms: total (process + Redis + Postgres) | Postgres commits | Postgres row writes | Postgres statements | Redis commands (script calls) |\n|---|---|---|---|---|---|",
+    "| case | CPU ms: total (process + Redis + Postgres) | Postgres commits | Postgres row writes | Postgres statements sent (run inside them) | Redis commands (script calls) |\n|---|---|---|---|---|---|",
   );
   const breakdown = (name: string, cost: Cost, n: number) => {
     const per = (v: number | null, digits = 1) => (v === null ? "n/a" : num(v / n, digits));
     console.log(
-      `| ${name} | ${per(cost.cpuMs, 3)} (${per(cost.processMs, 3)} + ${per(cost.redisMs, 3)} + ${per(cost.pgMs, 3)}) | ${per(cost.commits, 2)} | ${per(cost.rowWrites)} | ${per(cost.statements)} | ${per(cost.redisCommands)} (${per(cost.redisScripts)}) |`,
+      `| ${name} | ${per(cost.cpuMs, 3)} (${per(cost.processMs, 3)} + ${per(cost.redisMs, 3)} + ${per(cost.pgMs, 3)}) | ${per(cost.commits, 2)} | ${per(cost.rowWrites)} | ${per(cost.statements)} (${per(cost.nestedStatements)}) | ${per(cost.redisCommands)} (${per(cost.redisScripts)}) |`,
     );
   };
   breakdown(`Flowline wide run (${num(WIDE)} steps)`, wideCost, WIDE);
@@ -411,6 +414,8 @@ async function bench(redisUrl: string) {
   breakdown(`Flowline one-step runs over HTTP (${num(ONE_STEP)})`, oneCost, ONE_STEP);
   breakdown(`raw BullMQ, ${IN_FLIGHT} adds in flight (${num(ONE_STEP)} jobs)`, rawOneCost, ONE_STEP);
   console.log(`\n${meter.describe()}`);
+  printStatements(`Flowline wide run, per step (${num(WIDE)} steps)`, wideCost, WIDE);
+  printStatements(`Flowline one-step runs over HTTP, per run (${num(ONE_STEP)} runs)`, oneCost, ONE_STEP);
   console.log(
     `Seeding (SQL copies of a finished one-step run with its step row and events): ${num(small.seedMs / 1000, 1)} s to ${k(STORED_SMALL)}, ${num(large.seedMs / 1000, 1)} s to ${k(STORED_LARGE)}.\n`,
   );
@@ -420,6 +425,16 @@ async function bench(redisUrl: string) {
   await dispatcher.close();
   await redis.quit();
   await db.close();
+}
+
+/** Where a case's round trips to Postgres go: its top-level statements, most called first. */
+function printStatements(name: string, cost: Cost, n: number) {
+  if (cost.statementsByQuery.length === 0) return;
+  console.log(`\n${name}: statements sent\n\n| per ${n === WIDE ? "step" : "run"} | statement |\n|---|---|`);
+  for (const q of cost.statementsByQuery.slice(0, 20)) {
+    const text = q.query.length > 140 ? `${q.query.slice(0, 140)}…` : q.query;
+    console.log(`| ${num(q.calls / n, 2)} | \`${text.replaceAll("|", "\\|").replaceAll("`", "'")}\` |`);
+  }
 }
 
 function printRows() {
@@ -473,6 +488,8 @@ async function benchStores(): Promise<void> {
 }
 
 async function main() {
+  if (only !== undefined && !["engine", "fairness", "tracing"].includes(only))
+    throw new Error(`BENCH_ONLY=${only}: one of engine, fairness, tracing`);
   const redisServer = await startPrivateRedis();
   try {
     if (process.env.BENCH_ONLY === "tracing") {
@@ -484,7 +501,7 @@ async function main() {
       return;
     }
     await bench(redisServer.url);
-    if (!process.env.BENCH_ONLY) await benchStores();
+    if (only === undefined) await benchStores();
   } finally {
     const admin = postgres(pgBase, { max: 1, onnotice: () => {} });
     await admin.unsafe(`drop database if exists "flowline_bench_${id}" with (force)`);

@@ -34,9 +34,19 @@ interface Snapshot {
   pgBackends: Map<number, number | null>;
   commits: number;
   rowWrites: number;
-  statements: number | null;
+  statements: Statements | null;
   redisCommands: number;
   redisScripts: number;
+}
+
+/** pg_stat_statements of the bench database: calls by statement. */
+interface Statements {
+  /** Sent by a client: one round trip each (BEGIN and COMMIT included). */
+  top: number;
+  /** Run by another statement: foreign-key checks, triggers. */
+  nested: number;
+  /** Top-level calls by statement text (normalised by Postgres). */
+  byQuery: Map<string, number>;
 }
 
 export interface Cost {
@@ -47,7 +57,12 @@ export interface Cost {
   pgMs: number | null;
   commits: number;
   rowWrites: number;
+  /** Statements clients sent (round trips), when pg_stat_statements is loaded. */
   statements: number | null;
+  /** Statements run inside others (foreign-key checks), when it is loaded with `track = all`. */
+  nestedStatements: number | null;
+  /** The window's top-level statements by text, most called first. */
+  statementsByQuery: Array<{ query: string; calls: number }>;
   /** Every command Redis ran, those run by Lua scripts included. */
   redisCommands: number;
   /** Script calls (EVAL, EVALSHA, FCALL): each is one round trip running several commands. */
@@ -75,12 +90,26 @@ export async function createMeter(sql: postgres.Sql, redis: Redis): Promise<Mete
   let pgReadable = true;
   let own = 0;
 
-  const statements = async () => {
+  const statements = async (): Promise<Statements | null> => {
     if (!statementsAvailable) return null;
-    const [row] = await sql<{ n: string | null }[]>`
-      select sum(calls)::text as n from pg_stat_statements
-      where dbid = (select oid from pg_database where datname = current_database())`;
-    return Number(row?.n ?? 0);
+    const rows = await sql<{ toplevel: boolean; query: string; calls: string }[]>`
+      select toplevel, query, sum(calls)::text as calls from pg_stat_statements
+      where dbid = (select oid from pg_database where datname = current_database())
+      group by toplevel, query`;
+    const out: Statements = { top: 0, nested: 0, byQuery: new Map() };
+    for (const r of rows) {
+      const calls = Number(r.calls);
+      // The meter's own reads of the statistics views are not the workload's.
+      if (r.query.includes("pg_stat_")) continue;
+      if (!r.toplevel) {
+        out.nested += calls;
+        continue;
+      }
+      out.top += calls;
+      const query = r.query.replace(/\s+/g, " ").trim();
+      out.byQuery.set(query, (out.byQuery.get(query) ?? 0) + calls);
+    }
+    return out;
   };
 
   const cpu = async () => {
@@ -146,10 +175,7 @@ export async function createMeter(sql: postgres.Sql, redis: Redis): Promise<Mete
         pgMs: pgReadable ? pgMs : null,
         commits: after.commits - before.commits - (after.own - before.own),
         rowWrites: after.rowWrites - before.rowWrites,
-        statements:
-          after.statements !== null && before.statements !== null
-            ? after.statements - before.statements - (after.own - before.own)
-            : null,
+        ...statementsDelta(before.statements, after.statements, after.own - before.own),
         redisCommands: after.redisCommands - before.redisCommands,
         redisScripts: after.redisScripts - before.redisScripts,
       };
@@ -163,9 +189,27 @@ export async function createMeter(sql: postgres.Sql, redis: Redis): Promise<Mete
           : "(Postgres backend CPU not readable)",
         `at ${clockTicks} ticks/s.`,
         statementsAvailable
-          ? "Statements from pg_stat_statements."
+          ? "Statements from pg_stat_statements: those clients sent (one round trip each, BEGIN and COMMIT included) and, in brackets, those run inside them (foreign-key checks)."
           : `pg_stat_statements is not ${pss?.loaded ? "created in this database" : "loaded (shared_preload_libraries)"}: statements per step not measured.`,
         "Commits and row writes from pg_stat_database; Redis commands from INFO commandstats of the bench's own redis-server: all commands, those run inside Lua scripts included, and in brackets the script calls among them.",
       ].join(" "),
+  };
+}
+
+function statementsDelta(
+  before: Statements | null,
+  after: Statements | null,
+  own: number,
+): Pick<Cost, "statements" | "nestedStatements" | "statementsByQuery"> {
+  if (!before || !after) return { statements: null, nestedStatements: null, statementsByQuery: [] };
+  const statementsByQuery = [...after.byQuery]
+    .map(([query, calls]) => ({ query, calls: calls - (before.byQuery.get(query) ?? 0) }))
+    .filter((q) => q.calls > 0)
+    .sort((a, b) => b.calls - a.calls);
+  return {
+    // The meter's own reads are statements too (one per `own()`), and so are its snapshots' reads.
+    statements: after.top - before.top - own,
+    nestedStatements: after.nested - before.nested,
+    statementsByQuery,
   };
 }
