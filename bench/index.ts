@@ -32,6 +32,7 @@ import { FAIRNESS_QUEUES, fairnessBench } from "./fairness.ts";
 import { getLatencies, replayEvents, startApi, submitOverHttp } from "./http.ts";
 import { type Cost, createMeter } from "./measure.ts";
 import { benchPlanner } from "./planner.ts";
+import { profiled } from "./profile-summary.ts";
 import { rawChain, rawDrain, rawFlow, rawInFlight } from "./raw.ts";
 import { sseBenchmark } from "./sse.ts";
 import { chainGaps, countRuns, seededRunId, seedRuns, stepGap, waitRuns } from "./store.ts";
@@ -200,12 +201,14 @@ async function bench(redisUrl: string) {
   const worker = await startWorker({ config, queues: ["default"], concurrency: CONCURRENCY, log });
 
   progress(`Flowline: wide run of ${WIDE} steps`);
-  const [wide, wideCost] = await measured(async () => {
-    const t0 = Date.now();
-    const { run } = await submitRun(engine, { tenantId: "default", workflow: "wide" });
-    const last = await waitRuns(db.sql, [run.id], meter.own);
-    return { id: run.id, rate: WIDE / ((last - t0) / 1000) };
-  });
+  const [wide, wideCost] = await measured(() =>
+    profiled("wide-run", async () => {
+      const t0 = Date.now();
+      const { run } = await submitRun(engine, { tenantId: "default", workflow: "wide" });
+      const last = await waitRuns(db.sql, [run.id], meter.own);
+      return { id: run.id, rate: WIDE / ((last - t0) / 1000) };
+    }),
+  );
 
   progress(`Flowline: chain of ${CHAIN}, fan-out/join of ${FAN}`);
   const chain = await submitRun(engine, { tenantId: "default", workflow: "chain" });
@@ -219,12 +222,14 @@ async function bench(redisUrl: string) {
 
   const api = await startApi(config);
   progress(`Flowline: ${ONE_STEP} one-step runs over HTTP, ${IN_FLIGHT} requests in flight`);
-  const [one, oneCost] = await measured(async () => {
-    const t0 = Date.now();
-    const ids = await submitOverHttp(api, "single", ONE_STEP, IN_FLIGHT);
-    const last = await waitRuns(db.sql, ids, meter.own);
-    return { ids, rate: ONE_STEP / ((last - t0) / 1000) };
-  });
+  const [one, oneCost] = await measured(() =>
+    profiled("one-step-runs", async () => {
+      const t0 = Date.now();
+      const ids = await submitOverHttp(api, "single", ONE_STEP, IN_FLIGHT);
+      const last = await waitRuns(db.sql, ids, meter.own);
+      return { ids, rate: ONE_STEP / ((last - t0) / 1000) };
+    }),
+  );
 
   progress(`event replay of the ${WIDE}-step run`);
   const replay = await replayEvents(api, wide.id);
