@@ -44,6 +44,21 @@ export async function queueSteps(
   // the run is resumed, which queues them then.
   if (stepIds.length === 0 || run.status === "paused") return;
   await queuePendingSteps(sql, run.id, stepIds);
+  announceQueued(deps, run, loaded, stepIds, after, events);
+}
+
+/**
+ * What follows steps becoming `queued` (attempt 1): their `step.queued` events, and their jobs
+ * scheduled for after the commit. For rows written queued (a new run's roots) and rows moved.
+ */
+export function announceQueued(
+  deps: EngineDeps,
+  run: RunRow,
+  loaded: LoadedSpec,
+  stepIds: readonly string[],
+  after: AfterCommit,
+  events: NewEvent[],
+): void {
   for (const stepId of stepIds) {
     const resolved = resolveStep(loaded.spec, loaded.steps.get(stepId)!, deps.config.tags, run.priority);
     events.push({

@@ -22,7 +22,7 @@ import { resolveStep } from "../domain/workflow/resolve.ts";
 import { renderTemplates, TemplateError } from "../domain/workflow/templates.ts";
 import { startRunSpan } from "../observability/hooks.ts";
 import { assetLockKey, startAdmittedRun, tryAdmit } from "./admission.ts";
-import { queueSteps } from "./advance.ts";
+import { announceQueued } from "./advance.ts";
 import type { AfterCommit, EngineDeps } from "./deps.ts";
 import type { LoadedSpec } from "./specs.ts";
 
@@ -106,6 +106,8 @@ export async function insertRun(
   });
   span.end(run.id);
 
+  // A run that starts as it is created writes its roots queued: no second write to queue them.
+  const queuedNow = new Set(unrestricted ? plan.ready : []);
   const rows = plan.steps.map((p): NewStepRow => {
     const spec = loaded.steps.get(p.stepId)!;
     const resolved = resolveStep(loaded.spec, spec, deps.config.tags, input.priority);
@@ -115,7 +117,14 @@ export async function insertRun(
         : (input.materializedOutputs?.get(p.stepId) ?? null);
     return {
       step_id: p.stepId,
-      status: p.action === "run" ? "pending" : p.action === "reuse" ? "reused" : "skipped",
+      status:
+        p.action === "run"
+          ? queuedNow.has(p.stepId)
+            ? "queued"
+            : "pending"
+          : p.action === "reuse"
+            ? "reused"
+            : "skipped",
       unmet_needs: p.unmetNeeds,
       max_attempts: resolved.retry.maxAttempts,
       queue: resolved.queue,
@@ -157,7 +166,7 @@ export async function insertRun(
   }
   if (unrestricted) {
     events.push({ type: "run.started", data: {} });
-    await queueSteps(deps, sql, run, loaded, plan.ready, after, events);
+    announceQueued(deps, run, loaded, plan.ready, after, events);
     await appendEvents(sql, run.tenant_id, run.id, events, loaded.notifyOn);
     after.runs.add(run.id);
     return { run };

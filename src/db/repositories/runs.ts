@@ -451,7 +451,8 @@ export async function insertRunRow(sql: Sql, run: NewRunRow): Promise<RunRow> {
 
 export interface NewStepRow {
   step_id: string;
-  status: "pending" | "reused" | "skipped";
+  /** `queued`: a root of a run that starts as it is created, queued at once (attempt 1). */
+  status: "pending" | "queued" | "reused" | "skipped";
   unmet_needs: number;
   max_attempts: number;
   queue: string;
@@ -464,13 +465,18 @@ export interface NewStepRow {
   finished: boolean;
 }
 
-/** Inserts a new run's step rows (phase `execute`), all in one statement. */
+/**
+ * Inserts a new run's step rows (phase `execute`), all in one statement. A `queued` row gets
+ * attempt 1 and its job `runId.stepId.1`, as `queuePendingSteps` would give it.
+ */
 export async function insertStepRows(sql: Sql, runId: string, rows: readonly NewStepRow[]): Promise<void> {
   await sql`
     insert into step_runs (run_id, step_id, status, unmet_needs, max_attempts, queue, priority, timeout_seconds,
-      plan_reason, output, reused_from_run_id, finished_at)
+      plan_reason, output, reused_from_run_id, finished_at, attempt, queued_at, job_id)
     select ${runId}, x.step_id, x.status::step_status, x.unmet_needs, x.max_attempts, x.queue, x.priority,
-      x.timeout_seconds, x.plan_reason, x.output, x.reused_from, case when x.finished then now() end
+      x.timeout_seconds, x.plan_reason, x.output, x.reused_from, case when x.finished then now() end,
+      case when x.status = 'queued' then 1 else 0 end, case when x.status = 'queued' then now() end,
+      case when x.status = 'queued' then ${`${runId}.`} || x.step_id || '.1' end
     from jsonb_to_recordset(${sql.json(rows as never)})
       as x(step_id text, status text, unmet_needs int, max_attempts int, queue text, priority smallint,
         timeout_seconds int, plan_reason text, output jsonb, reused_from uuid, finished boolean)`;
