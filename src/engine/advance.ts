@@ -192,11 +192,19 @@ export async function advanceAfterSuccesses(
   const counts = new Map<string, number>();
   for (const id of stepIds)
     for (const child of loaded.graph.children(id)) counts.set(child, (counts.get(child) ?? 0) + 1);
-  const ready = readyAmong(await releaseNeeds(sql, run.id, counts));
-  const pending = await decrementPending(sql, run.id, stepIds.length);
-  await queueSteps(deps, sql, run, loaded, ready, after, events);
-  if (pending <= 0 && ready.length === 0) await endRun(sql, run, after, events);
-  await appendEvents(sql, run.tenant_id, run.id, events, loaded.notifyOn);
+  // Independent writes, sent together: postgres.js pipelines what a transaction sends without
+  // waiting, and Postgres runs them in this order. The successes' own events go first; what they
+  // cause (children queued, the run's end) is written after, in order.
+  const [released, pending] = await Promise.all([
+    releaseNeeds(sql, run.id, counts),
+    decrementPending(sql, run.id, stepIds.length),
+    appendEvents(sql, run.tenant_id, run.id, events, loaded.notifyOn),
+  ]);
+  const ready = readyAmong(released);
+  const caused: NewEvent[] = [];
+  await queueSteps(deps, sql, run, loaded, ready, after, caused);
+  if (pending <= 0 && ready.length === 0) await endRun(sql, run, after, caused);
+  await appendEvents(sql, run.tenant_id, run.id, caused, loaded.notifyOn);
   after.runs.add(run.id);
 }
 

@@ -123,20 +123,29 @@ export async function startAttempts(
   );
 }
 
-/** `startAttempts` inside a transaction that holds the run's lock (`locked`: its row then). */
+/**
+ * `startAttempts` inside a transaction that holds the run's lock (`locked`: its row then, or
+ * `"reread"` when earlier work in the transaction may have changed it: it is read again together
+ * with the attempts, in one round trip).
+ */
 async function startLocked(
   deps: EngineDeps,
   sql: Sql,
   runId: string,
-  locked: RunRow | undefined,
+  locked: RunRow | undefined | "reread",
   jobs: readonly StartRequest[],
   worker: { id: string; leaseSeconds: number },
   after: AfterCommit,
 ): Promise<StartResult[]> {
-  if (!locked) return jobs.map(() => refuse("run_not_found", "run not found"));
-  let run: RunRow = locked;
   const keys = jobs.map((j) => ({ stepId: j.stepId, phase: phaseOf(j) }));
-  let rows = await readAttempts(sql, runId, keys);
+  // Sent together, answered in order on the transaction's connection (postgres.js pipelines).
+  const [current, read] = await Promise.all([
+    locked === "reread" ? lockRun(sql, runId) : locked,
+    locked === undefined ? undefined : readAttempts(sql, runId, keys),
+  ]);
+  if (!current || !read) return jobs.map(() => refuse("run_not_found", "run not found"));
+  let run: RunRow = current;
+  let rows = read;
   const loaded = await deps.specs.load(run.workflow_id, run.workflow_version);
   const results: StartResult[] = [];
   const chosen: Array<{ index: number; job: StartRequest; phase: Phase; token: string }> = [];
@@ -466,17 +475,17 @@ export async function commitAttempts(
     const indexes = byRun.get(runId)!;
     const finishes = indexes.filter((i) => "finish" in requests[i]!);
     const starts = indexes.filter((i) => "start" in requests[i]!);
-    let run = locked;
     if (finishes.length > 0) {
       const items = finishes.map((i) => (requests[i] as { finish: FinishRequest }).finish);
-      const done = await finishLocked(deps, sql, runId, run, items, continuation, after);
+      const done = await finishLocked(deps, sql, runId, locked, items, continuation, after);
       logRefusedFinishes(deps, items, done);
       for (const [k, i] of finishes.entries()) results[i] = done[k]!;
-      if (starts.length > 0 && run) run = await lockRun(sql, runId);
     }
     if (starts.length > 0) {
       const jobs = starts.map((i) => (requests[i] as { start: StartRequest }).start);
-      const done = await startLocked(deps, sql, runId, run, jobs, continuation.worker, after);
+      // The finishes may have changed the run: its row is read again with the attempts.
+      const current = finishes.length > 0 && locked ? "reread" : locked;
+      const done = await startLocked(deps, sql, runId, current, jobs, continuation.worker, after);
       for (const [k, i] of starts.entries()) results[i] = done[k]!;
     }
   };

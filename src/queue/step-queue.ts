@@ -10,6 +10,7 @@ import type { Redis } from "ioredis";
 import type postgres from "postgres";
 import { z } from "zod";
 import { PgFairQueueClock } from "../db/stores/fair-queue.ts";
+import { PgCompletedJobs } from "../db/stores/queue-retention.ts";
 import { fairQueuePriority, plainQueuePriority } from "../domain/fairness.ts";
 import { type StepDispatcher, type StepJob, stepJobId } from "../domain/ports.ts";
 import { FORMATS } from "../domain/versions.ts";
@@ -17,6 +18,16 @@ import { FairQueueClock } from "../redis/fair-queue.ts";
 import { redisKeys } from "../redis/keys.ts";
 
 export const STEP_JOB_NAME = "step";
+
+/** Completed jobs are kept this long and at most this many per queue (a re-sent job id is ignored meanwhile). */
+const COMPLETED_KEEP_SECONDS = 3600;
+const COMPLETED_KEEP_COUNT = 10_000;
+/**
+ * On Postgres, how often a process with a worker for a queue trims its completed jobs to the count
+ * (a trim reads the newest `COMPLETED_KEEP_COUNT` index entries; between trims a queue may keep
+ * what completes in this time beyond the count).
+ */
+const COMPLETED_TRIM_MS = 30_000;
 
 export const stepJobPayload = z.object({
   tenantId: z.string(),
@@ -75,6 +86,9 @@ export type StepWorkerOptions = Omit<WorkerOptions, "connection" | "prefix">;
 
 export class BullStepDispatcher implements StepDispatcher {
   private readonly queues = new Map<string, StepQueue>();
+
+  /** Queues this process trims to `COMPLETED_KEEP_COUNT` (Postgres; see db/stores/queue-retention.ts). */
+  private readonly trimmers = new Map<string, NodeJS.Timeout>();
 
   /** Hands out fair-share tags on either backend, reading the queue's head where BullMQ keeps it. */
   private readonly clock: (queue: string, jobs: readonly StepJob[]) => Promise<number[]>;
@@ -135,21 +149,44 @@ export class BullStepDispatcher implements StepDispatcher {
     return queue;
   }
 
-  /** A BullMQ worker for queue `name` with a connection of its own. */
+  /**
+   * A BullMQ worker for queue `name` with a connection of its own. On Postgres, this process then
+   * also keeps the queue's completed jobs to `COMPLETED_KEEP_COUNT` (see `completedRetention`).
+   */
   worker(name: string, processor: Processor, options: StepWorkerOptions): StepWorker {
     const c = this.connection;
-    return c.kind === "redis"
-      ? new Worker(name, processor, {
-          ...options,
-          connection: c.newConnection(`flowline-worker-${name}`),
-          prefix: this.queuePrefix,
-        })
-      : new Worker(
-          name,
-          processor,
-          { ...options, connection: this.pgConnection(`flowline-worker-${name}`), prefix: this.queuePrefix },
-          createPostgresBackend,
-        );
+    if (c.kind === "redis")
+      return new Worker(name, processor, {
+        ...options,
+        connection: c.newConnection(`flowline-worker-${name}`),
+        prefix: this.queuePrefix,
+      });
+    if (!this.trimmers.has(name)) {
+      const completed = new PgCompletedJobs(c.sql);
+      const timer = setInterval(() => {
+        // A trim that fails (Postgres unreachable) is the next one's to do.
+        completed.trim(name, COMPLETED_KEEP_COUNT).catch(() => {});
+      }, COMPLETED_TRIM_MS);
+      timer.unref();
+      this.trimmers.set(name, timer);
+    }
+    return new Worker(
+      name,
+      processor,
+      { ...options, connection: this.pgConnection(`flowline-worker-${name}`), prefix: this.queuePrefix },
+      createPostgresBackend,
+    );
+  }
+
+  /**
+   * `removeOnComplete` of every job. Redis trims to the count per completion cheaply (a sorted
+   * set); BullMQ's Postgres backend would read every kept job on each completion, so there the
+   * count is left to the workers' periodic trim and each completion applies only the age.
+   */
+  private completedRetention(): { age: number; count?: number } {
+    return this.connection.kind === "redis"
+      ? { age: COMPLETED_KEEP_SECONDS, count: COMPLETED_KEEP_COUNT }
+      : { age: COMPLETED_KEEP_SECONDS };
   }
 
   async dispatch(jobs: readonly StepJob[]): Promise<void> {
@@ -158,6 +195,7 @@ export class BullStepDispatcher implements StepDispatcher {
     await Promise.all(
       [...byQueue].map(async ([name, list]) => {
         const queue = this.queue(name);
+        const removeOnComplete = this.completedRetention();
         // Fair queues order by each job's tag (domain/fairness.ts); others by priority, then arrival.
         const priorities = this.fairShare(name)
           ? (await this.clock(name, list)).map(fairQueuePriority)
@@ -183,7 +221,7 @@ export class BullStepDispatcher implements StepDispatcher {
               // such a repeat safe.
               attempts: 5,
               backoff: { type: "exponential", delay: 1000 },
-              removeOnComplete: { age: 3600, count: 10_000 },
+              removeOnComplete,
               removeOnFail: { age: 24 * 3600 },
             },
           })),
@@ -235,6 +273,8 @@ export class BullStepDispatcher implements StepDispatcher {
   }
 
   async close(): Promise<void> {
+    for (const timer of this.trimmers.values()) clearInterval(timer);
+    this.trimmers.clear();
     await Promise.all([...this.queues.values()].map((q) => q.close()));
   }
 }
