@@ -136,7 +136,8 @@ beforeAll(async () => {
 afterAll(async () => {
   await browser?.close();
   await Promise.all([stop(worker), stop(api)]);
-  await new Promise((resolve) => originServer?.close(resolve));
+  // Not started when an earlier step of beforeAll failed: then there is nothing to wait for.
+  await new Promise<void>((resolve) => (originServer ? originServer.close(() => resolve()) : resolve()));
   const redis = new Redis(TEST_REDIS_URL);
   await deleteByPattern(redis, `${prefix}:*`);
   await redis.quit();
