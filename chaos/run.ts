@@ -62,7 +62,6 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
   const started = Date.now();
   const say = (line: string) => log(`${((Date.now() - started) / 1000).toFixed(1).padStart(6)} s  ${line}`);
   const dir = mkdtempSync("/tmp/flowline-chaos-");
-  const rng = createRng(options.seed);
   say(`seed ${options.seed}, ${options.durationSeconds} s, logs in ${dir}`);
 
   const stores = await startStores();

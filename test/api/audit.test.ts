@@ -166,6 +166,18 @@ describe("audit log", () => {
     await expectSameTransaction(requestIdOf(archived), "workflows", "name", "txn");
   });
 
+  it("names the run a retry, materialization or subgraph created", async () => {
+    const as = (method: "PUT" | "POST", url: string, body?: unknown) =>
+      call(ctx.app, method, url, { key: ctx.rootKey, ...(body === undefined ? {} : { body }) });
+    expect((await as("PUT", "/v1/workflows/retried", workflow)).statusCode).toBe(201);
+    const run = (await as("POST", "/v1/workflows/retried/runs", {})).json();
+    expect((await as("POST", `/v1/runs/${run.id}/cancel`)).statusCode).toBe(200);
+    const retried = await as("POST", `/v1/runs/${run.id}/retry`, {});
+    expect(retried.statusCode, retried.body).toBe(202);
+    const [entry] = (await audit(ctx.rootKey, `?action=run.retry&target=run:${run.id}`)).items;
+    expect(entry.details.runId).toBe(retried.json().run.id);
+  });
+
   it("a change that dies before its commit leaves neither the change nor an ok entry", async () => {
     let release!: () => void;
     let locked!: () => void;

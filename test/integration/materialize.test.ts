@@ -374,14 +374,6 @@ describe("subgraphs and retries", () => {
   });
 });
 
-async function waitFor(condition: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error("condition not reached in time");
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 describe("auto-materialization", () => {
   it("the supervisor refreshes an asset whose policy asks for it whenever it is missing or stale", async () => {
     await putWorkflow(ctx, "auto", {

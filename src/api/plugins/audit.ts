@@ -121,6 +121,9 @@ function auditEntry(request: FastifyRequest, status: number | null, payload: unk
   if (status !== null && status < 400) {
     outcome = "ok";
     if (answer) for (const f of ANSWER_FIELDS) if (answer[f] !== undefined) details[f] = answer[f];
+    // Materializations, subgraphs and retries answer their plan and the run it created, if any.
+    const created = answer?.run as { id?: unknown } | null | undefined;
+    if (typeof created?.id === "string") details.runId = created.id;
   } else if (status !== null) {
     outcome = typeof answer?.code === "string" ? answer.code : `http_${status}`;
     if (typeof answer?.detail === "string") details.detail = answer.detail.slice(0, 500);
