@@ -419,8 +419,8 @@ async function bench(redisUrl: string) {
   breakdown(`Flowline one-step runs over HTTP (${num(ONE_STEP)})`, oneCost, ONE_STEP);
   breakdown(`raw BullMQ, ${IN_FLIGHT} adds in flight (${num(ONE_STEP)} jobs)`, rawOneCost, ONE_STEP);
   console.log(`\n${meter.describe()}`);
-  printStatements(`Flowline wide run, per step (${num(WIDE)} steps)`, wideCost, WIDE);
-  printStatements(`Flowline one-step runs over HTTP, per run (${num(ONE_STEP)} runs)`, oneCost, ONE_STEP);
+  printStatements(`Flowline wide run (${num(WIDE)} steps)`, wideCost, WIDE, "step");
+  printStatements(`Flowline one-step runs over HTTP (${num(ONE_STEP)} runs)`, oneCost, ONE_STEP, "run");
   console.log(
     `Seeding (SQL copies of a finished one-step run with its step row and events): ${num(small.seedMs / 1000, 1)} s to ${k(STORED_SMALL)}, ${num(large.seedMs / 1000, 1)} s to ${k(STORED_LARGE)}.\n`,
   );
@@ -433,9 +433,9 @@ async function bench(redisUrl: string) {
 }
 
 /** Where a case's round trips to Postgres go: its top-level statements, most called first. */
-function printStatements(name: string, cost: Cost, n: number) {
+function printStatements(name: string, cost: Cost, n: number, unit: "step" | "run") {
   if (cost.statementsByQuery.length === 0) return;
-  console.log(`\n${name}: statements sent\n\n| per ${n === WIDE ? "step" : "run"} | statement |\n|---|---|`);
+  console.log(`\n${name}: statements sent, per ${unit}\n\n| per ${unit} | statement |\n|---|---|`);
   for (const q of cost.statementsByQuery.slice(0, 20)) {
     const text = q.query.length > 140 ? `${q.query.slice(0, 140)}…` : q.query;
     console.log(`| ${num(q.calls / n, 2)} | \`${text.replaceAll("|", "\\|").replaceAll("`", "'")}\` |`);

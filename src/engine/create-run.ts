@@ -17,6 +17,7 @@ import {
 } from "../db/repositories/runs.ts";
 import { FlowlineError } from "../domain/errors.ts";
 import type { Plan } from "../domain/planner.ts";
+import { stepJobId } from "../domain/ports.ts";
 import type { RunKind } from "../domain/status.ts";
 import { resolveStep } from "../domain/workflow/resolve.ts";
 import { renderTemplates, TemplateError } from "../domain/workflow/templates.ts";
@@ -111,6 +112,7 @@ export async function insertRun(
   const rows = plan.steps.map((p): NewStepRow => {
     const spec = loaded.steps.get(p.stepId)!;
     const resolved = resolveStep(loaded.spec, spec, deps.config.tags, input.priority);
+    const queued = queuedNow.has(p.stepId);
     const output =
       p.action === "reuse"
         ? (input.parent?.outputs.get(p.stepId) ?? null)
@@ -118,13 +120,8 @@ export async function insertRun(
     return {
       step_id: p.stepId,
       status:
-        p.action === "run"
-          ? queuedNow.has(p.stepId)
-            ? "queued"
-            : "pending"
-          : p.action === "reuse"
-            ? "reused"
-            : "skipped",
+        p.action === "reuse" ? "reused" : p.action === "skip" ? "skipped" : queued ? "queued" : "pending",
+      job_id: queued ? stepJobId({ runId: run.id, stepId: p.stepId, attempt: 1 }) : null,
       unmet_needs: p.unmetNeeds,
       max_attempts: resolved.retry.maxAttempts,
       queue: resolved.queue,

@@ -247,7 +247,7 @@ async function submitBatch(
 }
 
 const noteSubmitted = (slot: AuditSlot, { run, created }: Submitted) =>
-  slot.note({ details: { id: run.id, status: run.status, created } });
+  slot.note({ id: run.id, status: run.status, created });
 
 async function submitAlone(deps: EngineDeps, item: Submission): Promise<Submitted> {
   const after = new AfterCommit();

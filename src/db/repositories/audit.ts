@@ -37,9 +37,8 @@ export class AuditSlot {
   constructor(readonly entry: AuditEntry) {}
 
   /** What the change made, known only inside its transaction (a created run's id, say). */
-  note(change: { target?: string; details?: Record<string, unknown> }): void {
-    if (change.target !== undefined) this.entry.target = change.target;
-    if (change.details) Object.assign(this.entry.details, change.details);
+  note(details: Record<string, unknown>): void {
+    Object.assign(this.entry.details, details);
   }
 
   claim(): boolean {

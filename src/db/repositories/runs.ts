@@ -453,6 +453,8 @@ export interface NewStepRow {
   step_id: string;
   /** `queued`: a root of a run that starts as it is created, queued at once (attempt 1). */
   status: "pending" | "queued" | "reused" | "skipped";
+  /** The job of a `queued` row's attempt 1; null otherwise. */
+  job_id: string | null;
   unmet_needs: number;
   max_attempts: number;
   queue: string;
@@ -467,7 +469,7 @@ export interface NewStepRow {
 
 /**
  * Inserts a new run's step rows (phase `execute`), all in one statement. A `queued` row gets
- * attempt 1 and its job `runId.stepId.1`, as `queuePendingSteps` would give it.
+ * attempt 1 and its job id, as `queuePendingSteps` would give it.
  */
 export async function insertStepRows(sql: Sql, runId: string, rows: readonly NewStepRow[]): Promise<void> {
   await sql`
@@ -475,9 +477,8 @@ export async function insertStepRows(sql: Sql, runId: string, rows: readonly New
       plan_reason, output, reused_from_run_id, finished_at, attempt, queued_at, job_id)
     select ${runId}, x.step_id, x.status::step_status, x.unmet_needs, x.max_attempts, x.queue, x.priority,
       x.timeout_seconds, x.plan_reason, x.output, x.reused_from, case when x.finished then now() end,
-      case when x.status = 'queued' then 1 else 0 end, case when x.status = 'queued' then now() end,
-      case when x.status = 'queued' then ${`${runId}.`} || x.step_id || '.1' end
+      case when x.status = 'queued' then 1 else 0 end, case when x.status = 'queued' then now() end, x.job_id
     from jsonb_to_recordset(${sql.json(rows as never)})
       as x(step_id text, status text, unmet_needs int, max_attempts int, queue text, priority smallint,
-        timeout_seconds int, plan_reason text, output jsonb, reused_from uuid, finished boolean)`;
+        timeout_seconds int, plan_reason text, output jsonb, reused_from uuid, finished boolean, job_id text)`;
 }
